@@ -1,0 +1,127 @@
+"""The catalog: variants (blessed or org overrides), their versions, packages, resources."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from storage.orm.base import ID_LENGTH, Base, CreatedAt, Json, Timestamps, UuidPk
+from storage.orm.tenancy import SLUG_LENGTH, STATE_LENGTH
+
+if TYPE_CHECKING:
+    from storage.orm.registry import ModelVersion
+
+CATALOG_LIFECYCLES = ("active", "deprecated")
+PACKAGE_SOURCES = ("upload", "conversion")
+
+_BLESSED = text("org_id IS NULL")
+
+
+class CatalogVariant(UuidPk, Timestamps, Base):
+    __tablename__ = "catalog_variants"
+    __table_args__ = (
+        # Overrides: one per name per org. NULLs are distinct in unique constraints, so this
+        # says nothing about blessed rows; the partial index below covers those.
+        UniqueConstraint("org_id", "name"),
+        Index(
+            "uq_catalog_variants_blessed_name",
+            "name",
+            unique=True,
+            sqlite_where=_BLESSED,
+            postgresql_where=_BLESSED,
+        ),
+    )
+
+    # NULL: a blessed variant visible to every org; otherwise that org's override.
+    org_id: Mapped[str | None] = mapped_column(
+        String(ID_LENGTH), ForeignKey("orgs.id", ondelete="CASCADE")
+    )
+    name: Mapped[str] = mapped_column(String(SLUG_LENGTH))
+    family: Mapped[str] = mapped_column(String(SLUG_LENGTH), default="")
+    task_taxonomy: Mapped[list[str]] = mapped_column(Json, default=list)
+    parameter_count: Mapped[int | None] = mapped_column(BigInteger)
+    license: Mapped[str] = mapped_column(String(128), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+
+    versions: Mapped[list[CatalogVersion]] = relationship(
+        back_populates="variant", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class CatalogVersion(UuidPk, CreatedAt, Base):
+    __tablename__ = "catalog_versions"
+    __table_args__ = (
+        UniqueConstraint("variant_id", "version"),
+        CheckConstraint("lifecycle IN ('active', 'deprecated')", name="lifecycle"),
+    )
+
+    variant_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("catalog_variants.id", ondelete="CASCADE")
+    )
+    version: Mapped[str] = mapped_column(String(SLUG_LENGTH))
+    lifecycle: Mapped[str] = mapped_column(String(STATE_LENGTH), default="active")
+    # Set when an org's upload created this version, so deleting the ModelVersion (or its
+    # Model) takes the catalog version, packages and resource rows with it.
+    model_version_id: Mapped[str | None] = mapped_column(
+        String(ID_LENGTH), ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
+    )
+    deprecated_at: Mapped[datetime | None]
+
+    variant: Mapped[CatalogVariant] = relationship(back_populates="versions")
+    model_version: Mapped[ModelVersion | None] = relationship(back_populates="catalog_versions")
+    packages: Mapped[list[ArtifactPackage]] = relationship(
+        back_populates="catalog_version", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class ArtifactPackage(UuidPk, CreatedAt, Base):
+    __tablename__ = "artifact_packages"
+    __table_args__ = (CheckConstraint("source IN ('upload', 'conversion')", name="source"),)
+
+    catalog_version_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("catalog_versions.id", ondelete="CASCADE"), index=True
+    )
+    format: Mapped[str] = mapped_column(String(32))
+    quantization: Mapped[str] = mapped_column(String(32), default="none")
+    runtime: Mapped[str] = mapped_column(String(64), default="")
+    source: Mapped[str] = mapped_column(String(STATE_LENGTH), default="upload")
+    # Conversion measurements (size ratio, accuracy delta, latency...), free-form.
+    metrics: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+
+    catalog_version: Mapped[CatalogVersion] = relationship(back_populates="packages")
+    resources: Mapped[list[ArtifactResource]] = relationship(
+        back_populates="package",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="ArtifactResource.load_order",
+    )
+
+
+class ArtifactResource(UuidPk, CreatedAt, Base):
+    __tablename__ = "artifact_resources"
+
+    package_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("artifact_packages.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    file_name: Mapped[str] = mapped_column(String(255))
+    # The garbage collector lists the object store and keeps keys still referenced here.
+    storage_key: Mapped[str | None] = mapped_column(String(1024), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    required: Mapped[bool] = mapped_column(default=True)
+    load_order: Mapped[int] = mapped_column(default=0)
+
+    package: Mapped[ArtifactPackage] = relationship(back_populates="resources")

@@ -1,0 +1,80 @@
+"""The org's internal model registry: models, their versions, per-device configs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import CheckConstraint, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from storage.orm.base import ID_LENGTH, Base, CreatedAt, Json, Timestamps, UuidPk
+from storage.orm.tenancy import SLUG_LENGTH, STATE_LENGTH, Org, org_fk
+
+if TYPE_CHECKING:
+    from storage.orm.catalog import CatalogVersion
+
+LIFECYCLE_STATUSES = ("draft", "published")
+
+
+class Model(UuidPk, Timestamps, Base):
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("org_id", "model_id"),)
+
+    org_id: Mapped[str] = org_fk(index=False)
+    # The org-unique slug used in resource names (models/{model_id}); not the primary key.
+    model_id: Mapped[str] = mapped_column(String(SLUG_LENGTH))
+    framework: Mapped[str] = mapped_column(String(64), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[list[str]] = mapped_column(Json, default=list)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    # Per-model etag source; bump on every visible change (storage.revisions).
+    revision: Mapped[int] = mapped_column(default=1)
+
+    org: Mapped[Org] = relationship(back_populates="models")
+    versions: Mapped[list[ModelVersion]] = relationship(
+        back_populates="model", cascade="all, delete-orphan", passive_deletes=True
+    )
+    optimized_configs: Mapped[list[OptimizedConfig]] = relationship(
+        back_populates="model", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class ModelVersion(UuidPk, Timestamps, Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("model_uid", "version"),
+        CheckConstraint("lifecycle_status IN ('draft', 'published')", name="lifecycle_status"),
+    )
+
+    # Named *_uid because `model_id` means the slug everywhere else in the schema.
+    model_uid: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("models.id", ondelete="CASCADE")
+    )
+    version: Mapped[str] = mapped_column(String(SLUG_LENGTH))
+    lifecycle_status: Mapped[str] = mapped_column(String(STATE_LENGTH), default="draft")
+    description: Mapped[str] = mapped_column(Text, default="")
+    labels: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+    published_at: Mapped[datetime | None]
+
+    model: Mapped[Model] = relationship(back_populates="versions")
+    catalog_versions: Mapped[list[CatalogVersion]] = relationship(
+        back_populates="model_version", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class OptimizedConfig(UuidPk, CreatedAt, Base):
+    """An optimisation result for one model on one device type; each put is a new revision."""
+
+    __tablename__ = "optimized_configs"
+    __table_args__ = (UniqueConstraint("model_uid", "device_type", "revision"),)
+
+    org_id: Mapped[str] = org_fk()
+    model_uid: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("models.id", ondelete="CASCADE")
+    )
+    device_type: Mapped[str] = mapped_column(String(SLUG_LENGTH))
+    revision: Mapped[int]
+    config: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+
+    model: Mapped[Model] = relationship(back_populates="optimized_configs")

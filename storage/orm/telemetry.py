@@ -1,0 +1,91 @@
+"""Device fleet and the telemetry devices report: inference sessions, training updates."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import CheckConstraint, Index, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from storage.orm.base import Base, CreatedAt, Json, Timestamps, UuidPk, utcnow
+from storage.orm.tenancy import SLUG_LENGTH, STATE_LENGTH, org_fk
+
+HEALTH_STATUSES = ("healthy", "degraded", "offline", "unknown")
+SESSION_STATUSES = ("ok", "error")
+
+_DEVICE_ID_LENGTH = 255
+_EVENT_ID_LENGTH = 128
+
+
+class Device(UuidPk, CreatedAt, Base):
+    __tablename__ = "devices"
+    __table_args__ = (
+        UniqueConstraint("org_id", "device_id"),
+        CheckConstraint(
+            "health_status IN ('healthy', 'degraded', 'offline', 'unknown')",
+            name="health_status",
+        ),
+    )
+
+    org_id: Mapped[str] = org_fk(index=False)
+    device_id: Mapped[str] = mapped_column(String(_DEVICE_ID_LENGTH))
+    device_type: Mapped[str] = mapped_column(String(SLUG_LENGTH), default="")
+    platform: Mapped[str] = mapped_column(String(64), default="")
+    os_version: Mapped[str] = mapped_column(String(64), default="")
+    runtime_version: Mapped[str] = mapped_column(String(64), default="")
+    health_status: Mapped[str] = mapped_column(String(STATE_LENGTH), default="unknown")
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InferenceSession(UuidPk, Base):
+    __tablename__ = "inference_sessions"
+    __table_args__ = (
+        # Devices retry batches; (org_id, event_id) makes re-delivery idempotent.
+        UniqueConstraint("org_id", "event_id"),
+        CheckConstraint("status IN ('ok', 'error')", name="status"),
+        Index(None, "org_id", "model_id", "occurred_at"),
+    )
+
+    org_id: Mapped[str] = org_fk(index=False)
+    event_id: Mapped[str] = mapped_column(String(_EVENT_ID_LENGTH))
+    model_id: Mapped[str] = mapped_column(String(SLUG_LENGTH))
+    version: Mapped[str] = mapped_column(String(SLUG_LENGTH))
+    device_id: Mapped[str] = mapped_column(String(_DEVICE_ID_LENGTH))
+    device_type: Mapped[str] = mapped_column(String(SLUG_LENGTH), default="")
+    occurred_at: Mapped[datetime]
+    latency_ms: Mapped[float]
+    ttft_ms: Mapped[float | None]
+    tokens_per_second: Mapped[float | None]
+    status: Mapped[str] = mapped_column(String(STATE_LENGTH), default="ok")
+    error_code: Mapped[str | None] = mapped_column(String(128))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TrainingUpdate(UuidPk, Base):
+    __tablename__ = "training_updates"
+    __table_args__ = (
+        UniqueConstraint("org_id", "event_id"),
+        Index(None, "org_id", "model_id", "version", "occurred_at"),
+    )
+
+    org_id: Mapped[str] = org_fk(index=False)
+    event_id: Mapped[str] = mapped_column(String(_EVENT_ID_LENGTH))
+    model_id: Mapped[str] = mapped_column(String(SLUG_LENGTH))
+    version: Mapped[str] = mapped_column(String(SLUG_LENGTH))
+    device_id: Mapped[str] = mapped_column(String(_DEVICE_ID_LENGTH))
+    sample_count: Mapped[int] = mapped_column(default=0)
+    metrics: Mapped[dict[str, float]] = mapped_column(Json, default=dict)
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeviceProfileOverride(UuidPk, Timestamps, Base):
+    """An org's own device profile (memory, accelerators...) used by compatibility checks."""
+
+    __tablename__ = "device_profile_overrides"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+
+    org_id: Mapped[str] = org_fk(index=False)
+    name: Mapped[str] = mapped_column(String(SLUG_LENGTH))
+    profile: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
