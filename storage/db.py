@@ -1,0 +1,144 @@
+"""Engines, sessions and transactions for SQLite (embedded) and PostgreSQL.
+
+The server runs synchronous SQLAlchemy from a thread pool (asyncio.to_thread), so engines
+here are thread-safe pools and sessions are short-lived: one per unit of work.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, make_url, pool, text
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+PG_CONNECT_TIMEOUT_S = 2
+PING_TIMEOUT_S = 3.0
+
+# Execution option read by the SQLite "begin" hook below to choose the BEGIN flavour.
+SQLITE_BEGIN_OPTION = "modelregistry_sqlite_begin"
+
+
+def create_engine_for(
+    url: str, *, pool_size: int = 10, max_overflow: int = 20, echo: bool = False
+) -> Engine:
+    """An engine for `sqlite:///path` or `postgresql+psycopg://...`.
+
+    pool_size should roughly match the number of threads that use the database at once
+    (the server's to_thread pool); beyond pool_size + max_overflow callers wait.
+    """
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed, pool_size, max_overflow, echo)
+    if backend == "postgresql":
+        return _postgres_engine(parsed, pool_size, max_overflow, echo)
+    raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}")
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    # expire_on_commit=False: objects stay readable after commit, because callers commit in
+    # the worker thread and then build protobuf responses from them.
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session], *, readonly: bool = False) -> Iterator[Session]:
+    """A session inside one transaction: committed on success, rolled back on error.
+
+    On SQLite a read-write transaction takes the write lock up front (BEGIN IMMEDIATE).
+    A deferred transaction that reads and then writes cannot wait for a concurrent writer
+    (SQLite fails it with "database is locked" at once, busy_timeout notwithstanding);
+    IMMEDIATE makes it queue on busy_timeout instead. WAL keeps readers unblocked.
+    Pass readonly=True for pure reads so they never queue behind writers.
+    """
+    with factory() as session, session.begin():
+        if not readonly:
+            session.connection(execution_options={SQLITE_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+        yield session
+
+
+def ping(engine: Engine, timeout: float = PING_TIMEOUT_S) -> bool:
+    """True when `SELECT 1` succeeds within `timeout` seconds; never raises.
+
+    The query runs in a helper thread so a hung network, or a pool exhausted by busy
+    requests, turns into False after `timeout` instead of blocking a health check.
+    """
+    outcome: list[bool] = []
+
+    def check() -> None:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            outcome.append(True)
+        except Exception:
+            outcome.append(False)
+
+    worker = threading.Thread(target=check, name="db-ping", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(outcome) and outcome[0]
+
+
+def _sqlite_engine(url: URL, pool_size: int, max_overflow: int, echo: bool) -> Engine:
+    database = url.database
+    in_memory = not database or database == ":memory:"
+    kwargs: dict[str, Any] = {
+        "echo": echo,
+        # Pooled connections move between worker threads; each is used by one at a time.
+        "connect_args": {"check_same_thread": False},
+    }
+    if in_memory:
+        # Every connection to :memory: is a separate empty database: share one.
+        kwargs["poolclass"] = pool.StaticPool
+    else:
+        assert database is not None
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        kwargs.update(pool_size=pool_size, max_overflow=max_overflow)
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy emit BEGIN itself (the "begin" hook) instead of the driver's own
+        # implicit, always-deferred transactions.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute("PRAGMA foreign_keys=ON")  # off by default; cascades need it
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode=WAL")  # readers don't block the writer
+                cursor.execute("PRAGMA synchronous=NORMAL")  # durable enough under WAL
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(conn.get_execution_options().get(SQLITE_BEGIN_OPTION, "BEGIN"))
+
+    return engine
+
+
+def _postgres_engine(url: URL, pool_size: int, max_overflow: int, echo: bool) -> Engine:
+    connect_args: dict[str, Any] = {}
+    # Without connect_timeout a down or unreachable server blocks for the OS TCP timeout
+    # (minutes); explicit values in the URL win.
+    if "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+    if "application_name" not in url.query:
+        connect_args["application_name"] = "modelregistry"
+    return create_engine(
+        url,
+        echo=echo,
+        connect_args=connect_args,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=True,  # drop connections the server closed (restart, idle timeout)
+        pool_recycle=1800,
+        pool_timeout=10,
+    )
