@@ -1,8 +1,8 @@
 """Run the packaged Alembic migrations without an alembic.ini in the working directory.
 
-    python -m storage.migrate upgrade sqlite:///var/modelregistry.db
-    python -m storage.migrate current postgresql+psycopg://...
-    python -m storage.migrate revision -m "add x" sqlite:///var/scratch.db   (autogenerate)
+From a shell: `python -m storage.migrate upgrade|current URL`, and for developers
+`python -m storage.migrate revision -m "add x" URL`, which autogenerates a new migration
+by comparing storage.orm with a database already migrated to head.
 """
 
 from __future__ import annotations
