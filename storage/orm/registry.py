@@ -28,7 +28,7 @@ class Model(UuidPk, Timestamps, Base):
     description: Mapped[str] = mapped_column(Text, default="")
     tags: Mapped[list[str]] = mapped_column(Json, default=list)
     enabled: Mapped[bool] = mapped_column(default=True)
-    # Per-model etag source; bump on every visible change (storage.revisions).
+    # Per-model etag source; bump it in the same transaction as every visible change.
     revision: Mapped[int] = mapped_column(default=1)
 
     org: Mapped[Org] = relationship(back_populates="models")

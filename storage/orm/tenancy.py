@@ -32,8 +32,8 @@ class Org(UuidPk, CreatedAt, Base):
     name: Mapped[str] = mapped_column(String(SLUG_LENGTH), unique=True)
     plan: Mapped[str] = mapped_column(String(64), default="free")
     model_versions_monthly: Mapped[int] = mapped_column(default=100)
-    # Bumped (see storage.revisions) in the same transaction as any change that shows in the
-    # org's manifest, so GetManifest can answer an etag check without building the manifest.
+    # Bumped in the same transaction as any change that shows in the org's manifest, so
+    # GetManifest can answer an etag check without building the manifest.
     revision: Mapped[int] = mapped_column(default=1)
 
     api_keys: Mapped[list[ApiKey]] = relationship(

@@ -1,0 +1,143 @@
+"""Engine setup, transactions, timestamps and health pings on both databases."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.exc import StatementError
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.db import create_engine_for, ping, session_factory, transaction
+from storage.orm import Org
+
+
+def test_sqlite_creates_parent_dir_and_sets_pragmas(tmp_path: Path) -> None:
+    engine = create_engine_for(f"sqlite:///{tmp_path}/a/b/registry.db")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
+        assert (tmp_path / "a" / "b" / "registry.db").exists()
+    finally:
+        engine.dispose()
+
+
+def test_unsupported_url_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unsupported"):
+        create_engine_for("mysql://localhost/x")
+
+
+def test_transaction_commits_or_rolls_back(factory: sessionmaker[Session]) -> None:
+    with transaction(factory) as session:
+        session.add(Org(name="kept"))
+    with pytest.raises(RuntimeError), transaction(factory) as session:
+        session.add(Org(name="dropped"))
+        session.flush()
+        raise RuntimeError("boom")
+    with transaction(factory, readonly=True) as session:
+        assert session.scalars(select(Org.name)).all() == ["kept"]
+
+
+def test_timestamps_round_trip_as_aware_utc(factory: sessionmaker[Session]) -> None:
+    plus_two = timezone(timedelta(hours=2))
+    moment = datetime(2026, 3, 1, 14, 30, 15, 123456, tzinfo=plus_two)
+    with transaction(factory) as session:
+        org = Org(name="acme", created_at=moment)
+        session.add(org)
+    with factory() as session:
+        loaded = session.scalars(select(Org)).one()
+        assert loaded.created_at == moment
+        assert loaded.created_at.tzinfo == UTC
+        assert loaded.created_at.hour == 12
+    with transaction(factory) as session:
+        other = Org(name="defaulted")
+        session.add(other)
+    with factory() as session:
+        reloaded = session.get(Org, other.id)
+        assert reloaded is not None
+        assert reloaded.created_at.tzinfo == UTC
+        assert abs(reloaded.created_at - datetime.now(UTC)) < timedelta(minutes=1)
+
+
+def test_naive_timestamps_are_refused(factory: sessionmaker[Session]) -> None:
+    with pytest.raises(StatementError, match="naive datetime"), transaction(factory) as session:
+        session.add(Org(name="naive", created_at=datetime(2026, 1, 1)))
+        session.flush()
+
+
+def test_concurrent_read_modify_write_transactions(factory: sessionmaker[Session]) -> None:
+    """Threads doing read-then-write never hit 'database is locked' and lose no update."""
+    with transaction(factory) as session:
+        org = Org(name="counter", revision=0)
+        session.add(org)
+    org_id = org.id
+    errors: list[BaseException] = []
+
+    def bump() -> None:
+        try:
+            for _ in range(10):
+                with transaction(factory) as session:
+                    # FOR UPDATE serialises PostgreSQL; SQLite already is (BEGIN IMMEDIATE).
+                    row = session.get(Org, org_id, with_for_update=True)
+                    assert row is not None
+                    row.revision = row.revision + 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bump) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with factory() as session:
+        row = session.get(Org, org_id)
+        assert row is not None
+        assert row.revision == 80
+
+
+def test_ping_reports_a_live_database(factory: sessionmaker[Session]) -> None:
+    engine = factory.kw["bind"]
+    assert ping(engine) is True
+
+
+def test_ping_sqlite_in_memory() -> None:
+    engine = create_engine_for("sqlite://")
+    assert ping(engine) is True
+    with session_factory(engine)() as session:
+        assert session.execute(text("SELECT 1")).scalar() == 1
+
+
+@pytest.mark.postgres
+def test_ping_is_false_and_fast_when_postgres_is_down(pg_server: Any) -> None:
+    if not pg_server.can_restart:
+        pytest.skip("external PostgreSQL cannot be stopped")
+    engine = create_engine_for(pg_server.new_database())
+    try:
+        assert ping(engine) is True
+        with pg_server.down():
+            started = time.monotonic()
+            assert ping(engine) is False
+            assert time.monotonic() - started < 4
+        # The pool recovers once the server is back.
+        assert ping(engine) is True
+    finally:
+        engine.dispose()
+
+
+def test_ping_gives_up_on_an_unreachable_host() -> None:
+    # TEST-NET-1: packets go nowhere, so only connect_timeout/ping timeout end the wait.
+    engine = create_engine_for("postgresql+psycopg://u@192.0.2.1:5432/db")
+    try:
+        started = time.monotonic()
+        assert ping(engine, timeout=1.0) is False
+        assert time.monotonic() - started < 2
+    finally:
+        engine.dispose()
