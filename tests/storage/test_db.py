@@ -23,7 +23,7 @@ def test_sqlite_creates_parent_dir_and_sets_pragmas(tmp_path: Path) -> None:
         with engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() >= 1000
         assert (tmp_path / "a" / "b" / "registry.db").exists()
     finally:
         engine.dispose()
