@@ -69,15 +69,20 @@ class CreateModelRequest(_message.Message):
 
     MODEL_ID_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    DISABLED_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     """Required. The model's slug, which becomes the final segment of its
     resource name: 1-64 characters of lowercase letters, digits, `.`, `_` and
     `-`, starting and ending with a letter or digit.
     """
+    disabled: _builtins.bool
+    """Create the model disabled: devices cannot download it until it is
+    enabled with UpdateModel.
+    """
     @_builtins.property
     def model(self) -> _models_pb2.Model:
-        """Required. The model to create; `framework` is required, output-only
-        fields are ignored.
+        """Required. The model to create; `framework` is required. Output-only
+        fields and `enabled` are ignored (see `disabled`).
         """
 
     def __init__(
@@ -85,10 +90,11 @@ class CreateModelRequest(_message.Message):
         *,
         model_id: _builtins.str = ...,
         model: _models_pb2.Model | None = ...,
+        disabled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "model_id", b"model_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disabled", b"disabled", "model", b"model", "model_id", b"model_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

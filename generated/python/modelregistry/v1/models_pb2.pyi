@@ -65,7 +65,7 @@ class Model(_message.Message):
     enabled: _builtins.bool
     """Whether devices may download the model. Flipping it to false immediately
     blocks new downloads (download RPCs answer FAILED_PRECONDITION) but does
-    not touch what devices already have. Defaults to true on create unless
+    not touch what devices already have. True on create unless
     `CreateModelRequest.disabled` is set.
     """
     etag: _builtins.str

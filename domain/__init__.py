@@ -1,0 +1,1 @@
+"""Business rules of the registry: plain Python, no gRPC."""

@@ -1,0 +1,1 @@
+"""The gRPC server: servicers translating protobuf <-> domain, interceptors, CLI."""

@@ -1,0 +1,144 @@
+"""Assembles the gRPC server: backends, servicers, interceptor, health, reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_reflection.v1alpha import reflection
+
+from domain import keys
+from domain.principal import Principal
+from modelregistry.v1 import (
+    catalog_service_pb2,
+    catalog_service_pb2_grpc,
+    model_service_pb2,
+    model_service_pb2_grpc,
+    telemetry_service_pb2,
+    telemetry_service_pb2_grpc,
+    version_service_pb2,
+    version_service_pb2_grpc,
+)
+from server.catalog_service import CatalogService
+from server.health import HealthMonitor
+from server.interceptors import ServerInterceptor
+from server.model_service import ModelService
+from server.runtime import Runtime
+from server.settings import Settings, normalize_sqlite_url
+from server.telemetry_service import TelemetryService
+from server.version_service import VersionService
+from storage.db import create_engine_for, session_factory, transaction
+from storage.objectstore import open_store
+
+log = logging.getLogger("modelregistry.server")
+
+SERVICE_NAMES = [
+    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    version_service_pb2.DESCRIPTOR.services_by_name["VersionService"].full_name,
+    catalog_service_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
+    telemetry_service_pb2.DESCRIPTOR.services_by_name["TelemetryService"].full_name,
+]
+
+
+def channel_options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Ping idle connections every 30 s and drop them when a ping goes unanswered for
+        # 10 s, so half-open connections from devices that vanished get reclaimed.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Accept client keepalive pings as often as every 10 s (device agents on flaky
+        # links use them to notice dead connections early).
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+class RegistryServer:
+    """One server process: start() binds and serves, stop() drains and closes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        engine = create_engine_for(
+            normalize_sqlite_url(settings.database_url), pool_size=settings.worker_threads
+        )
+        self.runtime = Runtime(
+            engine=engine,
+            sessions=session_factory(engine),
+            store=open_store(settings.object_store),
+            executor=ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="rpc-io"),
+        )
+        self.server = grpc.aio.server(
+            interceptors=[ServerInterceptor(self._authenticate)],
+            options=channel_options(settings),
+        )
+        self.health = HealthMonitor(self.runtime, SERVICE_NAMES, settings.health_interval)
+        self._add_services()
+        self.port = 0
+
+    def _authenticate(self, token: str) -> Principal:
+        with transaction(self.runtime.sessions, readonly=True) as session:
+            return keys.authenticate(session, token)
+
+    def _add_services(self) -> None:
+        rt = self.runtime
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(rt), self.server)
+        version_service_pb2_grpc.add_VersionServiceServicer_to_server(
+            VersionService(rt), self.server
+        )
+        catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(
+            CatalogService(rt), self.server
+        )
+        telemetry_service_pb2_grpc.add_TelemetryServiceServicer_to_server(
+            TelemetryService(rt), self.server
+        )
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
+        reflection.enable_server_reflection(
+            [
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self.server,
+        )
+
+    async def start(self) -> int:
+        self.port = self.server.add_insecure_port(self.settings.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.listen}")
+        await self.health.check_once()
+        await self.server.start()
+        self.health.start()
+        log.info("serving on %s", self.settings.listen.rsplit(":", 1)[0] + f":{self.port}")
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, let in-flight RPCs finish within the grace period, close."""
+        await self.health.shutdown()
+        await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        self.runtime.executor.shutdown(wait=False, cancel_futures=True)
+        self.runtime.engine.dispose()
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    import signal
+
+    server = RegistryServer(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()

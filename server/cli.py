@@ -1,0 +1,195 @@
+"""The `modelregistry` command: serve, migrate, and administration of orgs and keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy.orm import Session
+
+from domain import keys
+from domain.errors import DomainError
+from domain.plans import DEFAULT_PLAN, PLANS
+from server import logs
+from server.settings import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_LISTEN,
+    DEFAULT_OBJECT_STORE,
+    Settings,
+    env,
+    normalize_sqlite_url,
+)
+from storage.db import create_engine_for, session_factory, transaction
+from storage.migrate import upgrade
+
+T = TypeVar("T")
+DEV_ORG = "dev"
+DEV_KEY_FILE = Path("var/dev-api-key")
+
+
+def _database_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--database-url",
+        default=env("DATABASE_URL", DEFAULT_DATABASE_URL),
+        help="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://user@host:port/db "
+        "(env MODELREGISTRY_DATABASE_URL; default %(default)s)",
+    )
+
+
+def _in_transaction(database_url: str, fn: Callable[[Session], T]) -> T:
+    engine = create_engine_for(normalize_sqlite_url(database_url), pool_size=1)
+    try:
+        with transaction(session_factory(engine)) as session:
+            return fn(session)
+    finally:
+        engine.dispose()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = Settings(
+        listen=args.listen,
+        database_url=args.database_url,
+        object_store=args.object_store,
+        metrics_listen=args.metrics_listen,
+    )
+    if args.migrate:
+        upgrade(normalize_sqlite_url(settings.database_url))
+    from server.app import serve
+
+    asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    upgrade(normalize_sqlite_url(args.database_url))
+    print("database is at the latest schema")
+    return 0
+
+
+def cmd_orgs_create(args: argparse.Namespace) -> int:
+    org = _in_transaction(args.database_url, lambda s: keys.create_org(s, args.name, args.plan))
+    print(f"created org {org.name} (plan {org.plan}, {org.model_versions_monthly} versions/month)")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    issued = _in_transaction(
+        args.database_url,
+        lambda s: keys.create_key(s, args.org, admin=args.admin, label=args.label),
+    )
+    kind = "admin key" if issued.admin else "key"
+    print(
+        f"created {kind} {issued.key_id} for org {issued.org_name}; it is shown only once:",
+        file=sys.stderr,
+    )
+    print(issued.token)
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    _in_transaction(args.database_url, lambda s: keys.revoke_key(s, args.key_id))
+    print(f"revoked key {args.key_id}")
+    return 0
+
+
+def cmd_dev_key(args: argparse.Namespace) -> int:
+    """Make sure a dev org and key exist for `make run`; print the key."""
+    if DEV_KEY_FILE.exists():
+        print(DEV_KEY_FILE.read_text().strip())
+        return 0
+
+    def ensure(session: Session) -> str:
+        try:
+            keys.get_org(session, DEV_ORG)
+        except DomainError:
+            keys.create_org(session, DEV_ORG, "team")
+        return keys.create_key(session, DEV_ORG, label="make run").token
+
+    token = _in_transaction(args.database_url, ensure)
+    DEV_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+    DEV_KEY_FILE.write_text(token + "\n")
+    os.chmod(DEV_KEY_FILE, 0o600)
+    print(token)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelregistry", description="A model registry for on-device ML, served over gRPC."
+    )
+    parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    serve.add_argument(
+        "--listen",
+        default=env("LISTEN", DEFAULT_LISTEN),
+        help="host:port to listen on (env MODELREGISTRY_LISTEN; default %(default)s)",
+    )
+    _database_arg(serve)
+    serve.add_argument(
+        "--object-store",
+        default=env("OBJECT_STORE", DEFAULT_OBJECT_STORE),
+        help="a directory, file:///abs/path, or s3://ACCESS:SECRET@host:port/bucket?secure=false "
+        "(env MODELREGISTRY_OBJECT_STORE; default %(default)s)",
+    )
+    serve.add_argument(
+        "--metrics-listen",
+        default=env("METRICS_LISTEN", ""),
+        help="host:port for Prometheus /metrics (env MODELREGISTRY_METRICS_LISTEN; off if empty)",
+    )
+    serve.add_argument(
+        "--migrate", action="store_true", help="apply database migrations before serving"
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    _database_arg(migrate)
+    migrate.set_defaults(func=cmd_migrate)
+
+    orgs = sub.add_parser("orgs", help="manage orgs").add_subparsers(dest="orgs_cmd", required=True)
+    org_create = orgs.add_parser("create", help="create an org")
+    org_create.add_argument("name")
+    org_create.add_argument("--plan", default=DEFAULT_PLAN, choices=sorted(PLANS))
+    _database_arg(org_create)
+    org_create.set_defaults(func=cmd_orgs_create)
+
+    key_cmds = sub.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="keys_cmd", required=True
+    )
+    key_create = key_cmds.add_parser("create", help="create an API key (printed once)")
+    key_create.add_argument("--org", required=True)
+    key_create.add_argument("--admin", action="store_true", help="may write blessed catalog rows")
+    key_create.add_argument("--label", default="")
+    _database_arg(key_create)
+    key_create.set_defaults(func=cmd_keys_create)
+    key_revoke = key_cmds.add_parser("revoke", help="revoke an API key by its key id")
+    key_revoke.add_argument("key_id")
+    _database_arg(key_revoke)
+    key_revoke.set_defaults(func=cmd_keys_revoke)
+
+    dev = sub.add_parser("dev-key", help="ensure a dev org and key exist and print the key")
+    _database_arg(dev)
+    dev.set_defaults(func=cmd_dev_key)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_level)
+    try:
+        return int(args.func(args))
+    except DomainError as exc:
+        print(f"modelregistry: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""One interceptor for every RPC: authentication, logging, metrics and error mapping.
+
+Wrapping the method handler (instead of relying on grpc's interceptor hooks for each
+concern) keeps the order explicit: authenticate, run, map any exception to a status with
+AIP-193 details, then log one line and record metrics, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeAlias
+
+import grpc
+from grpc.aio import AbortError
+
+from domain.errors import Unauthenticated
+from domain.principal import ANONYMOUS, Principal
+from server import metrics
+from server.context import Ctx, set_principal
+from server.errors import as_domain_error, to_status
+
+log = logging.getLogger("modelregistry.rpc")
+
+Authenticate = Callable[[str], Principal]
+Behavior = Callable[..., Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+# RPCs that work without a key. GetManifest takes one optionally: with a key it shows
+# the org's manifest, without it the blessed catalog only.
+_NO_AUTH_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+OPTIONAL_AUTH = frozenset({"/modelregistry.v1.ModelService/GetManifest"})
+
+
+def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+    """The key from `authorization: Bearer <key>`; '' when the header is malformed."""
+    for key, value in metadata or ():
+        if key.lower() == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.strip().partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return None
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    def __init__(self, authenticate: Authenticate) -> None:
+        self._authenticate = authenticate
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(details)
+        method: str = details.method
+        if handler is None or method.startswith(_NO_AUTH_PREFIXES):
+            return handler
+        call = _Call(self, method, details.invocation_metadata)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                call.wrap_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                call.wrap_unary(handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                call.wrap_stream(handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            call.wrap_stream(handler.stream_stream),  # type: ignore[arg-type]
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    async def principal_for(self, method: str, metadata: Any) -> Principal:
+        token = bearer_token(metadata)
+        if token is None:
+            if method in OPTIONAL_AUTH:
+                return ANONYMOUS
+            raise Unauthenticated(
+                "missing API key: send metadata 'authorization: Bearer <key>'",
+                reason="API_KEY_MISSING",
+            )
+        if not token:
+            raise Unauthenticated(
+                "malformed authorization header: expected 'Bearer <key>'",
+                reason="API_KEY_MALFORMED",
+            )
+        return await asyncio.to_thread(self._authenticate, token)
+
+
+class _Call:
+    """The bookkeeping of one RPC: who called, how it ended, how long it took."""
+
+    def __init__(self, owner: ServerInterceptor, method: str, metadata: Any) -> None:
+        self.owner = owner
+        self.method = method
+        self.metadata = metadata
+        self.principal: Principal = ANONYMOUS
+        self.code = grpc.StatusCode.OK
+
+    def wrap_unary(self, behavior: Behavior) -> Behavior:
+        async def run(request: Any, context: Ctx) -> Any:
+            start = time.perf_counter()
+            try:
+                await self._authenticate()
+                result = behavior(request, context)
+                return await result if inspect.isawaitable(result) else result
+            except BaseException as exc:
+                await self._fail(exc, context)
+            finally:
+                self._finish(start)
+
+        return run
+
+    def wrap_stream(self, behavior: Behavior) -> Behavior:
+        async def run(request: Any, context: Ctx) -> AsyncIterator[Any]:
+            start = time.perf_counter()
+            streams = metrics.STREAMS_IN_FLIGHT.labels(self.method)
+            streams.inc()
+            try:
+                await self._authenticate()
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    result = await result
+                if result is not None:
+                    async for item in result:
+                        yield item
+            except BaseException as exc:
+                await self._fail(exc, context)
+            finally:
+                streams.dec()
+                self._finish(start)
+
+        return run
+
+    async def _authenticate(self) -> None:
+        self.principal = await self.owner.principal_for(self.method, self.metadata)
+        set_principal(self.principal)
+
+    async def _fail(self, exc: BaseException, context: Ctx) -> None:
+        if isinstance(exc, AbortError):
+            self.code = context.code() or grpc.StatusCode.UNKNOWN
+            raise exc
+        if isinstance(exc, asyncio.CancelledError):
+            self.code = grpc.StatusCode.CANCELLED
+            raise exc
+        if as_domain_error(exc) is None:
+            log.exception("unhandled error in %s", self.method)
+        status = to_status(exc)
+        self.code = status.code
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    def _finish(self, start: float) -> None:
+        elapsed = time.perf_counter() - start
+        code = self.code.name
+        metrics.RPC_REQUESTS.labels(self.method, code).inc()
+        metrics.RPC_LATENCY.labels(self.method).observe(elapsed)
+        log.info(
+            "rpc",
+            extra={
+                "rpc_method": self.method,
+                "code": code,
+                "duration_ms": round(elapsed * 1000, 3),
+                "org": self.principal.org_name or "-",
+            },
+        )

@@ -1,0 +1,144 @@
+"""ModelService: protobuf <-> domain for the org's models."""
+
+from __future__ import annotations
+
+from google.protobuf import empty_pb2
+
+from domain import models, names
+from domain.errors import InvalidArgument, Unimplemented
+from modelregistry.v1 import compatibility_pb2, manifest_pb2, model_service_pb2_grpc, models_pb2
+from modelregistry.v1 import model_service_pb2 as pb
+from server import convert
+from server.context import Ctx, principal
+from server.runtime import Runtime
+from storage.repos.models import ModelFilter
+
+_ORDERS = {
+    pb.MODEL_ORDER_UNSPECIFIED: "create_time desc",
+    pb.MODEL_ORDER_CREATE_TIME_DESC: "create_time desc",
+    pb.MODEL_ORDER_CREATE_TIME_ASC: "create_time asc",
+    pb.MODEL_ORDER_MODEL_ID_ASC: "model_id asc",
+    pb.MODEL_ORDER_MODEL_ID_DESC: "model_id desc",
+    pb.MODEL_ORDER_UPDATE_TIME_DESC: "update_time desc",
+}
+
+
+def _fields(m: models_pb2.Model) -> models.ModelFields:
+    return models.ModelFields(
+        framework=m.framework, description=m.description, tags=list(m.tags), enabled=m.enabled
+    )
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def CreateModel(self, request: pb.CreateModelRequest, context: Ctx) -> models_pb2.Model:
+        org = principal().require_org()
+        m = request.model
+        fields = models.ModelFields(
+            framework=m.framework,
+            description=m.description,
+            tags=list(m.tags),
+            enabled=not request.disabled,
+        )
+        view = await self.rt.write(models.create_model, org, request.model_id, fields)
+        return convert.model(view)
+
+    async def GetModel(self, request: pb.GetModelRequest, context: Ctx) -> models_pb2.Model:
+        org = principal().require_org()
+        model_id = names.parse_model_name(request.name)
+        return convert.model(await self.rt.read(models.get_model_view, org, model_id))
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: Ctx
+    ) -> pb.ListModelsResponse:
+        org = principal().require_org()
+        order = _ORDERS.get(request.order_by)
+        if order is None:
+            raise InvalidArgument.field("order_by", f"unknown value {request.order_by}")
+        flt = ModelFilter(
+            framework=request.framework,
+            capability=request.capability,
+            enabled=request.enabled if request.HasField("enabled") else None,
+            tag=request.tag,
+            search=request.search,
+        )
+        page = await self.rt.read(
+            models.list_models, org, flt, order, request.page_size, request.page_token
+        )
+        return pb.ListModelsResponse(
+            models=[convert.model(v) for v in page.models],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
+
+    async def UpdateModel(self, request: pb.UpdateModelRequest, context: Ctx) -> models_pb2.Model:
+        org = principal().require_org()
+        model_id = names.parse_model_name(request.model.name, "model.name")
+        view = await self.rt.write(
+            models.update_model,
+            org,
+            model_id,
+            _fields(request.model),
+            list(request.update_mask.paths),
+            request.model.etag,
+        )
+        return convert.model(view)
+
+    async def DeleteModel(self, request: pb.DeleteModelRequest, context: Ctx) -> empty_pb2.Empty:
+        org = principal().require_org()
+        model_id = names.parse_model_name(request.name)
+        await self.rt.write(models.delete_model, org, model_id, request.etag)
+        return empty_pb2.Empty()
+
+    async def ListModelFilterOptions(
+        self, request: pb.ListModelFilterOptionsRequest, context: Ctx
+    ) -> pb.ListModelFilterOptionsResponse:
+        org = principal().require_org()
+        options = await self.rt.read(models.filter_options, org)
+        return pb.ListModelFilterOptionsResponse(
+            frameworks=options.frameworks, capabilities=options.capabilities, tags=options.tags
+        )
+
+    async def ResolveModel(
+        self, request: pb.ResolveModelRequest, context: Ctx
+    ) -> manifest_pb2.ManifestEntry:
+        raise Unimplemented("ModelService.ResolveModel is not implemented yet (issue #4)")
+
+    async def GetManifest(
+        self, request: pb.GetManifestRequest, context: Ctx
+    ) -> pb.GetManifestResponse:
+        raise Unimplemented("ModelService.GetManifest is not implemented yet (issue #4)")
+
+    async def ListModelArtifactPackages(
+        self, request: pb.ListModelArtifactPackagesRequest, context: Ctx
+    ) -> pb.ListModelArtifactPackagesResponse:
+        raise Unimplemented(
+            "ModelService.ListModelArtifactPackages is not implemented yet (issue #4)"
+        )
+
+    async def GetArtifactDownloadUrl(
+        self, request: pb.GetArtifactDownloadUrlRequest, context: Ctx
+    ) -> pb.GetArtifactDownloadUrlResponse:
+        raise Unimplemented("ModelService.GetArtifactDownloadUrl is not implemented yet (issue #3)")
+
+    async def CheckCompatibility(
+        self, request: pb.CheckCompatibilityRequest, context: Ctx
+    ) -> pb.CheckCompatibilityResponse:
+        raise Unimplemented("ModelService.CheckCompatibility is not implemented yet (issue #7)")
+
+    async def GetOptimizationPlan(
+        self, request: pb.GetOptimizationPlanRequest, context: Ctx
+    ) -> pb.GetOptimizationPlanResponse:
+        raise Unimplemented("ModelService.GetOptimizationPlan is not implemented yet (issue #7)")
+
+    async def GetOptimizedConfig(
+        self, request: pb.GetOptimizedConfigRequest, context: Ctx
+    ) -> compatibility_pb2.OptimizedConfig:
+        raise Unimplemented("ModelService.GetOptimizedConfig is not implemented yet (issue #7)")
+
+    async def PutOptimizedConfig(
+        self, request: pb.PutOptimizedConfigRequest, context: Ctx
+    ) -> compatibility_pb2.OptimizedConfig:
+        raise Unimplemented("ModelService.PutOptimizedConfig is not implemented yet (issue #7)")

@@ -1,0 +1,54 @@
+"""The server's handles on its backends, and the bridge from async handlers to the
+synchronous domain code (which runs in worker threads)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Concatenate, ParamSpec, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.db import transaction
+from storage.objectstore import ObjectStore
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass
+class Runtime:
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: ObjectStore
+    executor: ThreadPoolExecutor
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run blocking `fn` on the worker pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+
+    async def write(
+        self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `fn(session, ...)` in one read-write transaction on the worker pool."""
+
+        def run() -> T:
+            with transaction(self.sessions) as session:
+                return fn(session, *args, **kwargs)
+
+        return await self.call(run)
+
+    async def read(
+        self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `fn(session, ...)` in a read-only transaction on the worker pool."""
+
+        def run() -> T:
+            with transaction(self.sessions, readonly=True) as session:
+                return fn(session, *args, **kwargs)
+
+        return await self.call(run)

@@ -1,0 +1,53 @@
+"""Server configuration: flags with environment-variable fallbacks."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_DATABASE_URL = "sqlite:///var/modelregistry.db"
+DEFAULT_OBJECT_STORE = "var/blobs"
+ENV_PREFIX = "MODELREGISTRY_"
+
+# Uploads stream in chunks of at most 4 MiB; 16 MiB leaves headroom for the largest
+# unary messages (manifests, configs) while bounding what one message can make us buffer.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def env(name: str, default: str) -> str:
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = DEFAULT_LISTEN
+    database_url: str = DEFAULT_DATABASE_URL
+    object_store: str = DEFAULT_OBJECT_STORE
+    metrics_listen: str = ""
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    # Seconds between dependency checks that drive the health status.
+    health_interval: float = 2.0
+    # Seconds in-flight RPCs get to finish on SIGTERM before they are cancelled.
+    shutdown_grace: float = 10.0
+    # Threads running blocking work (database, object store) for the event loop.
+    worker_threads: int = 32
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def from_env() -> Settings:
+        return Settings(
+            listen=env("LISTEN", DEFAULT_LISTEN),
+            database_url=env("DATABASE_URL", DEFAULT_DATABASE_URL),
+            object_store=env("OBJECT_STORE", DEFAULT_OBJECT_STORE),
+            metrics_listen=env("METRICS_LISTEN", ""),
+        )
+
+
+def normalize_sqlite_url(url: str) -> str:
+    """`sqlite:///relative/path` stays relative to the working directory; make sure the
+    directory exists so a bare machine can start."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return url

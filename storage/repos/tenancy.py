@@ -1,0 +1,31 @@
+"""Orgs and API keys."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from storage.orm import ApiKey, Org
+
+
+def org_by_name(session: Session, name: str) -> Org | None:
+    return session.scalars(select(Org).where(Org.name == name)).one_or_none()
+
+
+def org_by_id(session: Session, org_id: str) -> Org | None:
+    return session.get(Org, org_id)
+
+
+def key_by_key_id(session: Session, key_id: str) -> ApiKey | None:
+    return session.scalars(select(ApiKey).where(ApiKey.key_id == key_id)).one_or_none()
+
+
+def keys_of(session: Session, org_id: str) -> list[ApiKey]:
+    return list(
+        session.scalars(select(ApiKey).where(ApiKey.org_id == org_id).order_by(ApiKey.created_at))
+    )
+
+
+def bump_org_revision(session: Session, org_id: str) -> None:
+    """Mark the org's manifest changed; runs in the caller's transaction."""
+    session.execute(update(Org).where(Org.id == org_id).values(revision=Org.revision + 1))
