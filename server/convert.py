@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from domain import names
 from domain.etags import etag_of
 from domain.models import ModelView
-from modelregistry.v1 import models_pb2
+from domain.versions import ModelVersionView
+from modelregistry.v1 import catalog_pb2, models_pb2
+from storage import orm
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -35,3 +37,100 @@ def model(view: ModelView) -> models_pb2.Model:
         etag=etag_of(m.id, m.revision),
         version_count=view.version_count,
     )
+
+
+def model_version(v: ModelVersionView) -> models_pb2.ModelVersion:
+    mv = v.version
+    return models_pb2.ModelVersion(
+        name=names.version_name(v.model_id, mv.version),
+        uid=mv.id,
+        version_id=mv.version,
+        state=_VERSION_STATES[mv.lifecycle_status],
+        description=mv.description,
+        labels={str(k): str(val) for k, val in mv.labels.items()},
+        create_time=timestamp(mv.created_at),
+        update_time=timestamp(mv.updated_at),
+        publish_time=timestamp(mv.published_at),
+        catalog_version=(
+            names.catalog_version_name(v.catalog_variant_id, v.catalog_version_id)
+            if v.catalog_variant_id and v.catalog_version_id
+            else ""
+        ),
+        etag=etag_of(mv.id, int(mv.updated_at.timestamp() * 1_000_000)),
+    )
+
+
+def variant(v: orm.CatalogVariant) -> catalog_pb2.Variant:
+    return catalog_pb2.Variant(
+        name=names.variant_name(v.id),
+        uid=v.id,
+        model_id=v.name,
+        blessed=v.org_id is None,
+        family=v.family,
+        task_taxonomy=list(v.task_taxonomy),
+        parameter_count=v.parameter_count or 0,
+        license=v.license,
+        description=v.description,
+        create_time=timestamp(v.created_at),
+        update_time=timestamp(v.updated_at),
+        etag=etag_of(v.id, int(v.updated_at.timestamp() * 1_000_000)),
+    )
+
+
+def catalog_version(
+    cv: orm.CatalogVersion, total_size_bytes: int = 0, model_version_name: str = ""
+) -> catalog_pb2.CatalogVersion:
+    return catalog_pb2.CatalogVersion(
+        name=names.catalog_version_name(cv.variant_id, cv.id),
+        uid=cv.id,
+        version_id=cv.version,
+        state=_CATALOG_STATES[cv.lifecycle],
+        model_version=model_version_name,
+        total_size_bytes=total_size_bytes,
+        create_time=timestamp(cv.created_at),
+        deprecate_time=timestamp(cv.deprecated_at),
+    )
+
+
+def package(p: orm.ArtifactPackage, variant_id: str) -> catalog_pb2.ArtifactPackage:
+    """`p.resources` must be loaded (selectinload) before the session closed."""
+    metrics = struct_pb2.Struct()
+    metrics.update(p.metrics or {})
+    return catalog_pb2.ArtifactPackage(
+        name=names.package_name(variant_id, p.catalog_version_id, p.id),
+        uid=p.id,
+        format=p.format,
+        quantization=p.quantization,
+        runtime=p.runtime,
+        source=p.source,
+        metrics=metrics,
+        resources=[resource(r, variant_id, p.catalog_version_id) for r in p.resources],
+        create_time=timestamp(p.created_at),
+    )
+
+
+def resource(
+    r: orm.ArtifactResource, variant_id: str, version_id: str
+) -> catalog_pb2.ArtifactResource:
+    return catalog_pb2.ArtifactResource(
+        name=names.resource_name(variant_id, version_id, r.package_id, r.id),
+        uid=r.id,
+        kind=r.kind,
+        file_name=r.file_name,
+        size_bytes=r.size_bytes,
+        sha256=r.sha256 or "",
+        required=r.required,
+        load_order=r.load_order,
+        stored=r.storage_key is not None,
+        create_time=timestamp(r.created_at),
+    )
+
+
+_VERSION_STATES = {
+    "draft": models_pb2.ModelVersion.STATE_DRAFT,
+    "published": models_pb2.ModelVersion.STATE_PUBLISHED,
+}
+_CATALOG_STATES = {
+    "active": catalog_pb2.CatalogVersion.STATE_ACTIVE,
+    "deprecated": catalog_pb2.CatalogVersion.STATE_DEPRECATED,
+}
