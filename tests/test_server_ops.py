@@ -166,9 +166,8 @@ def test_cli_server_logs_one_line_per_rpc_and_stops_on_sigterm(tmp_path: Path) -
     logs = proc.stderr.read().decode() if proc.stderr else ""
     assert token not in logs and token.split("_")[2] not in logs, "keys are never logged"
     rpc_lines = [line for line in logs.splitlines() if '"msg": "rpc"' in line]
-    assert any('"CreateModel' in l or "/CreateModel" in l for l in rpc_lines)
-    created = next(l for l in rpc_lines if "/CreateModel" in l)
+    created = next(line for line in rpc_lines if "/CreateModel" in line)
     assert '"code": "OK"' in created and '"org": "acme"' in created and "duration_ms" in created
-    missing = next(l for l in rpc_lines if "/GetModel" in l)
+    missing = next(line for line in rpc_lines if "/GetModel" in line)
     assert '"code": "NOT_FOUND"' in missing
     assert "shutting down" in logs
