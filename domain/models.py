@@ -12,7 +12,7 @@ from domain.errors import AlreadyExists, InvalidArgument, NotFound, Violations
 from domain.etags import check_etag
 from domain.paging import page_of
 from domain.validation import check_description, check_framework, normalize_tags
-from storage.orm import Model
+from storage.orm import Model, utcnow
 from storage.repos import models as repo
 from storage.repos import tenancy
 
@@ -71,7 +71,10 @@ def create_model(session: Session, org_id: str, model_id: str, fields: ModelFiel
     v.raise_if_any()
     if repo.get(session, org_id, model_id) is not None:
         raise AlreadyExists("model", names.model_name(model_id))
+    now = utcnow()
     model = Model(
+        created_at=now,
+        updated_at=now,
         org_id=org_id,
         model_id=model_id,
         framework=fields.framework,
