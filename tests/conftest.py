@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from support.services import (
     ExternalMinio,
     ExternalPostgres,
@@ -23,7 +24,6 @@ from support.services import (
     minio_from_env_or_start,
     postgres_from_env_or_start,
 )
-
 
 pytest_plugins = ["support.fixtures"]
 
