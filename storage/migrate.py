@@ -8,6 +8,7 @@ by comparing storage.orm with a database already migrated to head.
 from __future__ import annotations
 
 import argparse
+import threading
 from importlib import resources
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from alembic.script import ScriptDirectory
 from storage.db import create_engine_for
 
 MIGRATIONS_PACKAGE = "storage.migrations"
+
+_alembic_lock = threading.Lock()
 
 
 def migrations_dir() -> Path:
@@ -39,8 +42,14 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at `url` up to `revision` (default: the newest), from empty too."""
-    command.upgrade(alembic_config(url), revision)
+    """Bring the database at `url` up to `revision` (default: the newest), from empty too.
+
+    Safe to run from several processes at once (they take turns on a database lock).
+    """
+    # Alembic keeps the running migration in module globals (alembic.context/op), so two
+    # threads of one process must not migrate at the same time.
+    with _alembic_lock:
+        command.upgrade(alembic_config(url), revision)
 
 
 def head_revision() -> str:
