@@ -1,0 +1,116 @@
+# modelregistry developer tasks. `make test` is what CI runs (.ci/run).
+#
+#   make install          .venv with python3.11 and `pip install -e '.[dev]'`
+#   make tools            pinned minio/buf/grpcurl + PostgreSQL (.ci/tools.sh)
+#   make generate         regenerate generated/python from protos/
+#   make check-generated  fail if generated/python is stale
+#   make lint             buf lint, ruff check, mypy
+#   make test             install + tools + lint + check-generated + pytest
+#   make run              migrate, print a dev key, serve on 127.0.0.1:50051
+#   make clean            caches and build output (distclean: also .venv and ./var)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3.11
+VENV := .venv
+VENV_BIN := $(CURDIR)/$(VENV)/bin
+VENV_PY := $(VENV_BIN)/python
+# Hash of what the editable install depends on: pyproject.toml and which top-level packages
+# exist (setuptools' editable finder maps the packages found at install time).
+INSTALL_STAMP := $(VENV)/.modelregistry-install
+INSTALL_INPUTS = pyproject.toml $(wildcard server/__init__.py domain/__init__.py \
+	storage/__init__.py conversion/__init__.py client/__init__.py \
+	generated/python/modelregistry/__init__.py)
+
+TOOLS_DIR := $(or $(MODELREGISTRY_TOOLS),$(HOME)/.cache/modelregistry)
+TOOLS_BIN := $(TOOLS_DIR)/bin
+
+# .venv/bin (protoc-gen-mypy, ruff, mypy, pytest, modelregistry) and the pinned tools first.
+export PATH := $(VENV_BIN):$(TOOLS_BIN):$(PATH)
+export MODELREGISTRY_TOOLS := $(TOOLS_DIR)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+PROTO_DIR := protos
+PROTOS = $(sort $(wildcard $(PROTO_DIR)/modelregistry/v1/*.proto))
+GEN_DIR := generated/python
+
+.PHONY: venv install tools generate check-generated lint test run clean distclean
+
+# --- Python environment --------------------------------------------------------------
+
+$(VENV_PY):
+	$(PYTHON) -m venv $(VENV)
+
+venv: install
+
+install: $(VENV_PY)
+	@want="$$(sha256sum $(INSTALL_INPUTS) | sha256sum | cut -c1-64)"; \
+	if [ "$$(cat $(INSTALL_STAMP) 2>/dev/null)" != "$$want" ]; then \
+	  echo "pip install -e '.[dev]'"; \
+	  $(VENV_PY) -m pip install --quiet -e '.[dev]'; \
+	  echo "$$want" > $(INSTALL_STAMP); \
+	fi
+
+# --- pinned tools outside the repo ---------------------------------------------------
+
+tools:
+	@.ci/tools.sh
+
+# --- generated code ------------------------------------------------------------------
+
+# $(call protoc_into,DIR): generate Python, gRPC and mypy stubs for all protos into DIR.
+define protoc_into
+set -euo pipefail; \
+out="$(1)"; \
+mkdir -p "$$out/modelregistry/v1"; \
+find "$$out/modelregistry" -name '*_pb2*' -type f -delete; \
+if [ -n "$(PROTOS)" ]; then \
+  wkt="$$($(VENV_PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')"; \
+  $(VENV_PY) -m grpc_tools.protoc -I $(PROTO_DIR) -I "$$wkt" \
+    --python_out="$$out" --grpc_python_out="$$out" \
+    --mypy_out=quiet:"$$out" --mypy_grpc_out=quiet:"$$out" $(PROTOS); \
+fi; \
+touch "$$out/modelregistry/__init__.py" "$$out/modelregistry/v1/__init__.py" "$$out/modelregistry/py.typed"
+endef
+
+generate: install
+	@$(call protoc_into,$(GEN_DIR))
+	@echo "generated $(words $(PROTOS)) protos into $(GEN_DIR)"
+
+check-generated: install
+	@tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
+	$(call protoc_into,$$tmp); \
+	if ! diff -r -x __pycache__ "$$tmp/modelregistry" "$(GEN_DIR)/modelregistry" >"$$tmp/diff" 2>&1; then \
+	  head -n 40 "$$tmp/diff"; \
+	  echo "generated/ is stale: run make generate" >&2; exit 1; \
+	fi
+
+# --- checks --------------------------------------------------------------------------
+
+lint: install tools
+	buf lint
+	ruff check .
+	mypy
+
+test: install tools lint check-generated
+	pytest
+
+# --- local server --------------------------------------------------------------------
+
+run: install
+	mkdir -p var
+	$(VENV_BIN)/modelregistry migrate
+	$(VENV_BIN)/modelregistry dev-key
+	$(VENV_BIN)/modelregistry serve
+
+# --- cleanup -------------------------------------------------------------------------
+
+clean:
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
+	rm -rf .mypy_cache .ruff_cache .pytest_cache build dist .tmp *.egg-info
+
+distclean: clean
+	rm -rf $(VENV) var
