@@ -14,6 +14,7 @@ from storage.orm.catalog import (
     CatalogVariant,
     CatalogVersion,
 )
+from storage.orm.conversions import JOB_STATES, ConversionEvent, ConversionJob
 from storage.orm.registry import LIFECYCLE_STATUSES, Model, ModelVersion, OptimizedConfig
 from storage.orm.telemetry import (
     HEALTH_STATUSES,
@@ -24,13 +25,7 @@ from storage.orm.telemetry import (
     TrainingUpdate,
 )
 from storage.orm.tenancy import ApiKey, Org
-from storage.orm.uploads import (
-    JOB_STATES,
-    UPLOAD_STATES,
-    ConversionEvent,
-    ConversionJob,
-    UploadSession,
-)
+from storage.orm.uploads import UPLOAD_STATES, UploadSession
 
 __all__ = [
     "CATALOG_LIFECYCLES",

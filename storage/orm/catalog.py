@@ -29,6 +29,18 @@ PACKAGE_SOURCES = ("upload", "conversion")
 _BLESSED = text("org_id IS NULL")
 
 
+class CatalogState(Base):
+    """One row (id 1): the blessed catalog's revision, bumped in the same transaction as
+    every change to blessed variants, versions, packages or resources. Manifest etags
+    combine it with the org's own revision, so an unchanged manifest is recognised
+    without building it."""
+
+    __tablename__ = "catalog_state"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    revision: Mapped[int] = mapped_column(BigInteger, default=1)
+
+
 class CatalogVariant(UuidPk, Timestamps, Base):
     __tablename__ = "catalog_variants"
     __table_args__ = (
