@@ -50,17 +50,23 @@ class InferenceSessionEvent(_message.Message):
     device_type: _builtins.str
     """The device type or profile, for example `pixel-8`."""
     latency_ms: _builtins.float
-    """Required. End-to-end latency in milliseconds; finite and >= 0."""
+    """Required. End-to-end latency in milliseconds; finite, >= 0 and at most
+    86,400,000 (one day).
+    """
     time_to_first_token_ms: _builtins.float
     """Time to first token in milliseconds, for generative models; 0 when not
-    reported.
+    reported; otherwise finite, > 0 and at most 86,400,000.
     """
     tokens_per_second: _builtins.float
-    """Tokens per second, for generative models; 0 when not reported."""
+    """Tokens per second, for generative models; 0 when not reported;
+    otherwise finite, > 0 and at most 10,000,000.
+    """
     error: _builtins.bool
     """True when the inference failed."""
     error_code: _builtins.str
-    """Error code reported by the runtime, when it failed."""
+    """Error code reported by the runtime, when it failed; at most 128
+    characters.
+    """
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp:
         """Required. When the inference started; at most 5 minutes in the future
@@ -99,7 +105,10 @@ class ReportInferenceSessionsRequest(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___InferenceSessionEvent]:
-        """A batch of at most 1000 events."""
+        """A batch of at most 1000 events. A larger batch fails the stream with
+        INVALID_ARGUMENT; batches before it stay stored (their event ids make a
+        retry safe).
+        """
 
     def __init__(
         self,
@@ -157,13 +166,16 @@ class ReportInferenceSessionsResponse(_message.Message):
     ACCEPTED_COUNT_FIELD_NUMBER: _builtins.int
     DUPLICATE_COUNT_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
+    REJECTED_COUNT_FIELD_NUMBER: _builtins.int
     accepted_count: _builtins.int
     """Events stored."""
     duplicate_count: _builtins.int
     """Events whose id was already stored (not stored again)."""
+    rejected_count: _builtins.int
+    """Number of events rejected (may exceed the size of `rejected`)."""
     @_builtins.property
     def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedEvent]:
-        """Events rejected, with reasons."""
+        """Events rejected, with reasons: the first 1000 of them."""
 
     def __init__(
         self,
@@ -171,10 +183,11 @@ class ReportInferenceSessionsResponse(_message.Message):
         accepted_count: _builtins.int = ...,
         duplicate_count: _builtins.int = ...,
         rejected: _abc.Iterable[Global___RejectedEvent] | None = ...,
+        rejected_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_count", b"accepted_count", "duplicate_count", b"duplicate_count", "rejected", b"rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_count", b"accepted_count", "duplicate_count", b"duplicate_count", "rejected", b"rejected", "rejected_count", b"rejected_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -222,15 +235,17 @@ class TrainingUpdateEvent(_message.Message):
     device_id: _builtins.str
     """Required. The device's client id."""
     sample_count: _builtins.int
-    """Number of training samples used; >= 0."""
+    """Number of training samples used; 0 to 2,147,483,647."""
     @_builtins.property
     def occur_time(self) -> _timestamp_pb2.Timestamp:
-        """Required. When the round finished."""
+        """Required. When the round finished; at most 5 minutes in the future and
+        within the retention window.
+        """
 
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Metrics of the round, for example `loss` and `accuracy`; finite values;
-        at most 64 entries.
+        at most 64 entries; names 1-64 characters.
         """
 
     def __init__(
@@ -261,7 +276,9 @@ class ReportTrainingUpdatesRequest(_message.Message):
     UPDATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrainingUpdateEvent]:
-        """A batch of at most 1000 updates."""
+        """A batch of at most 1000 updates; a larger batch fails the stream with
+        INVALID_ARGUMENT.
+        """
 
     def __init__(
         self,
@@ -285,13 +302,16 @@ class ReportTrainingUpdatesResponse(_message.Message):
     ACCEPTED_COUNT_FIELD_NUMBER: _builtins.int
     DUPLICATE_COUNT_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
+    REJECTED_COUNT_FIELD_NUMBER: _builtins.int
     accepted_count: _builtins.int
     """Updates stored."""
     duplicate_count: _builtins.int
     """Updates whose id was already stored."""
+    rejected_count: _builtins.int
+    """Number of updates rejected (may exceed the size of `rejected`)."""
     @_builtins.property
     def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedEvent]:
-        """Updates rejected, with reasons."""
+        """Updates rejected, with reasons: the first 1000 of them."""
 
     def __init__(
         self,
@@ -299,10 +319,11 @@ class ReportTrainingUpdatesResponse(_message.Message):
         accepted_count: _builtins.int = ...,
         duplicate_count: _builtins.int = ...,
         rejected: _abc.Iterable[Global___RejectedEvent] | None = ...,
+        rejected_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_count", b"accepted_count", "duplicate_count", b"duplicate_count", "rejected", b"rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_count", b"accepted_count", "duplicate_count", b"duplicate_count", "rejected", b"rejected", "rejected_count", b"rejected_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -362,7 +383,7 @@ class Device(_message.Message):
     runtime_version: _builtins.str
     """Runtime version, for example `onnxruntime-1.20`."""
     health: Global___Device.Health.ValueType
-    """The reported health."""
+    """Required in a heartbeat. The reported health."""
     @_builtins.property
     def last_seen_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the device was last heard from."""
@@ -400,7 +421,10 @@ class ReportDeviceHeartbeatRequest(_message.Message):
     DEVICE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def device(self) -> Global___Device:
-        """Required. The device and its current health."""
+        """Required. The device and its current health. Empty descriptive fields
+        (device_type, platform, os_version, runtime_version) keep their stored
+        values; each is at most 64 characters (device_type 128).
+        """
 
     def __init__(
         self,
@@ -457,7 +481,9 @@ class GetInferenceTelemetryRequest(_message.Message):
     name: _builtins.str
     """Required. The model, `models/{model_id}`."""
     version_id: _builtins.str
-    """Only sessions of this version string."""
+    """Only sessions of this version string (zero counts for a version
+    without sessions).
+    """
     device_type: _builtins.str
     """Only sessions of this device type."""
     @_builtins.property
@@ -466,8 +492,9 @@ class GetInferenceTelemetryRequest(_message.Message):
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """Required. End of the window (exclusive); after `start_time` and the
-        window within the retention period.
+        """Required. End of the window (exclusive); after `start_time`. The window
+        is at most the retention period long and `start_time` no earlier than
+        the retention period before now (5 minutes of grace).
         """
 
     def __init__(
@@ -513,7 +540,9 @@ class LatencyDistribution(_message.Message):
     mean: _builtins.float
     """Mean."""
     relative_error_bound: _builtins.float
-    """Largest relative error of the percentiles (0.01 = 1%)."""
+    """Largest relative error of the percentiles (0.01 = 1%), see the
+    TelemetryService comment for the quantile definition. The mean is exact.
+    """
     def __init__(
         self,
         *,
@@ -743,7 +772,10 @@ class GetVersionTrainingStatsRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Required. The version, `models/{model_id}/versions/{version_id}`."""
+    """Required. The version, `models/{model_id}/versions/{version_id}`. The
+    model must exist (else NOT_FOUND); any version string of it answers,
+    with zero counts when it has no updates.
+    """
     def __init__(
         self,
         *,

@@ -33,7 +33,16 @@ class TelemetryServiceStub:
     Latency percentiles are computed from log-bucketed histograms whose
     relative error is bounded by `LatencyDistribution.relative_error_bound`
     (1% by default): a reported quantile q' of true quantile q satisfies
-    |q' - q| <= bound * q.
+    |q' - q| <= bound * q. The true quantile is the one numpy computes by
+    default: rank r = p * (n - 1) over the sorted values, interpolating
+    linearly between the values at floor(r) and ceil(r). Values are kept in
+    buckets (gamma^(i-1), gamma^i] with gamma = (1 + a) / (1 - a), a = the
+    bound, and read back as 2 * gamma^i / (gamma + 1); exact zeros are kept
+    exactly. Counts, error rates and means are exact.
+
+    Raw events are kept for the server's retention period (30 days unless
+    configured otherwise); hourly rollups per model, version and device type
+    answer window queries without reading raw rows.
     """
 
     @_typing.overload
@@ -74,7 +83,16 @@ class TelemetryServiceAsyncStub(TelemetryServiceStub):
     Latency percentiles are computed from log-bucketed histograms whose
     relative error is bounded by `LatencyDistribution.relative_error_bound`
     (1% by default): a reported quantile q' of true quantile q satisfies
-    |q' - q| <= bound * q.
+    |q' - q| <= bound * q. The true quantile is the one numpy computes by
+    default: rank r = p * (n - 1) over the sorted values, interpolating
+    linearly between the values at floor(r) and ceil(r). Values are kept in
+    buckets (gamma^(i-1), gamma^i] with gamma = (1 + a) / (1 - a), a = the
+    bound, and read back as 2 * gamma^i / (gamma + 1); exact zeros are kept
+    exactly. Counts, error rates and means are exact.
+
+    Raw events are kept for the server's retention period (30 days unless
+    configured otherwise); hourly rollups per model, version and device type
+    answer window queries without reading raw rows.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -111,7 +129,16 @@ class TelemetryServiceServicer(metaclass=_abc_1.ABCMeta):
     Latency percentiles are computed from log-bucketed histograms whose
     relative error is bounded by `LatencyDistribution.relative_error_bound`
     (1% by default): a reported quantile q' of true quantile q satisfies
-    |q' - q| <= bound * q.
+    |q' - q| <= bound * q. The true quantile is the one numpy computes by
+    default: rank r = p * (n - 1) over the sorted values, interpolating
+    linearly between the values at floor(r) and ceil(r). Values are kept in
+    buckets (gamma^(i-1), gamma^i] with gamma = (1 + a) / (1 - a), a = the
+    bound, and read back as 2 * gamma^i / (gamma + 1); exact zeros are kept
+    exactly. Counts, error rates and means are exact.
+
+    Raw events are kept for the server's retention period (30 days unless
+    configured otherwise); hourly rollups per model, version and device type
+    answer window queries without reading raw rows.
     """
 
     @_abc_1.abstractmethod
