@@ -21,6 +21,7 @@ from storage.orm.telemetry import (
     SESSION_STATUSES,
     Device,
     DeviceProfileOverride,
+    InferenceRollup,
     InferenceSession,
     TrainingUpdate,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "ConversionJob",
     "Device",
     "DeviceProfileOverride",
+    "InferenceRollup",
     "InferenceSession",
     "Model",
     "ModelVersion",

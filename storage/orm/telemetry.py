@@ -5,13 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Index, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Index,
+    LargeBinary,
+    PrimaryKeyConstraint,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from storage.orm.base import Base, CreatedAt, Json, Timestamps, UuidPk, utcnow
 from storage.orm.tenancy import SLUG_LENGTH, STATE_LENGTH, org_fk
 
-HEALTH_STATUSES = ("healthy", "degraded", "offline", "unknown")
+HEALTH_STATUSES = ("healthy", "degraded", "unhealthy", "offline", "unknown")
 SESSION_STATUSES = ("ok", "error")
 
 _DEVICE_ID_LENGTH = 255
@@ -23,7 +31,7 @@ class Device(UuidPk, CreatedAt, Base):
     __table_args__ = (
         UniqueConstraint("org_id", "device_id"),
         CheckConstraint(
-            "health_status IN ('healthy', 'degraded', 'offline', 'unknown')",
+            "health_status IN ('healthy', 'degraded', 'unhealthy', 'offline', 'unknown')",
             name="health_status",
         ),
     )
@@ -38,11 +46,17 @@ class Device(UuidPk, CreatedAt, Base):
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class InferenceSession(UuidPk, Base):
+class InferenceSession(Base):
+    """One raw inference event, kept for the telemetry retention period.
+
+    No surrogate id: (org_id, event_id) is the key, so re-delivered events conflict and are
+    skipped (INSERT .. ON CONFLICT DO NOTHING), and each insert maintains one index fewer.
+    """
+
     __tablename__ = "inference_sessions"
     __table_args__ = (
         # Devices retry batches; (org_id, event_id) makes re-delivery idempotent.
-        UniqueConstraint("org_id", "event_id"),
+        PrimaryKeyConstraint("org_id", "event_id"),
         CheckConstraint("status IN ('ok', 'error')", name="status"),
         Index(None, "org_id", "model_id", "occurred_at"),
     )
@@ -60,6 +74,40 @@ class InferenceSession(UuidPk, Base):
     status: Mapped[str] = mapped_column(String(STATE_LENGTH), default="ok")
     error_code: Mapped[str | None] = mapped_column(String(128))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InferenceRollup(Base):
+    """Mergeable aggregate of one hour of a model's inference sessions.
+
+    One row per (org, model, version, device type, hour), plus rows with version and/or
+    device_type '*' holding the same hour summed over all versions / device types, so any
+    filter combination reads at most one row per hour. Maintained in the ingesting
+    transaction. Sketches are log-bucketed histograms (domain.sketch) with a bounded
+    relative error; merging two rows adds their counts, sums and bucket counts.
+    """
+
+    __tablename__ = "inference_rollups"
+    __table_args__ = (
+        PrimaryKeyConstraint("org_id", "model_id", "version", "device_type", "hour"),
+        Index(None, "hour"),
+    )
+
+    org_id: Mapped[str] = org_fk(index=False)
+    model_id: Mapped[str] = mapped_column(String(SLUG_LENGTH))
+    version: Mapped[str] = mapped_column(String(SLUG_LENGTH))
+    device_type: Mapped[str] = mapped_column(String(SLUG_LENGTH))
+    # Start of the hour (UTC) the sessions occurred in.
+    hour: Mapped[datetime]
+    session_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    error_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    latency_sum: Mapped[float] = mapped_column(default=0.0)
+    latency_sketch: Mapped[bytes] = mapped_column(LargeBinary)
+    ttft_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    ttft_sum: Mapped[float] = mapped_column(default=0.0)
+    ttft_sketch: Mapped[bytes] = mapped_column(LargeBinary)
+    tps_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    tps_sum: Mapped[float] = mapped_column(default=0.0)
+    tps_sketch: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class TrainingUpdate(UuidPk, Base):
