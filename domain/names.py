@@ -144,3 +144,19 @@ def package_name(variant_uid: str, version_uid: str, uid: str) -> str:
 
 def resource_name(variant_uid: str, version_uid: str, package_uid: str, uid: str) -> str:
     return f"{package_name(variant_uid, version_uid, package_uid)}/resources/{uid}"
+
+
+def optimized_config_name(model_id: str, device_type: str) -> str:
+    return f"models/{model_id}/optimizedConfigs/{device_type}"
+
+
+def parse_optimized_config_name(name: str, field: str = "name") -> tuple[str, str]:
+    """`models/{model_id}/optimizedConfigs/{device_type}` -> (model_id, device_type)."""
+    model_id, device_type = _segments(name, field, ("models", "optimizedConfigs"))
+    problem = model_id_problem(model_id)
+    if problem:
+        raise InvalidArgument.field(field, f"model id {problem}")
+    problem = model_id_problem(device_type)
+    if problem:
+        raise InvalidArgument.field(field, f"device type {problem}")
+    return model_id, device_type
