@@ -1,0 +1,1 @@
+"""Data files shipped with the service (device profiles, ...), read with importlib.resources."""
