@@ -7,10 +7,12 @@ from datetime import datetime
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from domain import names
+from domain.compatibility import CompatibilityResult, Option, PlanResult
 from domain.etags import etag_of
 from domain.models import ModelView
+from domain.optimized_configs import ConfigView
 from domain.versions import ModelVersionView
-from modelregistry.v1 import catalog_pb2, models_pb2
+from modelregistry.v1 import catalog_pb2, compatibility_pb2, model_service_pb2, models_pb2
 from storage import orm
 
 
@@ -134,3 +136,78 @@ _CATALOG_STATES = {
     "active": catalog_pb2.CatalogVersion.STATE_ACTIVE,
     "deprecated": catalog_pb2.CatalogVersion.STATE_DEPRECATED,
 }
+
+
+def _provenance(measured: bool) -> compatibility_pb2.Provenance.ValueType:
+    return (
+        compatibility_pb2.PROVENANCE_MEASURED
+        if measured
+        else compatibility_pb2.PROVENANCE_ESTIMATED
+    )
+
+
+def compatibility(r: CompatibilityResult) -> model_service_pb2.CheckCompatibilityResponse:
+    return model_service_pb2.CheckCompatibilityResponse(
+        catalog_version=r.catalog_version,
+        framework=r.framework,
+        results=[
+            compatibility_pb2.DeviceCompatibility(
+                device_profile=d.device_profile,
+                compatible=d.compatible,
+                recommended_package=d.recommended_package,
+                reasons=[
+                    compatibility_pb2.IncompatibilityReason(
+                        code=x.code,
+                        package=x.package,
+                        message=x.message,
+                        suggested_fix=x.suggested_fix,
+                    )
+                    for x in d.reasons
+                ],
+            )
+            for d in r.results
+        ],
+    )
+
+
+def optimization_option(o: Option) -> compatibility_pb2.OptimizationOption:
+    return compatibility_pb2.OptimizationOption(
+        format=o.format,
+        quantization=o.quantization,
+        expected_size_bytes=int(o.size.value),
+        expected_max_abs_error=o.max_abs_error.value,
+        expected_latency_ms=o.latency_ms.value,
+        size_provenance=_provenance(o.size.measured),
+        accuracy_provenance=_provenance(o.max_abs_error.measured),
+        latency_provenance=_provenance(o.latency_ms.measured),
+        estimate_rule=o.estimate_rule,
+        package=o.package,
+        feasible=o.feasible,
+        infeasible_reasons=o.infeasible_reasons,
+    )
+
+
+def optimization_plan(r: PlanResult) -> model_service_pb2.GetOptimizationPlanResponse:
+    return model_service_pb2.GetOptimizationPlanResponse(
+        catalog_version=r.catalog_version,
+        source_size_bytes=r.source_size_bytes,
+        plans=[
+            compatibility_pb2.DeviceOptimizationPlan(
+                device_profile=p.device_profile,
+                recommended=optimization_option(p.recommended) if p.recommended else None,
+                alternatives=[optimization_option(o) for o in p.alternatives],
+            )
+            for p in r.plans
+        ],
+    )
+
+
+def optimized_config(v: ConfigView) -> compatibility_pb2.OptimizedConfig:
+    config = struct_pb2.Struct()
+    config.update(v.config)
+    return compatibility_pb2.OptimizedConfig(
+        name=names.optimized_config_name(v.model_id, v.device_type),
+        config=config,
+        revision=v.revision,
+        create_time=timestamp(v.created_at),
+    )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from google.protobuf import empty_pb2
+from google.protobuf import empty_pb2, json_format
 
-from domain import models, names
+from domain import compatibility, models, names, optimized_configs
 from domain.errors import InvalidArgument, Unimplemented
 from modelregistry.v1 import compatibility_pb2, manifest_pb2, model_service_pb2_grpc, models_pb2
 from modelregistry.v1 import model_service_pb2 as pb
@@ -126,19 +126,40 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     async def CheckCompatibility(
         self, request: pb.CheckCompatibilityRequest, context: Ctx
     ) -> pb.CheckCompatibilityResponse:
-        raise Unimplemented("ModelService.CheckCompatibility is not implemented yet (issue #7)")
+        org = principal().require_org()
+        model_id = names.parse_model_name(request.name)
+        result = await self.rt.read(
+            compatibility.check_compatibility, org, model_id, list(request.device_profiles)
+        )
+        return convert.compatibility(result)
 
     async def GetOptimizationPlan(
         self, request: pb.GetOptimizationPlanRequest, context: Ctx
     ) -> pb.GetOptimizationPlanResponse:
-        raise Unimplemented("ModelService.GetOptimizationPlan is not implemented yet (issue #7)")
+        org = principal().require_org()
+        model_id = names.parse_model_name(request.name)
+        result = await self.rt.read(
+            compatibility.optimization_plan,
+            org,
+            model_id,
+            list(request.device_profiles),
+            request.accuracy_tolerance,
+            request.size_budget_bytes,
+        )
+        return convert.optimization_plan(result)
 
     async def GetOptimizedConfig(
         self, request: pb.GetOptimizedConfigRequest, context: Ctx
     ) -> compatibility_pb2.OptimizedConfig:
-        raise Unimplemented("ModelService.GetOptimizedConfig is not implemented yet (issue #7)")
+        org = principal().require_org()
+        view = await self.rt.read(optimized_configs.get_config, org, request.name)
+        return convert.optimized_config(view)
 
     async def PutOptimizedConfig(
         self, request: pb.PutOptimizedConfigRequest, context: Ctx
     ) -> compatibility_pb2.OptimizedConfig:
-        raise Unimplemented("ModelService.PutOptimizedConfig is not implemented yet (issue #7)")
+        org = principal().require_org()
+        oc = request.optimized_config
+        config = json_format.MessageToDict(oc.config) if oc.HasField("config") else None
+        view = await self.rt.write(optimized_configs.put_config, org, oc.name, config)
+        return convert.optimized_config(view)
