@@ -6,6 +6,8 @@
 #   minio    server for the S3 object store tests, built from source with `go install`
 #   buf      protobuf linter (`make lint`)
 #   grpcurl  command-line gRPC client for poking at a running server
+#   protoc-gen-go, protoc-gen-go-grpc  Go code generation (generated/go, `make generate`)
+#   grpc_health_probe  the Kubernetes-style health probe (tests/test_health_probe.py)
 #   PostgreSQL comes from Debian's packages (tests start throwaway servers from its binaries).
 #
 # A pin is recorded next to each binary in bin/.<name>.pin ("<package>@<version>"); changing
@@ -20,6 +22,12 @@ BUF_PKG=github.com/bufbuild/buf/cmd/buf
 BUF_VERSION=v1.75.0
 GRPCURL_PKG=github.com/fullstorydev/grpcurl/cmd/grpcurl
 GRPCURL_VERSION=v1.9.4
+PROTOC_GEN_GO_PKG=google.golang.org/protobuf/cmd/protoc-gen-go
+PROTOC_GEN_GO_VERSION=v1.36.12
+PROTOC_GEN_GO_GRPC_PKG=google.golang.org/grpc/cmd/protoc-gen-go-grpc
+PROTOC_GEN_GO_GRPC_VERSION=v1.6.2
+HEALTH_PROBE_PKG=github.com/grpc-ecosystem/grpc-health-probe
+HEALTH_PROBE_VERSION=v0.4.62
 
 TOOLS_DIR="${MODELREGISTRY_TOOLS:-$HOME/.cache/modelregistry}"
 BIN="$TOOLS_DIR/bin"
@@ -77,6 +85,9 @@ go_tool() {
 go_tool minio "$MINIO_PKG" "$MINIO_VERSION"
 go_tool buf "$BUF_PKG" "$BUF_VERSION"
 go_tool grpcurl "$GRPCURL_PKG" "$GRPCURL_VERSION"
+go_tool protoc-gen-go "$PROTOC_GEN_GO_PKG" "$PROTOC_GEN_GO_VERSION"
+go_tool protoc-gen-go-grpc "$PROTOC_GEN_GO_GRPC_PKG" "$PROTOC_GEN_GO_GRPC_VERSION"
+go_tool grpc-health-probe "$HEALTH_PROBE_PKG" "$HEALTH_PROBE_VERSION"
 
 # PostgreSQL from Debian's packages. Only the binaries are needed: tests run their own
 # throwaway servers, so no cluster is created and nothing is left running.
