@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from domain import keys
-from domain.errors import DomainError
+from domain import device_profiles, keys
+from domain.errors import DomainError, InvalidArgument
 from domain.plans import DEFAULT_PLAN, PLANS
 from server import logs
 from server.settings import (
@@ -97,6 +98,61 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_profiles_file(path: str) -> list[Any]:
+    """One profile object, a list of them, or {"profiles": [...]}; `-` reads stdin."""
+    text = sys.stdin.read() if path == "-" else Path(path).read_text("utf-8")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InvalidArgument.field("file", f"{path} is not valid JSON: {exc}") from None
+    if isinstance(data, dict) and "profiles" in data:
+        data = data["profiles"]
+    return data if isinstance(data, list) else [data]
+
+
+def cmd_profiles_list(args: argparse.Namespace) -> int:
+    def load(session: Session) -> list[device_profiles.DeviceProfile]:
+        org_id = keys.get_org(session, args.org).id if args.org else None
+        return device_profiles.profiles_for_org(session, org_id)
+
+    profiles = _in_transaction(args.database_url, load)
+    if args.json:
+        doc = {
+            "data_version": device_profiles.data_version(),
+            "profiles": [p.to_json() for p in profiles],
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"device profiles data version {device_profiles.data_version()}")
+    for p in profiles:
+        print(
+            f"{p.name:24} ram {p.ram_bytes / 2**30:5.1f} GiB  weights budget "
+            f"{p.weights_budget_bytes / 2**30:5.2f} GiB  compute x{p.compute_factor:<5g} "
+            f"formats {','.join(p.formats)}  [{p.origin}]"
+        )
+    return 0
+
+
+def cmd_profiles_set(args: argparse.Namespace) -> int:
+    docs = _read_profiles_file(args.file)
+    stored = _in_transaction(
+        args.database_url,
+        lambda s: device_profiles.set_overrides(s, keys.get_org(s, args.org).id, docs),
+    )
+    for p in stored:
+        print(f"set device profile {p.name} for org {args.org} ({p.origin})")
+    return 0
+
+
+def cmd_profiles_delete(args: argparse.Namespace) -> int:
+    _in_transaction(
+        args.database_url,
+        lambda s: device_profiles.delete_override(s, keys.get_org(s, args.org).id, args.name),
+    )
+    print(f"deleted the device profile override {args.name} of org {args.org}")
+    return 0
+
+
 def cmd_dev_key(args: argparse.Namespace) -> int:
     """Make sure a dev org and key exist for `make run`; print the key."""
     if DEV_KEY_FILE.exists():
@@ -172,6 +228,33 @@ def build_parser() -> argparse.ArgumentParser:
     key_revoke.add_argument("key_id")
     _database_arg(key_revoke)
     key_revoke.set_defaults(func=cmd_keys_revoke)
+
+    profile_cmds = sub.add_parser(
+        "profiles", help="device profiles: the shipped ones and an org's overrides"
+    ).add_subparsers(dest="profiles_cmd", required=True)
+    profiles_list = profile_cmds.add_parser(
+        "list", help="list the device profiles (with an org's overrides applied)"
+    )
+    profiles_list.add_argument("--org", default="", help="apply this org's overrides")
+    profiles_list.add_argument("--json", action="store_true", help="full profiles as JSON")
+    _database_arg(profiles_list)
+    profiles_list.set_defaults(func=cmd_profiles_list)
+    profiles_set = profile_cmds.add_parser(
+        "set",
+        help="store an org's profile overrides from a JSON file: a shipped name changes "
+        "only the fields given, a new name adds a profile (all fields required)",
+    )
+    profiles_set.add_argument("--org", required=True)
+    profiles_set.add_argument("file", help="JSON: a profile, a list, or {'profiles': [...]}")
+    _database_arg(profiles_set)
+    profiles_set.set_defaults(func=cmd_profiles_set)
+    profiles_delete = profile_cmds.add_parser(
+        "delete", help="remove an org's override (a shipped profile reverts to the file)"
+    )
+    profiles_delete.add_argument("--org", required=True)
+    profiles_delete.add_argument("name")
+    _database_arg(profiles_delete)
+    profiles_delete.set_defaults(func=cmd_profiles_delete)
 
     dev = sub.add_parser("dev-key", help="ensure a dev org and key exist and print the key")
     _database_arg(dev)
