@@ -160,3 +160,15 @@ def parse_optimized_config_name(name: str, field: str = "name") -> tuple[str, st
     if problem:
         raise InvalidArgument.field(field, f"device type {problem}")
     return model_id, device_type
+
+
+def conversion_job_name(uid: str) -> str:
+    return f"conversionJobs/{uid}"
+
+
+def parse_conversion_job_name(name: str, field: str = "name") -> str:
+    """`conversionJobs/{uid}` -> uid."""
+    (uid,) = _segments(name, field, ("conversionJobs",))
+    if not is_uuid(uid):
+        raise InvalidArgument.field(field, f"job id {uid!r} is not a valid uid")
+    return uid
