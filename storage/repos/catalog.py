@@ -1,0 +1,394 @@
+"""Queries over the catalog: variants, catalog versions, packages, resources, the blessed
+catalog's revision, and the flat row sets the manifest is built from.
+
+Visibility: an org sees blessed rows (org_id NULL) and its own overrides; `org_id=None`
+means an anonymous caller, who sees blessed rows only. Name resolution itself lives in
+storage.repos.variants (used through domain.resolver).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, insert, select, update
+from sqlalchemy.orm import Session, selectinload
+
+from storage.orm import (
+    ArtifactPackage,
+    ArtifactResource,
+    CatalogVariant,
+    CatalogVersion,
+    Model,
+    ModelVersion,
+    Org,
+)
+from storage.orm.catalog import CatalogState
+from storage.repos import json_ops, variants
+
+CATALOG_STATE_ID = 1
+
+# ---------------------------------------------------------------------------------------
+# revisions
+
+
+def bump_catalog_revision(session: Session) -> None:
+    """Mark the blessed catalog changed; runs in the caller's transaction."""
+    result = session.execute(
+        update(CatalogState)
+        .where(CatalogState.id == CATALOG_STATE_ID)
+        .values(revision=CatalogState.revision + 1)
+    )
+    if getattr(result, "rowcount", 1) == 0:  # a schema made without the migration's seed row
+        session.execute(insert(CatalogState).values(id=CATALOG_STATE_ID, revision=2))
+
+
+def manifest_revisions(session: Session, org_id: str | None) -> tuple[int, int]:
+    """(org revision, blessed catalog revision) in one round trip; the org part is 0 for
+    anonymous callers. Together they change whenever the caller's manifest may have."""
+    catalog = (
+        select(CatalogState.revision).where(CatalogState.id == CATALOG_STATE_ID).scalar_subquery()
+    )
+    if org_id is None:
+        value = session.execute(select(catalog)).scalar()
+        return 0, int(value or 0)
+    row = session.execute(select(Org.revision, catalog).where(Org.id == org_id)).first()
+    if row is None:
+        return 0, 0
+    return int(row[0]), int(row[1] or 0)
+
+
+# ---------------------------------------------------------------------------------------
+# variants
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def get_variant(session: Session, org_id: str | None, uid: str) -> CatalogVariant | None:
+    """A variant the org may see (blessed or its own), by uid."""
+    return session.scalars(
+        select(CatalogVariant).where(CatalogVariant.id == uid, variants.visible_to(org_id))
+    ).one_or_none()
+
+
+def get_variant_for_update(session: Session, org_id: str, uid: str) -> CatalogVariant | None:
+    return session.scalars(
+        select(CatalogVariant)
+        .where(CatalogVariant.id == uid, variants.visible_to(org_id))
+        .with_for_update()
+    ).one_or_none()
+
+
+def variant_in_scope(session: Session, org_id: str | None, name: str) -> CatalogVariant | None:
+    """The variant named `name` owned by exactly this scope (None: the blessed row)."""
+    owner = CatalogVariant.org_id.is_(None) if org_id is None else CatalogVariant.org_id == org_id
+    return session.scalars(
+        select(CatalogVariant).where(CatalogVariant.name == name, owner)
+    ).one_or_none()
+
+
+@dataclass(frozen=True)
+class VariantFilter:
+    scope: str = "all"  # all | blessed | org | resolved
+    task: str = ""
+    search: str = ""
+
+
+def _variant_conditions(
+    session: Session, org_id: str, f: VariantFilter
+) -> list[ColumnElement[bool]]:
+    dialect = session.get_bind().dialect
+    if f.scope == "blessed":
+        conds: list[ColumnElement[bool]] = [CatalogVariant.org_id.is_(None)]
+    elif f.scope == "org":
+        conds = [CatalogVariant.org_id == org_id]
+    elif f.scope == "resolved":
+        conds = [variants.resolved_for(org_id)]
+    else:
+        conds = [variants.visible_to(org_id)]
+    if f.task:
+        conds.append(json_ops.array_contains(CatalogVariant.task_taxonomy, f.task, dialect))
+    if f.search:
+        pattern = f"%{_escape_like(f.search.lower())}%"
+        conds.append(func.lower(CatalogVariant.name).like(pattern, escape="\\"))
+    return conds
+
+
+def list_variants(
+    session: Session, org_id: str, f: VariantFilter, offset: int, limit: int
+) -> tuple[list[CatalogVariant], int]:
+    """A page of variants by name, the org's override before the blessed row; and the
+    number of matches."""
+    conds = and_(*_variant_conditions(session, org_id, f))
+    blessed_last = CatalogVariant.org_id.is_(None)
+    rows = session.scalars(
+        select(CatalogVariant)
+        .where(conds)
+        .order_by(CatalogVariant.name, blessed_last, CatalogVariant.id)
+        .offset(offset)
+        .limit(limit)
+    )
+    total = session.scalar(select(func.count()).select_from(CatalogVariant).where(conds)) or 0
+    return list(rows), total
+
+
+# ---------------------------------------------------------------------------------------
+# catalog versions
+
+
+def get_version(
+    session: Session,
+    org_id: str | None,
+    uid: str,
+    variant_uid: str | None = None,
+    *,
+    for_update: bool = False,
+) -> CatalogVersion | None:
+    """A catalog version of a variant the org may see; `variant` is loaded with it."""
+    query = (
+        select(CatalogVersion)
+        .join(CatalogVariant, CatalogVariant.id == CatalogVersion.variant_id)
+        .where(CatalogVersion.id == uid, variants.visible_to(org_id))
+        .options(selectinload(CatalogVersion.variant))
+    )
+    if variant_uid is not None:
+        query = query.where(CatalogVersion.variant_id == variant_uid)
+    if for_update:
+        query = query.with_for_update(of=CatalogVersion)
+    return session.scalars(query).one_or_none()
+
+
+def version_by_string(session: Session, variant_uid: str, version: str) -> CatalogVersion | None:
+    return session.scalars(
+        select(CatalogVersion).where(
+            CatalogVersion.variant_id == variant_uid, CatalogVersion.version == version
+        )
+    ).one_or_none()
+
+
+_NEWEST_FIRST = (CatalogVersion.created_at.desc(), CatalogVersion.id.desc())
+
+
+def list_versions(
+    session: Session, variant_uid: str, offset: int, limit: int
+) -> tuple[list[CatalogVersion], int]:
+    rows = session.scalars(
+        select(CatalogVersion)
+        .where(CatalogVersion.variant_id == variant_uid)
+        .order_by(*_NEWEST_FIRST)
+        .offset(offset)
+        .limit(limit)
+    )
+    total = (
+        session.scalar(
+            select(func.count())
+            .select_from(CatalogVersion)
+            .where(CatalogVersion.variant_id == variant_uid)
+        )
+        or 0
+    )
+    return list(rows), total
+
+
+def total_sizes(session: Session, version_uids: Sequence[str]) -> dict[str, int]:
+    """Sum of resource sizes per catalog version."""
+    if not version_uids:
+        return {}
+    rows = session.execute(
+        select(ArtifactPackage.catalog_version_id, func.sum(ArtifactResource.size_bytes))
+        .join(ArtifactResource, ArtifactResource.package_id == ArtifactPackage.id)
+        .where(ArtifactPackage.catalog_version_id.in_(version_uids))
+        .group_by(ArtifactPackage.catalog_version_id)
+    ).all()
+    return {uid: int(total or 0) for uid, total in rows}
+
+
+def model_version_names(
+    session: Session, model_version_uids: Iterable[str]
+) -> dict[str, tuple[str, str]]:
+    """model_versions.id -> (model slug, version string)."""
+    wanted = set(model_version_uids)
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(ModelVersion.id, Model.model_id, ModelVersion.version)
+        .join(Model, Model.id == ModelVersion.model_uid)
+        .where(ModelVersion.id.in_(wanted))
+    ).all()
+    return {uid: (model_id, version) for uid, model_id, version in rows}
+
+
+# ---------------------------------------------------------------------------------------
+# packages and resources
+
+_PACKAGE_ORDER = (ArtifactPackage.created_at, ArtifactPackage.id)
+
+
+def packages_of_version(
+    session: Session, version_uid: str, offset: int, limit: int
+) -> tuple[list[ArtifactPackage], int]:
+    rows = session.scalars(
+        select(ArtifactPackage)
+        .where(ArtifactPackage.catalog_version_id == version_uid)
+        .order_by(*_PACKAGE_ORDER)
+        .offset(offset)
+        .limit(limit)
+        .options(selectinload(ArtifactPackage.resources))
+    )
+    total = (
+        session.scalar(
+            select(func.count())
+            .select_from(ArtifactPackage)
+            .where(ArtifactPackage.catalog_version_id == version_uid)
+        )
+        or 0
+    )
+    return list(rows), total
+
+
+def packages_of_variant(
+    session: Session, variant_uid: str, offset: int, limit: int
+) -> tuple[list[ArtifactPackage], int]:
+    """Packages across every catalog version of the variant, newest version first."""
+    where = CatalogVersion.variant_id == variant_uid
+    rows = session.scalars(
+        select(ArtifactPackage)
+        .join(CatalogVersion, CatalogVersion.id == ArtifactPackage.catalog_version_id)
+        .where(where)
+        .order_by(*_NEWEST_FIRST, *_PACKAGE_ORDER)
+        .offset(offset)
+        .limit(limit)
+        .options(selectinload(ArtifactPackage.resources))
+    )
+    total = (
+        session.scalar(
+            select(func.count())
+            .select_from(ArtifactPackage)
+            .join(CatalogVersion, CatalogVersion.id == ArtifactPackage.catalog_version_id)
+            .where(where)
+        )
+        or 0
+    )
+    return list(rows), total
+
+
+def all_packages_of_version(session: Session, version_uid: str) -> list[ArtifactPackage]:
+    return list(
+        session.scalars(
+            select(ArtifactPackage)
+            .where(ArtifactPackage.catalog_version_id == version_uid)
+            .order_by(*_PACKAGE_ORDER)
+            .options(selectinload(ArtifactPackage.resources))
+        )
+    )
+
+
+def model_enabled(session: Session, org_id: str, model_id: str) -> bool | None:
+    """The org's model's `enabled` flag, or None when it has no model of that name."""
+    return session.scalar(
+        select(Model.enabled).where(Model.org_id == org_id, Model.model_id == model_id)
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# manifest rows: flat tuples (no ORM identity map), one query per table
+
+
+@dataclass(frozen=True)
+class ManifestRows:
+    """Everything a caller's manifest shows, as plain rows; see domain.manifest."""
+
+    models: Sequence[Any]  # id, model_id, framework, enabled
+    variants: Sequence[Any]  # id, org_id, name, family, task_taxonomy, ...
+    versions: Sequence[Any]  # id, variant_id, version, lifecycle, created_at
+    packages: Sequence[Any]  # id, catalog_version_id, format, quantization, ...
+    resources: Sequence[Any]  # id, package_id, kind, file_name, stored, ...
+
+
+def manifest_rows(
+    session: Session, org_id: str | None, names: Sequence[str] | None = None
+) -> ManifestRows:
+    """The org's models and the variants that resolve for it (its overrides beat blessed
+    rows), with their versions (newest first), packages and resources (in load order).
+    `names` restricts everything to those model names."""
+    resolved = variants.resolved_for(org_id)
+    variant_where: list[ColumnElement[bool]] = [resolved]
+    model_where: list[ColumnElement[bool]] = []
+    if names is not None:
+        variant_where.append(CatalogVariant.name.in_(list(names)))
+        model_where.append(Model.model_id.in_(list(names)))
+    model_rows: Sequence[Any] = []
+    if org_id is not None:
+        model_rows = session.execute(
+            select(Model.id, Model.model_id, Model.framework, Model.enabled).where(
+                Model.org_id == org_id, *model_where
+            )
+        ).all()
+    variant_rows = session.execute(
+        select(
+            CatalogVariant.id,
+            CatalogVariant.org_id,
+            CatalogVariant.name,
+            CatalogVariant.family,
+            CatalogVariant.task_taxonomy,
+            CatalogVariant.parameter_count,
+            CatalogVariant.license,
+            CatalogVariant.description,
+            CatalogVariant.created_at,
+            CatalogVariant.updated_at,
+        ).where(*variant_where)
+    ).all()
+    if not variant_rows:
+        return ManifestRows(model_rows, variant_rows, [], [], [])
+    version_rows = session.execute(
+        select(
+            CatalogVersion.id,
+            CatalogVersion.variant_id,
+            CatalogVersion.version,
+            CatalogVersion.lifecycle,
+            CatalogVersion.created_at,
+        )
+        .join(CatalogVariant, CatalogVariant.id == CatalogVersion.variant_id)
+        .where(*variant_where)
+        .order_by(*_NEWEST_FIRST)
+    ).all()
+    package_rows = session.execute(
+        select(
+            ArtifactPackage.id,
+            ArtifactPackage.catalog_version_id,
+            ArtifactPackage.format,
+            ArtifactPackage.quantization,
+            ArtifactPackage.runtime,
+            ArtifactPackage.source,
+            ArtifactPackage.metrics,
+            ArtifactPackage.created_at,
+            CatalogVersion.variant_id,
+        )
+        .join(CatalogVersion, CatalogVersion.id == ArtifactPackage.catalog_version_id)
+        .join(CatalogVariant, CatalogVariant.id == CatalogVersion.variant_id)
+        .where(*variant_where)
+        .order_by(*_PACKAGE_ORDER)
+    ).all()
+    resource_rows = session.execute(
+        select(
+            ArtifactResource.id,
+            ArtifactResource.package_id,
+            ArtifactResource.kind,
+            ArtifactResource.file_name,
+            ArtifactResource.storage_key.is_not(None).label("stored"),
+            ArtifactResource.size_bytes,
+            ArtifactResource.sha256,
+            ArtifactResource.required,
+            ArtifactResource.load_order,
+            ArtifactResource.created_at,
+        )
+        .join(ArtifactPackage, ArtifactPackage.id == ArtifactResource.package_id)
+        .join(CatalogVersion, CatalogVersion.id == ArtifactPackage.catalog_version_id)
+        .join(CatalogVariant, CatalogVariant.id == CatalogVersion.variant_id)
+        .where(*variant_where)
+        .order_by(ArtifactResource.load_order, ArtifactResource.created_at, ArtifactResource.id)
+    ).all()
+    return ManifestRows(model_rows, variant_rows, version_rows, package_rows, resource_rows)
