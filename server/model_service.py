@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from google.protobuf import empty_pb2, json_format
 
-from domain import compatibility, models, names, optimized_configs
+from domain import catalog, compatibility, manifest, models, names, optimized_configs
 from domain.errors import InvalidArgument, Unimplemented
 from modelregistry.v1 import compatibility_pb2, manifest_pb2, model_service_pb2_grpc, models_pb2
 from modelregistry.v1 import model_service_pb2 as pb
-from server import convert
+from server import convert, manifest_pb
 from server.context import Ctx, principal
 from server.runtime import Runtime
+from storage.orm import utcnow
 from storage.repos.models import ModelFilter
 
 _ORDERS = {
@@ -32,6 +35,12 @@ def _fields(m: models_pb2.Model) -> models.ModelFields:
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+        self.manifests: manifest.ManifestCache[pb.GetManifestResponse] = manifest.ManifestCache()
+        # One build per stamp at a time: a fleet polling right after a change waits for
+        # the build in progress instead of starting its own.
+        self._building: dict[
+            manifest.Stamp, asyncio.Future[tuple[str, pb.GetManifestResponse]]
+        ] = {}
 
     async def CreateModel(self, request: pb.CreateModelRequest, context: Ctx) -> models_pb2.Model:
         org = principal().require_org()
@@ -104,18 +113,68 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     async def ResolveModel(
         self, request: pb.ResolveModelRequest, context: Ctx
     ) -> manifest_pb2.ManifestEntry:
-        raise Unimplemented("ModelService.ResolveModel is not implemented yet (issue #4)")
+        org = principal().require_org()
+        data = await self.rt.read(manifest.load_entry, org, request.model_id)
+        return manifest_pb.entry(data, request.model_id)
 
     async def GetManifest(
         self, request: pb.GetManifestRequest, context: Ctx
     ) -> pb.GetManifestResponse:
-        raise Unimplemented("ModelService.GetManifest is not implemented yet (issue #4)")
+        org = principal().org_id  # None: anonymous, the blessed catalog only
+        stamp = await self.rt.read(manifest.stamp, org)
+        wanted = request.if_none_match
+        etag = self.manifests.etag(stamp) if wanted else None
+        if etag is None or etag != wanted:
+            etag, body = await self._manifest(stamp)
+        if wanted and wanted == etag:
+            await self._send_etag(context, etag)
+            return pb.GetManifestResponse(etag=etag, not_modified=True)
+        await self._send_etag(context, etag)
+        return body
+
+    async def _manifest(self, stamp: manifest.Stamp) -> tuple[str, pb.GetManifestResponse]:
+        cached = self.manifests.body(stamp)
+        if cached is not None:
+            return cached
+        pending = self._building.get(stamp)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[tuple[str, pb.GetManifestResponse]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._building[stamp] = future
+        try:
+            data = await self.rt.read(manifest.load, stamp[0])
+            body = await self.rt.call(manifest_pb.response, data, utcnow())
+            self.manifests.put(data.stamp, body.etag, body)
+            if data.stamp != stamp:
+                self.manifests.put(stamp, body.etag, body)
+            future.set_result((body.etag, body))
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody else must
+            raise
+        finally:
+            del self._building[stamp]
+        return body.etag, body
+
+    @staticmethod
+    async def _send_etag(context: Ctx, etag: str) -> None:
+        await context.send_initial_metadata((("etag", etag),))
+        context.set_trailing_metadata((("etag", etag),))
 
     async def ListModelArtifactPackages(
         self, request: pb.ListModelArtifactPackagesRequest, context: Ctx
     ) -> pb.ListModelArtifactPackagesResponse:
-        raise Unimplemented(
-            "ModelService.ListModelArtifactPackages is not implemented yet (issue #4)"
+        org = principal().require_org()
+        model_id = names.parse_model_name(request.name)
+        page = await self.rt.read(
+            catalog.list_model_packages, org, model_id, request.page_size, request.page_token
+        )
+        return pb.ListModelArtifactPackagesResponse(
+            packages=[convert.package(p, page.variant_uid) for p in page.packages],
+            next_page_token=page.next_page_token,
+            variant=names.variant_name(page.variant_uid) if page.variant_uid else "",
         )
 
     async def GetArtifactDownloadUrl(
