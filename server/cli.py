@@ -98,6 +98,29 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_catalog_import(args: argparse.Namespace) -> int:
+    """Validate the whole file, store its files' bytes, upsert it in one transaction."""
+    from domain.catalog_import import import_file
+    from domain.errors import InvalidArgument
+    from storage.objectstore import open_store
+
+    try:
+        report = import_file(
+            Path(args.file),
+            lambda fn: _in_transaction(args.database_url, fn),
+            (lambda: open_store(args.object_store)) if args.object_store else None,
+        )
+    except InvalidArgument as exc:
+        print(f"modelregistry: {args.file}: rejected, nothing was imported:", file=sys.stderr)
+        for v in exc.violations:
+            print(f"  {v.field}: {v.description}", file=sys.stderr)
+        return 2
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"imported {args.file}: {report.summary()}")
+    return 0
+
+
 def _read_profiles_file(path: str) -> list[Any]:
     """One profile object, a list of them, or {"profiles": [...]}; `-` reads stdin."""
     text = sys.stdin.read() if path == "-" else Path(path).read_text("utf-8")
@@ -228,6 +251,24 @@ def build_parser() -> argparse.ArgumentParser:
     key_revoke.add_argument("key_id")
     _database_arg(key_revoke)
     key_revoke.set_defaults(func=cmd_keys_revoke)
+
+    catalog_cmds = sub.add_parser("catalog", help="manage the blessed catalog").add_subparsers(
+        dest="catalog_cmd", required=True
+    )
+    catalog_import = catalog_cmds.add_parser(
+        "import",
+        help="load blessed variants/versions/packages/resources from a JSON or YAML file "
+        "(idempotent; a file with errors is rejected whole)",
+    )
+    catalog_import.add_argument("file", help="the catalog file (.json, else YAML)")
+    _database_arg(catalog_import)
+    catalog_import.add_argument(
+        "--object-store",
+        default=env("OBJECT_STORE", DEFAULT_OBJECT_STORE),
+        help="where resources with a local `file` are stored (env MODELREGISTRY_OBJECT_STORE; "
+        "default %(default)s)",
+    )
+    catalog_import.set_defaults(func=cmd_catalog_import)
 
     profile_cmds = sub.add_parser(
         "profiles", help="device profiles: the shipped ones and an org's overrides"
