@@ -41,7 +41,14 @@ GEN_DIR := generated/python
 
 # --- Python environment --------------------------------------------------------------
 
+# On a bare Debian 12, python3.11 without its venv module: install Debian's packages (root).
 $(VENV_PY):
+	@if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+	    && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's python3.11 and python3.11-venv"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11 python3.11-venv >/dev/null; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 
 venv: install
