@@ -96,6 +96,8 @@ def _fill(entry: manifest_pb2.ManifestEntry, data: manifest.ManifestData, name: 
             pm.source = p.source
             if p.metrics:
                 pm.metrics.update(p.metrics)
+            else:
+                pm.metrics.SetInParent()  # as convert.package: present, empty
             _ts(pm.create_time, p.created_at)
             for r in resources.get(p.id, ()):
                 rm = pm.resources.add()

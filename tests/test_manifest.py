@@ -1,0 +1,271 @@
+"""GetManifest and ResolveModel over a real server, on both backends: contents, override
+precedence, deprecation, disabled models, the etag (stable, changes exactly with the
+manifest, never because of another org), not_modified, anonymous callers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+
+from modelregistry.v1 import catalog_pb2, manifest_pb2, model_service_pb2_grpc, models_pb2
+from modelregistry.v1 import catalog_service_pb2 as cpb
+from modelregistry.v1 import model_service_pb2 as mpb
+from support.catalog import CatalogDb, Pkg, Res, create_variant, unique, update_variant
+from support.registry import Client, RunningServer
+from support.status import expect_error
+
+ACTIVE = catalog_pb2.CatalogVersion.STATE_ACTIVE
+DEPRECATED = catalog_pb2.CatalogVersion.STATE_DEPRECATED
+NO_AUTH = [("x-no-auth", "1")]
+
+
+@pytest.fixture(scope="module")
+def db(registry: RunningServer) -> Iterator[CatalogDb]:
+    helper = CatalogDb(registry)
+    yield helper
+    helper.close()
+
+
+@pytest.fixture
+def admin(registry: RunningServer) -> Client:
+    return registry.new_org(admin=True)
+
+
+def manifest(
+    c: Client, if_none_match: str = "", anonymous: bool = False
+) -> mpb.GetManifestResponse:
+    resp: mpb.GetManifestResponse
+    resp, call = c.models.GetManifest.with_call(
+        mpb.GetManifestRequest(if_none_match=if_none_match),
+        metadata=NO_AUTH if anonymous else None,
+    )
+    assert dict(call.initial_metadata())["etag"] == resp.etag
+    assert dict(call.trailing_metadata())["etag"] == resp.etag
+    return resp
+
+
+def create_model(c: Client, model_id: str, framework: str = "onnx", disabled: bool = False) -> None:
+    c.models.CreateModel(
+        mpb.CreateModelRequest(
+            model_id=model_id, model=models_pb2.Model(framework=framework), disabled=disabled
+        )
+    )
+
+
+def set_model(c: Client, model_id: str, **fields: object) -> None:
+    c.models.UpdateModel(
+        mpb.UpdateModelRequest(
+            model=models_pb2.Model(name=f"models/{model_id}", **fields),  # type: ignore[arg-type]
+            update_mask=field_mask_pb2.FieldMask(paths=list(fields)),
+        )
+    )
+
+
+def deprecate(c: Client, name: str) -> None:
+    c.catalog.DeprecateCatalogVersion(cpb.DeprecateCatalogVersionRequest(name=name))
+
+
+def test_entry_contents_precedence_and_latest(
+    client: Client, other_client: Client, admin: Client, db: CatalogDb
+) -> None:
+    shared = unique("shared")
+    blessed = create_variant(admin, shared, blessed=True, task_taxonomy=["vision"])
+    db.add_version(blessed.uid, "b1", [Pkg(format="tflite", runtime="tflite")])
+    own = create_variant(client, shared, family="mine")
+    v1 = db.add_version(own.uid, "1.0", [Pkg(resources=[Res(size_bytes=10, sha256="a" * 64)])])
+    v2 = db.add_version(
+        own.uid,
+        "2.0",
+        [Pkg(format="ort", resources=[Res(file_name="m.ort"),
+                                      Res(file_name="vocab.txt", kind="vocab", load_order=1)])],
+    )  # fmt: skip
+    v3 = db.add_version(own.uid, "3.0", [Pkg()])
+    deprecate(client, v3)
+    create_model(client, shared, framework="pytorch")
+    create_model(client, "plain-model")
+    create_model(client, "switched-off", disabled=True)
+
+    m = manifest(client)
+    e = m.models[shared]
+    assert e.model_id == shared and e.model == f"models/{shared}" and e.enabled
+    assert e.framework == "pytorch"
+    assert e.variant == client.catalog.GetVariant(cpb.GetVariantRequest(name=own.name))
+    assert [(v.version_id, v.state) for v in e.versions] == [
+        ("3.0", DEPRECATED), ("2.0", ACTIVE), ("1.0", ACTIVE),
+    ]  # fmt: skip
+    assert e.latest_version == "2.0"  # 3.0 is newer but deprecated
+    assert [v.catalog_version for v in e.versions] == [v3, v2, v1]
+    listed = client.catalog.ListCatalogVersionPackages(
+        cpb.ListCatalogVersionPackagesRequest(parent=v2)
+    )
+    assert list(e.versions[1].packages) == list(listed.packages)
+    assert [r.file_name for r in e.versions[1].packages[0].resources] == ["m.ort", "vocab.txt"]
+    r = e.versions[2].packages[0].resources[0]
+    assert (r.kind, r.size_bytes, r.sha256, r.required, r.stored) == (
+        "weights", 10, "a" * 64, True, False,
+    )  # fmt: skip
+
+    plain = m.models["plain-model"]
+    assert plain.model == "models/plain-model" and plain.enabled and not plain.HasField("variant")
+    assert list(plain.versions) == [] and plain.latest_version == ""
+    assert not m.models["switched-off"].enabled
+
+    # the other org sees the blessed row for the shared name, and none of client's models
+    theirs = manifest(other_client).models
+    assert theirs[shared].variant.uid == blessed.uid and theirs[shared].variant.blessed
+    assert theirs[shared].model == "" and theirs[shared].enabled
+    assert theirs[shared].framework == "tflite"  # no Model: the latest package's format
+    assert [v.version_id for v in theirs[shared].versions] == ["b1"]
+    assert "plain-model" not in theirs and "switched-off" not in theirs
+
+
+def test_anonymous_manifest_is_the_blessed_catalog_only(
+    registry: RunningServer, client: Client, admin: Client, db: CatalogDb
+) -> None:
+    name = unique("anon")
+    blessed = create_variant(admin, name, blessed=True)
+    db.add_version(blessed.uid, "1", [Pkg()])
+    override_only = unique("ovr")
+    create_variant(client, override_only)
+    create_model(client, unique("model"))
+    shadowed = create_variant(client, name)
+    anon = manifest(client, anonymous=True)
+    assert anon.models[name].variant.uid == blessed.uid
+    assert override_only not in anon.models
+    assert all(e.variant.blessed and e.model == "" for e in anon.models.values())
+    assert manifest(client).models[name].variant.uid == shadowed.uid
+    assert manifest(client, anon.etag, anonymous=True).not_modified
+    # no key at all is fine here, a bad key is not
+    bare = grpc.insecure_channel(registry.address)
+    try:
+        stub = model_service_pb2_grpc.ModelServiceStub(bare)
+        assert stub.GetManifest(mpb.GetManifestRequest()).etag == anon.etag
+        expect_error(
+            grpc.StatusCode.UNAUTHENTICATED,
+            stub.GetManifest,
+            mpb.GetManifestRequest(),
+            metadata=[("authorization", "Bearer nope")],
+        )
+    finally:
+        bare.close()
+
+
+def test_etag_stable_and_not_modified(client: Client, admin: Client, db: CatalogDb) -> None:
+    create_model(client, "stable")
+    first = manifest(client)
+    second = manifest(client)
+    assert first.etag and first.etag == second.etag and first.models == second.models
+    nm = manifest(client, first.etag)
+    assert nm.not_modified and nm.etag == first.etag and len(nm.models) == 0
+    stale = manifest(client, "m-not-the-current-one")
+    assert not stale.not_modified and stale.models == first.models
+
+
+def test_etag_changes_exactly_with_the_manifest(
+    client: Client, other_client: Client, admin: Client, db: CatalogDb
+) -> None:
+    name = unique("etag")
+    create_model(client, name)
+    seen = [manifest(client).etag]
+
+    def changed() -> bool:
+        etag = manifest(client).etag
+        differs = etag != seen[-1]
+        seen.append(etag)
+        return differs
+
+    # changes that show
+    set_model(client, name, enabled=False)
+    assert changed()
+    set_model(client, name, enabled=True)
+    assert changed()
+    own = create_variant(client, name)
+    assert changed()
+    version = db.add_version(own.uid, "1", [Pkg()])
+    assert changed()
+    deprecate(client, version)
+    assert changed()
+    update_variant(client, own.name, ["family"], family="new")
+    assert changed()
+    blessed_name = unique("bl")
+    blessed = create_variant(admin, blessed_name, blessed=True)
+    assert changed()  # a new blessed variant is in every org's manifest
+    create_model(client, unique("another"))
+    assert changed()
+    assert seen[2] == seen[0], "enabled again: the same manifest, the same etag"
+    assert len(set(seen[2:])) == len(seen[2:]), "every other etag is new"
+
+    # changes that do not show: none of them may move the etag
+    set_model(client, name, description="not in the manifest", tags=["x"])
+    assert not changed()
+    create_model(other_client, name)
+    theirs = create_variant(other_client, unique("theirs"))
+    db.add_version(theirs.uid, "1", [Pkg()])
+    assert not changed()
+    # a blessed change this org cannot see: it overrides that name
+    create_variant(client, blessed_name)
+    assert changed()
+    update_variant(admin, blessed.name, ["description"], description="shadowed here")
+    assert not changed()
+    assert manifest(client, seen[-1]).not_modified
+
+
+def test_two_orgs_sharing_a_blessed_name_are_isolated(
+    client: Client, other_client: Client, admin: Client, db: CatalogDb
+) -> None:
+    name = unique("iso")
+    blessed = create_variant(admin, name, blessed=True)
+    db.add_version(blessed.uid, "1.0", [Pkg()])
+    for c in (client, other_client):
+        create_model(c, name)
+    before_other = manifest(other_client)
+    own = create_variant(client, name)
+    secret = db.add_version(own.uid, "9.9-secret", [Pkg(format="gguf")])
+    mine = manifest(client).models[name]
+    assert mine.variant.uid == own.uid and mine.latest_version == "9.9-secret"
+    after_other = manifest(other_client)
+    assert after_other.etag == before_other.etag
+    entry = after_other.models[name]
+    assert entry.variant.uid == blessed.uid
+    assert [v.version_id for v in entry.versions] == ["1.0"]
+    assert secret not in str(after_other)
+    # a blessed change both see moves both etags
+    before_mine = manifest(client).etag
+    deprecate(admin, f"variants/-/versions/{entry.versions[0].catalog_version.split('/')[-1]}")
+    assert manifest(other_client).etag != after_other.etag
+    assert manifest(client).etag == before_mine  # client overrides the name: unchanged
+
+
+def test_resolve_model(client: Client, other_client: Client, admin: Client, db: CatalogDb) -> None:
+    name = unique("rslv")
+    create_model(client, name)
+    got = client.models.ResolveModel(mpb.ResolveModelRequest(model_id=name))
+    assert got == manifest(client).models[name]
+    blessed_only = unique("bonly")
+    b = create_variant(admin, blessed_only, blessed=True)
+    db.add_version(b.uid, "1", [Pkg()])
+    entry: manifest_pb2.ManifestEntry = client.models.ResolveModel(
+        mpb.ResolveModelRequest(model_id=blessed_only)
+    )
+    assert entry.model == "" and entry.variant.uid == b.uid and entry.latest_version == "1"
+    for missing in [name.upper(), name + "x", unique("none")]:
+        expect_error(
+            grpc.StatusCode.NOT_FOUND,
+            client.models.ResolveModel,
+            mpb.ResolveModelRequest(model_id=missing),
+        )
+    theirs = unique("theirs")
+    create_variant(other_client, theirs)
+    expect_error(
+        grpc.StatusCode.NOT_FOUND,
+        client.models.ResolveModel,
+        mpb.ResolveModelRequest(model_id=theirs),
+    )
+    expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        client.models.ResolveModel,
+        mpb.ResolveModelRequest(model_id=""),
+    )
