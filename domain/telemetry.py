@@ -1,0 +1,746 @@
+"""Fleet telemetry: ingesting batches of events, heartbeats, and the aggregate queries.
+
+Ingestion validates each event on its own (a bad event is rejected with its field and
+reason, the rest of the batch is kept), resolves model names against the org's models and
+versions, writes the batch in one statement and, in the same transaction, merges the
+accepted events into hourly rollups (storage.orm.InferenceRollup) so window queries read
+at most one rollup row per hour plus the raw rows of partial hours at the window's edges.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from domain import names
+from domain.errors import InvalidArgument, NotFound, Violations
+from domain.sketch import RELATIVE_ACCURACY, Sketch
+from storage.orm import Device
+from storage.repos import telemetry as repo
+from storage.repos.telemetry import FleetCounts, RollupKey, RollupValues, SessionColumns
+
+MAX_BATCH = 1000
+MAX_EVENT_ID = 128
+MAX_DEVICE_ID = 128
+MAX_DEVICE_TYPE = 128
+MAX_DEVICE_FIELD = 64
+MAX_ERROR_CODE = 128
+MAX_LATENCY_MS = 86_400_000.0  # one day
+MAX_TOKENS_PER_SECOND = 10_000_000.0
+MAX_SAMPLE_COUNT = 2**31 - 1
+MAX_METRICS = 64
+MAX_METRIC_NAME = 64
+# Rejections listed in one response; rejected_count says how many there were.
+MAX_LISTED_REJECTIONS = 1000
+
+FUTURE_SKEW = timedelta(minutes=5)
+DEFAULT_RETENTION = timedelta(days=30)
+# A window may start this much before the retention horizon (the client's "now" lags).
+WINDOW_GRACE = timedelta(minutes=5)
+ONLINE_WITHIN = timedelta(minutes=5)
+ALL = "*"  # rollup rows summed over every version / device type
+
+_US = 1_000_000
+_HOUR_US = 3600 * _US
+_QUANTILES = (0.5, 0.9, 0.95, 0.99)
+HEALTH_VALUES = ("healthy", "degraded", "unhealthy")
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_micros(t: datetime) -> int:
+    delta = t - repo.EPOCH
+    return (delta.days * 86_400 + delta.seconds) * _US + delta.microseconds
+
+
+def _retention_text(retention: timedelta) -> str:
+    days = retention / timedelta(days=1)
+    return f"{days:g} days" if days != 1 else "1 day"
+
+
+# ---------------------------------------------------------------------------------------
+# ingestion results
+
+
+@dataclass(frozen=True)
+class Rejection:
+    event_id: str
+    index: int
+    field: str
+    reason: str
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+class _Resolver:
+    """Model names of a batch -> model ids, checked against the org's models and versions."""
+
+    def __init__(self) -> None:
+        self.parsed: dict[str, str | None] = {}
+
+    def model_id(self, name: str) -> str | None:
+        """The model id of `models/{id}`, or None when malformed."""
+        if name in self.parsed:
+            return self.parsed[name]
+        model_id: str | None = None
+        prefix, _, rest = name.partition("/")
+        if prefix == "models" and "/" not in rest and names.model_id_problem(rest) is None:
+            model_id = rest
+        self.parsed[name] = model_id
+        return model_id
+
+
+_MODEL_FORMAT = "must be a resource name of the form models/{model}"
+
+
+def _text_problem(value: str, limit: int, required: bool) -> str | None:
+    if not value:
+        return "is required" if required else None
+    if len(value) > limit:
+        return f"must be at most {limit} characters (got {len(value)})"
+    if not value.isprintable():
+        return "must not contain control characters"
+    return None
+
+
+def _time_problem(occur_us: int | None, now_us: int, oldest_us: int, retention: str) -> str | None:
+    if occur_us is None:
+        return "is required"
+    if occur_us > now_us + int(FUTURE_SKEW.total_seconds()) * _US:
+        return "is more than 5 minutes in the future"
+    if occur_us < oldest_us:
+        return f"is older than the retention period ({retention})"
+    return None
+
+
+def _number_problem(value: float, limit: float) -> str | None:
+    """Latency-like values: finite, >= 0, <= limit (0 may mean "not reported")."""
+    if not math.isfinite(value):
+        return "must be a finite number"
+    if value < 0:
+        return "must not be negative"
+    if value > limit:
+        return f"must be at most {limit:,.0f}"
+    return None
+
+
+def _reject(out: IngestResult, event_id: str, index: int, fld: str, reason: str) -> None:
+    out.rejected.append(Rejection(event_id, index, fld, reason))
+
+
+def _dedupe(ids: Sequence[str], keep: list[int]) -> tuple[list[int], int]:
+    """Positions in `keep` whose event id is the first of its kind; number dropped."""
+    seen: set[str] = set()
+    first: list[int] = []
+    for i in keep:
+        if ids[i] in seen:
+            continue
+        seen.add(ids[i])
+        first.append(i)
+    return first, len(keep) - len(first)
+
+
+# ---------------------------------------------------------------------------------------
+# inference sessions
+
+
+@dataclass(slots=True)
+class SessionEvent:
+    """One inference session as a device reported it."""
+
+    event_id: str
+    model: str  # resource name, models/{model}
+    version_id: str
+    device_id: str
+    device_type: str
+    occur_us: int | None  # microseconds since the epoch; None when not given
+    latency_ms: float
+    ttft_ms: float = 0.0  # 0: not reported
+    tokens_per_second: float = 0.0  # 0: not reported
+    error: bool = False
+    error_code: str = ""
+
+
+def _session_problem(
+    e: SessionEvent, r: _Resolver, now_us: int, oldest_us: int, retention: str
+) -> tuple[str, str] | None:
+    p = _text_problem(e.event_id, MAX_EVENT_ID, True)
+    if p:
+        return "event_id", p
+    if not e.model:
+        return "model", "is required"
+    if r.model_id(e.model) is None:
+        return "model", _MODEL_FORMAT
+    if not e.version_id:
+        return "version_id", "is required"
+    if names.VERSION_ID_RE.match(e.version_id) is None or len(e.version_id) > 64:
+        return "version_id", "is not a valid version string"
+    p = _text_problem(e.device_id, MAX_DEVICE_ID, True)
+    if p:
+        return "device_id", p
+    p = _text_problem(e.device_type, MAX_DEVICE_TYPE, False)
+    if p:
+        return "device_type", p
+    if e.device_type == ALL:
+        return "device_type", f"{ALL!r} is reserved"
+    p = _time_problem(e.occur_us, now_us, oldest_us, retention)
+    if p:
+        return "occur_time", p
+    p = _number_problem(e.latency_ms, MAX_LATENCY_MS)
+    if p:
+        return "latency_ms", p
+    p = _number_problem(e.ttft_ms, MAX_LATENCY_MS)
+    if p:
+        return "time_to_first_token_ms", p
+    p = _number_problem(e.tokens_per_second, MAX_TOKENS_PER_SECOND)
+    if p:
+        return "tokens_per_second", p
+    if len(e.error_code) > MAX_ERROR_CODE:
+        return "error_code", f"must be at most {MAX_ERROR_CODE} characters"
+    return None
+
+
+def _references_problem(
+    model_id: str,
+    version: str,
+    model_name: str,
+    models: set[str],
+    versions: set[tuple[str, str]],
+) -> tuple[str, str] | None:
+    if model_id not in models:
+        return "model", f"model {model_name!r} not found"
+    if (model_id, version) not in versions:
+        return "version_id", f"version {version!r} of {model_name} not found"
+    return None
+
+
+def ingest_sessions(
+    session: Session,
+    org_id: str,
+    events: Sequence[SessionEvent],
+    first_index: int,
+    retention: timedelta = DEFAULT_RETENTION,
+    now: datetime | None = None,
+) -> IngestResult:
+    """Validate, store and roll up one batch; `first_index` numbers its events in the
+    stream. Runs in one transaction."""
+    if len(events) > MAX_BATCH:
+        raise InvalidArgument.field(
+            "events", f"a batch holds at most {MAX_BATCH} events (got {len(events)})"
+        )
+    out = IngestResult()
+    now_us = to_micros(now or now_utc())
+    oldest_us = now_us - int(retention.total_seconds()) * _US
+    retention_text = _retention_text(retention)
+    resolver = _Resolver()
+    valid: list[int] = []
+    for i, e in enumerate(events):
+        problem = _session_problem(e, resolver, now_us, oldest_us, retention_text)
+        if problem:
+            _reject(out, e.event_id, first_index + i, *problem)
+        else:
+            valid.append(i)
+    model_ids = {i: resolver.model_id(events[i].model) or "" for i in valid}
+    models = repo.existing_models(session, org_id, model_ids.values())
+    versions = repo.existing_versions(session, org_id, models)
+    known: list[int] = []
+    for i in valid:
+        e = events[i]
+        problem = _references_problem(model_ids[i], e.version_id, e.model, models, versions)
+        if problem:
+            _reject(out, e.event_id, first_index + i, *problem)
+        else:
+            known.append(i)
+    ids = [e.event_id for e in events]
+    unique, dropped = _dedupe(ids, known)
+    out.duplicates += dropped
+
+    cols = SessionColumns()
+    for i in unique:
+        e = events[i]
+        cols.event_id.append(e.event_id)
+        cols.model_id.append(model_ids[i])
+        cols.version.append(e.version_id)
+        cols.device_id.append(e.device_id)
+        cols.device_type.append(e.device_type)
+        cols.occurred_us.append(e.occur_us or 0)
+        cols.latency_ms.append(e.latency_ms)
+        cols.ttft_ms.append(e.ttft_ms or None)
+        cols.tokens_per_second.append(e.tokens_per_second or None)
+        cols.status.append("error" if e.error else "ok")
+        cols.error_code.append(e.error_code or None)
+    inserted = repo.insert_sessions(session, org_id, cols)
+    out.accepted = len(inserted)
+    out.duplicates += len(unique) - len(inserted)
+    if inserted:
+        stored = [j for j, eid in enumerate(cols.event_id) if eid in inserted]
+        _merge_rollups(session, org_id, cols, stored)
+    out.rejected.sort(key=lambda r: r.index)
+    return out
+
+
+def _rollup_deltas(cols: SessionColumns, stored: list[int]) -> dict[RollupKey, RollupValues]:
+    """Per rollup key (every level): the aggregate of the stored sessions it covers."""
+    groups: dict[tuple[str, str, str, int], list[int]] = defaultdict(list)
+    for j in stored:
+        us = cols.occurred_us[j]
+        hour = us - us % _HOUR_US
+        m, v, dt = cols.model_id[j], cols.version[j], cols.device_type[j]
+        groups[(m, v, dt, hour)].append(j)
+        groups[(m, v, ALL, hour)].append(j)
+        groups[(m, ALL, dt, hour)].append(j)
+        groups[(m, ALL, ALL, hour)].append(j)
+    latency = np.asarray(cols.latency_ms, dtype=np.float64)
+    ttft = np.asarray([x or 0.0 for x in cols.ttft_ms], dtype=np.float64)
+    tps = np.asarray([x or 0.0 for x in cols.tokens_per_second], dtype=np.float64)
+    errors = np.asarray([s == "error" for s in cols.status], dtype=bool)
+    out: dict[RollupKey, RollupValues] = {}
+    for (m, v, dt, hour), positions in groups.items():
+        idx = np.asarray(positions, dtype=np.int64)
+        lat = latency[idx]
+        t = ttft[idx]
+        t = t[t > 0]
+        p = tps[idx]
+        p = p[p > 0]
+        out[(m, v, dt, repo.from_micros(hour))] = RollupValues(
+            session_count=len(idx),
+            error_count=int(errors[idx].sum()),
+            latency_sum=float(lat.sum()),
+            latency_sketch=Sketch.of(lat).to_bytes(),
+            ttft_count=len(t),
+            ttft_sum=float(t.sum()),
+            ttft_sketch=Sketch.of(t).to_bytes(),
+            tps_count=len(p),
+            tps_sum=float(p.sum()),
+            tps_sketch=Sketch.of(p).to_bytes(),
+        )
+    return out
+
+
+def _merge(a: RollupValues, b: RollupValues) -> RollupValues:
+    return RollupValues(
+        session_count=a.session_count + b.session_count,
+        error_count=a.error_count + b.error_count,
+        latency_sum=a.latency_sum + b.latency_sum,
+        latency_sketch=Sketch.merge_bytes([a.latency_sketch, b.latency_sketch]).to_bytes(),
+        ttft_count=a.ttft_count + b.ttft_count,
+        ttft_sum=a.ttft_sum + b.ttft_sum,
+        ttft_sketch=Sketch.merge_bytes([a.ttft_sketch, b.ttft_sketch]).to_bytes(),
+        tps_count=a.tps_count + b.tps_count,
+        tps_sum=a.tps_sum + b.tps_sum,
+        tps_sketch=Sketch.merge_bytes([a.tps_sketch, b.tps_sketch]).to_bytes(),
+    )
+
+
+def _merge_rollups(session: Session, org_id: str, cols: SessionColumns, stored: list[int]) -> None:
+    deltas = _rollup_deltas(cols, stored)
+    current = repo.lock_rollups(session, org_id, list(deltas))
+    repo.update_rollups(
+        session, org_id, {key: _merge(current[key], delta) for key, delta in deltas.items()}
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# window queries
+
+
+@dataclass(frozen=True)
+class Distribution:
+    count: int = 0
+    p50: float = 0.0
+    p90: float = 0.0
+    p95: float = 0.0
+    p99: float = 0.0
+    mean: float = 0.0
+    relative_error_bound: float = RELATIVE_ACCURACY
+
+    @classmethod
+    def of(cls, sketch: Sketch, total: float) -> Distribution:
+        n = sketch.count
+        if n == 0:
+            return cls()
+        p50, p90, p95, p99 = sketch.quantiles(_QUANTILES)
+        return cls(n, p50, p90, p95, p99, total / n)
+
+
+@dataclass(frozen=True)
+class InferenceStats:
+    session_count: int
+    error_count: int
+    latency_ms: Distribution
+    time_to_first_token_ms: Distribution
+    tokens_per_second: Distribution
+    fleet: FleetCounts
+
+    @property
+    def error_rate(self) -> float:
+        return self.error_count / self.session_count if self.session_count else 0.0
+
+
+def _floor_hour(t: datetime) -> datetime:
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil_hour(t: datetime) -> datetime:
+    floor = _floor_hour(t)
+    return floor if floor == t else floor + timedelta(hours=1)
+
+
+def inference_telemetry(
+    session: Session,
+    org_id: str,
+    model_id: str,
+    start: datetime | None,
+    end: datetime | None,
+    version: str = "",
+    device_type: str = "",
+    retention: timedelta = DEFAULT_RETENTION,
+    now: datetime | None = None,
+) -> InferenceStats:
+    """Sessions of the model in [start, end) (optionally one version / device type), and
+    the org's fleet by last heartbeat."""
+    now = now or now_utc()
+    v = Violations()
+    if start is None:
+        v.add("start_time", "is required")
+    if end is None:
+        v.add("end_time", "is required")
+    if start is not None and end is not None:
+        if end <= start:
+            v.add("end_time", "must be after start_time")
+        elif end - start > retention:
+            v.add(
+                "end_time",
+                f"the window must be at most the retention period ({_retention_text(retention)})"
+                " long",
+            )
+        if start < now - retention - WINDOW_GRACE:
+            v.add(
+                "start_time",
+                f"is before the retention period ({_retention_text(retention)}): "
+                "older sessions are not kept",
+            )
+    if version and names.version_id_problem(version):
+        v.add("version_id", f"version id {names.version_id_problem(version)}")
+    if device_type:
+        problem = _text_problem(device_type, MAX_DEVICE_TYPE, False)
+        if problem:
+            v.add("device_type", problem)
+    v.raise_if_any()
+    assert start is not None and end is not None
+    if not repo.model_exists(session, org_id, model_id):
+        raise NotFound("model", names.model_name(model_id))
+
+    first_hour, last_hour = _ceil_hour(start), _floor_hour(end)
+    if first_hour < last_hour:
+        rows = repo.rollups(
+            session,
+            org_id,
+            model_id,
+            version or ALL,
+            device_type or ALL,
+            first_hour,
+            last_hour,
+        )
+        edges = [(a, b) for a, b in ((start, first_hour), (last_hour, end)) if a < b]
+    else:
+        rows = []
+        edges = [(start, end)]
+    raw = repo.raw_session_values(
+        session, org_id, model_id, edges, version or None, device_type or None
+    )
+    rows.append(_raw_rollup(raw))
+    fleet = repo.fleet_counts(session, org_id, now - ONLINE_WITHIN)
+    latency = Sketch.merge_bytes(r.latency_sketch for r in rows)
+    ttft = Sketch.merge_bytes(r.ttft_sketch for r in rows)
+    tps = Sketch.merge_bytes(r.tps_sketch for r in rows)
+    return InferenceStats(
+        session_count=sum(r.session_count for r in rows),
+        error_count=sum(r.error_count for r in rows),
+        latency_ms=Distribution.of(latency, sum(r.latency_sum for r in rows)),
+        time_to_first_token_ms=Distribution.of(ttft, sum(r.ttft_sum for r in rows)),
+        tokens_per_second=Distribution.of(tps, sum(r.tps_sum for r in rows)),
+        fleet=fleet,
+    )
+
+
+def _raw_rollup(raw: repo.RawValues) -> RollupValues:
+    """Raw sessions summarised like a rollup row, to merge with the real ones."""
+    lat = np.asarray(raw.latency_ms, dtype=np.float64)
+    ttft = np.asarray([x for x in raw.ttft_ms if x], dtype=np.float64)
+    tps = np.asarray([x for x in raw.tokens_per_second if x], dtype=np.float64)
+    return RollupValues(
+        session_count=len(lat),
+        error_count=sum(raw.error),
+        latency_sum=float(lat.sum()),
+        latency_sketch=Sketch.of(lat).to_bytes(),
+        ttft_count=len(ttft),
+        ttft_sum=float(ttft.sum()),
+        ttft_sketch=Sketch.of(ttft).to_bytes(),
+        tps_count=len(tps),
+        tps_sum=float(tps.sum()),
+        tps_sketch=Sketch.of(tps).to_bytes(),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# devices
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    device_id: str
+    health: str  # one of HEALTH_VALUES, or "" when not given
+    device_type: str = ""
+    platform: str = ""
+    os_version: str = ""
+    runtime_version: str = ""
+
+
+def report_heartbeat(
+    session: Session, org_id: str, report: DeviceReport, now: datetime | None = None
+) -> tuple[Device, bool]:
+    """Record the device's health and last-seen time, registering it on first sight."""
+    v = Violations()
+    problem = _text_problem(report.device_id, MAX_DEVICE_ID, True)
+    if problem:
+        v.add("device.device_id", problem)
+    if report.health not in HEALTH_VALUES:
+        v.add("device.health", "is required: healthy, degraded or unhealthy")
+    problem = _text_problem(report.device_type, MAX_DEVICE_TYPE, False)
+    if problem:
+        v.add("device.device_type", problem)
+    elif report.device_type == ALL:
+        v.add("device.device_type", f"{ALL!r} is reserved")
+    for name in ("platform", "os_version", "runtime_version"):
+        problem = _text_problem(getattr(report, name), MAX_DEVICE_FIELD, False)
+        if problem:
+            v.add(f"device.{name}", problem)
+    v.raise_if_any()
+    fields = {
+        "device_type": report.device_type,
+        "platform": report.platform,
+        "os_version": report.os_version,
+        "runtime_version": report.runtime_version,
+        "health_status": report.health,
+    }
+    return repo.upsert_device(session, org_id, report.device_id, fields, now or now_utc())
+
+
+# ---------------------------------------------------------------------------------------
+# training updates
+
+
+@dataclass(slots=True)
+class TrainingEvent:
+    event_id: str
+    model: str
+    version_id: str
+    device_id: str
+    occur_us: int | None
+    sample_count: int
+    metrics: dict[str, float]
+
+
+def _training_problem(
+    e: TrainingEvent, r: _Resolver, now_us: int, oldest_us: int, retention: str
+) -> tuple[str, str] | None:
+    p = _text_problem(e.event_id, MAX_EVENT_ID, True)
+    if p:
+        return "event_id", p
+    if not e.model:
+        return "model", "is required"
+    if r.model_id(e.model) is None:
+        return "model", _MODEL_FORMAT
+    if not e.version_id:
+        return "version_id", "is required"
+    if names.VERSION_ID_RE.match(e.version_id) is None or len(e.version_id) > 64:
+        return "version_id", "is not a valid version string"
+    p = _text_problem(e.device_id, MAX_DEVICE_ID, True)
+    if p:
+        return "device_id", p
+    p = _time_problem(e.occur_us, now_us, oldest_us, retention)
+    if p:
+        return "occur_time", p
+    if e.sample_count < 0:
+        return "sample_count", "must not be negative"
+    if e.sample_count > MAX_SAMPLE_COUNT:
+        return "sample_count", f"must be at most {MAX_SAMPLE_COUNT}"
+    if len(e.metrics) > MAX_METRICS:
+        return "metrics", f"must have at most {MAX_METRICS} entries (got {len(e.metrics)})"
+    for key, value in e.metrics.items():
+        problem = _text_problem(key, MAX_METRIC_NAME, True)
+        if problem:
+            return "metrics", f"metric name {key!r} {problem}"
+        if not math.isfinite(value):
+            return f"metrics[{key}]", "must be a finite number"
+    return None
+
+
+def ingest_training_updates(
+    session: Session,
+    org_id: str,
+    events: Sequence[TrainingEvent],
+    first_index: int,
+    retention: timedelta = DEFAULT_RETENTION,
+    now: datetime | None = None,
+) -> IngestResult:
+    """Validate and store one batch of training updates (one transaction)."""
+    if len(events) > MAX_BATCH:
+        raise InvalidArgument.field(
+            "updates", f"a batch holds at most {MAX_BATCH} updates (got {len(events)})"
+        )
+    out = IngestResult()
+    now_us = to_micros(now or now_utc())
+    oldest_us = now_us - int(retention.total_seconds()) * _US
+    retention_text = _retention_text(retention)
+    resolver = _Resolver()
+    valid: list[int] = []
+    for i, e in enumerate(events):
+        problem = _training_problem(e, resolver, now_us, oldest_us, retention_text)
+        if problem:
+            _reject(out, e.event_id, first_index + i, *problem)
+        else:
+            valid.append(i)
+    model_ids = {i: resolver.model_id(events[i].model) or "" for i in valid}
+    models = repo.existing_models(session, org_id, model_ids.values())
+    versions = repo.existing_versions(session, org_id, models)
+    known: list[int] = []
+    for i in valid:
+        e = events[i]
+        problem = _references_problem(model_ids[i], e.version_id, e.model, models, versions)
+        if problem:
+            _reject(out, e.event_id, first_index + i, *problem)
+        else:
+            known.append(i)
+    unique, dropped = _dedupe([e.event_id for e in events], known)
+    out.duplicates += dropped
+    rows = [
+        repo.TrainingRow(
+            event_id=events[i].event_id,
+            model_id=model_ids[i],
+            version=events[i].version_id,
+            device_id=events[i].device_id,
+            occurred_us=events[i].occur_us or 0,
+            sample_count=events[i].sample_count,
+            metrics=dict(events[i].metrics),
+        )
+        for i in unique
+    ]
+    inserted = repo.insert_training_updates(session, org_id, rows)
+    out.accepted = len(inserted)
+    out.duplicates += len(rows) - len(inserted)
+    out.rejected.sort(key=lambda r: r.index)
+    return out
+
+
+def training_stats(session: Session, org_id: str, model_id: str) -> list[repo.VersionTotals]:
+    """Per version of the model: update, sample and device counts, latest metrics."""
+    if not repo.model_exists(session, org_id, model_id):
+        raise NotFound("model", names.model_name(model_id))
+    return repo.training_totals(session, org_id, model_id)
+
+
+@dataclass(frozen=True)
+class MetricStats:
+    metric: str
+    count: int
+    p50: float
+    p95: float
+    p99: float
+
+
+@dataclass(frozen=True)
+class DeviceTraining:
+    device_id: str
+    update_count: int
+    sample_count: int
+    latest_metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class VersionTraining:
+    version_id: str
+    update_count: int
+    sample_count: int
+    device_count: int
+    metrics: list[MetricStats]
+    devices: list[DeviceTraining]
+
+
+def version_training_stats(
+    session: Session, org_id: str, model_id: str, version: str
+) -> VersionTraining:
+    """Exact per-metric percentiles and a per-device breakdown of one version's updates;
+    zero counts when it has none. The model must exist."""
+    if not repo.model_exists(session, org_id, model_id):
+        raise NotFound("model", names.model_name(model_id))
+    updates = repo.version_updates(session, org_id, model_id, version)
+    values: dict[str, list[float]] = defaultdict(list)
+    per_device: dict[str, list[repo.UpdateRow]] = defaultdict(list)
+    for u in updates:
+        per_device[u.device_id].append(u)
+        for key, value in u.metrics.items():
+            values[key].append(float(value))
+    metrics = []
+    for key in sorted(values):
+        p50, p95, p99 = (float(x) for x in np.quantile(values[key], (0.5, 0.95, 0.99)))
+        metrics.append(MetricStats(key, len(values[key]), p50, p95, p99))
+    devices = [
+        DeviceTraining(
+            device_id,
+            len(rows),
+            sum(r.sample_count for r in rows),
+            dict(rows[-1].metrics),
+        )
+        for device_id, rows in sorted(per_device.items())
+    ]
+    return VersionTraining(
+        version_id=version,
+        update_count=len(updates),
+        sample_count=sum(u.sample_count for u in updates),
+        device_count=len(per_device),
+        metrics=metrics,
+        devices=devices,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# retention
+
+
+@dataclass
+class PruneResult:
+    sessions: int = 0
+    rollups: int = 0
+
+
+def expired_scopes(
+    session: Session, retention: timedelta, now: datetime | None = None
+) -> tuple[datetime, list[tuple[str, str]]]:
+    """The cutoff and the (org_id, model_id) pairs holding sessions older than it."""
+    cutoff = (now or now_utc()) - retention
+    return cutoff, repo.expired_models(session, cutoff)
+
+
+def prune_scope(session: Session, org_id: str, model_id: str, cutoff: datetime) -> int:
+    """Delete one model's raw sessions older than `cutoff`."""
+    return repo.delete_sessions_before(session, org_id, model_id, cutoff)
+
+
+def prune_rollups(session: Session, cutoff: datetime) -> int:
+    """Delete rollup rows whose hour ended by `cutoff`."""
+    return repo.delete_rollups_before(session, cutoff - timedelta(hours=1) + timedelta.resolution)

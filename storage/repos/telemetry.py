@@ -1,0 +1,574 @@
+"""Queries over devices, inference sessions, their hourly rollups and training updates.
+
+Every function takes `org_id` first. Raw events are written in one statement per batch
+(`INSERT .. ON CONFLICT DO NOTHING RETURNING event_id`): on PostgreSQL from arrays via
+unnest, on SQLite as multi-row VALUES. The conflict target is the (org_id, event_id) key,
+so a re-delivered event (a retried stream, the same id twice in a batch, or two streams at
+once) is stored once and simply not returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Row, and_, delete, func, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from storage.orm import (
+    Device,
+    InferenceRollup,
+    InferenceSession,
+    Model,
+    ModelVersion,
+    TrainingUpdate,
+    new_id,
+)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def from_micros(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+def _insert(session: Session, table: Any) -> Any:
+    """The dialect's INSERT (with on_conflict_do_nothing)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def _is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+# ---------------------------------------------------------------------------------------
+# models and versions referenced by events
+
+
+def existing_models(session: Session, org_id: str, model_ids: Iterable[str]) -> set[str]:
+    ids = sorted(set(model_ids))
+    if not ids:
+        return set()
+    return set(
+        session.scalars(
+            select(Model.model_id).where(Model.org_id == org_id, Model.model_id.in_(ids))
+        )
+    )
+
+
+def existing_versions(
+    session: Session, org_id: str, model_ids: Iterable[str]
+) -> set[tuple[str, str]]:
+    """(model_id, version) of every version of the given models."""
+    ids = sorted(set(model_ids))
+    if not ids:
+        return set()
+    rows = session.execute(
+        select(Model.model_id, ModelVersion.version)
+        .join(ModelVersion, ModelVersion.model_uid == Model.id)
+        .where(Model.org_id == org_id, Model.model_id.in_(ids))
+    )
+    return {(m, v) for m, v in rows}
+
+
+def model_exists(session: Session, org_id: str, model_id: str) -> bool:
+    return bool(existing_models(session, org_id, [model_id]))
+
+
+# ---------------------------------------------------------------------------------------
+# inference sessions
+
+
+@dataclass
+class SessionColumns:
+    """A batch of inference sessions, column by column (one list per column)."""
+
+    event_id: list[str] = field(default_factory=list)
+    model_id: list[str] = field(default_factory=list)
+    version: list[str] = field(default_factory=list)
+    device_id: list[str] = field(default_factory=list)
+    device_type: list[str] = field(default_factory=list)
+    occurred_us: list[int] = field(default_factory=list)  # microseconds since the epoch
+    latency_ms: list[float] = field(default_factory=list)
+    ttft_ms: list[float | None] = field(default_factory=list)
+    tokens_per_second: list[float | None] = field(default_factory=list)
+    status: list[str] = field(default_factory=list)
+    error_code: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.event_id)
+
+
+_PG_INSERT_SESSIONS = """
+INSERT INTO inference_sessions (
+    org_id, event_id, model_id, version, device_id, device_type, occurred_at,
+    latency_ms, ttft_ms, tokens_per_second, status, error_code, received_at)
+SELECT %(org_id)s, u.e, u.m, u.v, u.d, u.dt,
+       timestamptz '1970-01-01 00:00:00+00' + u.t * interval '1 microsecond',
+       u.l, u.tt, u.tp, u.s, u.ec, now()
+FROM unnest(%(e)s::text[], %(m)s::text[], %(v)s::text[], %(d)s::text[], %(dt)s::text[],
+            %(t)s::int8[], %(l)s::float8[], %(tt)s::float8[], %(tp)s::float8[],
+            %(s)s::text[], %(ec)s::text[]) AS u(e, m, v, d, dt, t, l, tt, tp, s, ec)
+ORDER BY u.e
+ON CONFLICT (org_id, event_id) DO NOTHING
+RETURNING event_id
+"""
+
+
+def insert_sessions(session: Session, org_id: str, cols: SessionColumns) -> set[str]:
+    """Store the batch (event ids unique within it); return the ids actually inserted.
+
+    Rows go in event-id order, so concurrent batches sharing ids take their row locks in
+    the same order and cannot deadlock.
+    """
+    if not len(cols):
+        return set()
+    if _is_postgres(session):
+        result = session.connection().exec_driver_sql(
+            _PG_INSERT_SESSIONS,
+            {
+                "org_id": org_id,
+                "e": cols.event_id,
+                "m": cols.model_id,
+                "v": cols.version,
+                "d": cols.device_id,
+                "dt": cols.device_type,
+                "t": cols.occurred_us,
+                "l": cols.latency_ms,
+                "tt": cols.ttft_ms,
+                "tp": cols.tokens_per_second,
+                "s": cols.status,
+                "ec": cols.error_code,
+            },
+        )
+        return {r[0] for r in result}
+    now = datetime.now(UTC)
+    order = sorted(range(len(cols)), key=cols.event_id.__getitem__)
+    rows = [
+        {
+            "org_id": org_id,
+            "event_id": cols.event_id[i],
+            "model_id": cols.model_id[i],
+            "version": cols.version[i],
+            "device_id": cols.device_id[i],
+            "device_type": cols.device_type[i],
+            "occurred_at": from_micros(cols.occurred_us[i]),
+            "latency_ms": cols.latency_ms[i],
+            "ttft_ms": cols.ttft_ms[i],
+            "tokens_per_second": cols.tokens_per_second[i],
+            "status": cols.status[i],
+            "error_code": cols.error_code[i],
+            "received_at": now,
+        }
+        for i in order
+    ]
+    stmt = (
+        sqlite.insert(InferenceSession)
+        .on_conflict_do_nothing(index_elements=["org_id", "event_id"])
+        .returning(InferenceSession.event_id)
+    )
+    return set(session.scalars(stmt, rows))
+
+
+@dataclass(frozen=True)
+class RawValues:
+    """Columns of raw sessions needed to aggregate them."""
+
+    latency_ms: list[float]
+    ttft_ms: list[float | None]
+    tokens_per_second: list[float | None]
+    error: list[bool]
+
+
+def raw_session_values(
+    session: Session,
+    org_id: str,
+    model_id: str,
+    ranges: Sequence[tuple[datetime, datetime]],
+    version: str | None,
+    device_type: str | None,
+) -> RawValues:
+    """Latency, TTFT, tokens/s and error flag of the sessions in the [start, end) ranges."""
+    out = RawValues([], [], [], [])
+    if not ranges:
+        return out
+    S = InferenceSession
+    conds = [
+        S.org_id == org_id,
+        S.model_id == model_id,
+        or_(*(and_(S.occurred_at >= a, S.occurred_at < b) for a, b in ranges)),
+    ]
+    if version is not None:
+        conds.append(S.version == version)
+    if device_type is not None:
+        conds.append(S.device_type == device_type)
+    rows = session.execute(
+        select(S.latency_ms, S.ttft_ms, S.tokens_per_second, S.status).where(*conds)
+    )
+    for lat, ttft, tps, status in rows:
+        out.latency_ms.append(lat)
+        out.ttft_ms.append(ttft)
+        out.tokens_per_second.append(tps)
+        out.error.append(status == "error")
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# rollups
+
+RollupKey = tuple[str, str, str, datetime]  # model_id, version, device_type, hour
+
+
+@dataclass
+class RollupValues:
+    session_count: int = 0
+    error_count: int = 0
+    latency_sum: float = 0.0
+    latency_sketch: bytes = b""
+    ttft_count: int = 0
+    ttft_sum: float = 0.0
+    ttft_sketch: bytes = b""
+    tps_count: int = 0
+    tps_sum: float = 0.0
+    tps_sketch: bytes = b""
+
+
+_VALUE_COLUMNS = [
+    InferenceRollup.session_count,
+    InferenceRollup.error_count,
+    InferenceRollup.latency_sum,
+    InferenceRollup.latency_sketch,
+    InferenceRollup.ttft_count,
+    InferenceRollup.ttft_sum,
+    InferenceRollup.ttft_sketch,
+    InferenceRollup.tps_count,
+    InferenceRollup.tps_sum,
+    InferenceRollup.tps_sketch,
+]
+_KEY_COLUMNS = [
+    InferenceRollup.model_id,
+    InferenceRollup.version,
+    InferenceRollup.device_type,
+    InferenceRollup.hour,
+]
+
+
+def _values(row: Row[Any] | Sequence[Any], offset: int = 0) -> RollupValues:
+    return RollupValues(*(row[offset + i] for i in range(len(_VALUE_COLUMNS))))
+
+
+def lock_rollups(
+    session: Session, org_id: str, keys: Sequence[RollupKey]
+) -> dict[RollupKey, RollupValues]:
+    """Create missing rollup rows (empty), then lock and return all of `keys`.
+
+    Both steps go in key order. Creating first means every transaction's row locks are
+    taken on committed or own rows, in one global order: no deadlocks between batches.
+    On SQLite the BEGIN IMMEDIATE write lock already serialises writers.
+    """
+    ordered = sorted(set(keys))
+    if not ordered:
+        return {}
+    empty = RollupValues()
+    ensure = (
+        _insert(session, InferenceRollup)
+        .values(
+            [
+                {
+                    "org_id": org_id,
+                    "model_id": m,
+                    "version": v,
+                    "device_type": dt,
+                    "hour": h,
+                    **{c.key: getattr(empty, c.key) for c in _VALUE_COLUMNS},
+                }
+                for m, v, dt, h in ordered
+            ]
+        )
+        .on_conflict_do_nothing()
+    )
+    session.execute(ensure)
+    rows = session.execute(
+        select(*_KEY_COLUMNS, *_VALUE_COLUMNS)
+        .where(
+            InferenceRollup.org_id == org_id,
+            tuple_(*_KEY_COLUMNS).in_(ordered),
+        )
+        .order_by(*_KEY_COLUMNS)
+        .with_for_update()
+    )
+    out: dict[RollupKey, RollupValues] = {}
+    for r in rows:
+        hour = cast(datetime, r[3])
+        out[(str(r[0]), str(r[1]), str(r[2]), hour)] = _values(r, 4)
+    return out
+
+
+def update_rollups(session: Session, org_id: str, values: dict[RollupKey, RollupValues]) -> None:
+    """Overwrite locked rollup rows (see lock_rollups) with merged values."""
+    if not values:
+        return
+    params = [
+        {
+            "org_id": org_id,
+            "model_id": m,
+            "version": v,
+            "device_type": dt,
+            "hour": h,
+            **{c.key: getattr(val, c.key) for c in _VALUE_COLUMNS},
+        }
+        for (m, v, dt, h), val in sorted(values.items())
+    ]
+    session.execute(update(InferenceRollup), params)
+
+
+def rollups(
+    session: Session,
+    org_id: str,
+    model_id: str,
+    version: str,
+    device_type: str,
+    start_hour: datetime,
+    end_hour: datetime,
+) -> list[RollupValues]:
+    """Rollup rows of one (version, device_type) level with start_hour <= hour < end_hour."""
+    R = InferenceRollup
+    rows = session.execute(
+        select(*_VALUE_COLUMNS).where(
+            R.org_id == org_id,
+            R.model_id == model_id,
+            R.version == version,
+            R.device_type == device_type,
+            R.hour >= start_hour,
+            R.hour < end_hour,
+        )
+    )
+    return [_values(r) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------
+# retention
+
+
+def expired_models(session: Session, cutoff: datetime) -> list[tuple[str, str]]:
+    """(org_id, model_id) pairs with sessions before `cutoff` (every stored session is
+    counted in a rollup row of its model and hour, so the small rollup table answers)."""
+    rows = session.execute(
+        select(InferenceRollup.org_id, InferenceRollup.model_id)
+        .where(InferenceRollup.hour < cutoff)
+        .distinct()
+    )
+    return [(o, m) for o, m in rows]
+
+
+def delete_sessions_before(session: Session, org_id: str, model_id: str, cutoff: datetime) -> int:
+    result = session.execute(
+        delete(InferenceSession).where(
+            InferenceSession.org_id == org_id,
+            InferenceSession.model_id == model_id,
+            InferenceSession.occurred_at < cutoff,
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def delete_rollups_before(session: Session, hour: datetime) -> int:
+    """Rollup rows for hours starting before `hour`."""
+    result = session.execute(delete(InferenceRollup).where(InferenceRollup.hour < hour))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# ---------------------------------------------------------------------------------------
+# devices
+
+
+def upsert_device(
+    session: Session, org_id: str, device_id: str, fields: dict[str, str], now: datetime
+) -> tuple[Device, bool]:
+    """Register the device or update it; empty strings in `fields` keep stored values.
+
+    Returns the stored device and whether this call registered it.
+    """
+    inserted = session.execute(
+        _insert(session, Device)
+        .values(
+            id=new_id(),
+            org_id=org_id,
+            device_id=device_id,
+            last_seen_at=now,
+            created_at=now,
+            **{k: fields.get(k, "") for k in _DEVICE_FIELDS},
+        )
+        .on_conflict_do_nothing(index_elements=["org_id", "device_id"])
+        .returning(Device.id)
+    ).scalar_one_or_none()
+    if inserted is None:
+        changes: dict[str, Any] = {k: v for k, v in fields.items() if v}
+        changes["last_seen_at"] = now
+        session.execute(
+            update(Device)
+            .where(Device.org_id == org_id, Device.device_id == device_id)
+            .values(**changes)
+        )
+    device = session.scalars(
+        select(Device)
+        .where(Device.org_id == org_id, Device.device_id == device_id)
+        .execution_options(populate_existing=True)
+    ).one()
+    return device, inserted is not None
+
+
+_DEVICE_FIELDS = ("device_type", "platform", "os_version", "runtime_version", "health_status")
+
+
+@dataclass(frozen=True)
+class FleetCounts:
+    total: int
+    healthy: int
+    degraded: int
+    offline: int
+
+
+def fleet_counts(session: Session, org_id: str, online_since: datetime) -> FleetCounts:
+    """Devices of the org by health; online means last seen at or after `online_since`."""
+    online = Device.last_seen_at >= online_since
+    row = session.execute(
+        select(
+            func.count(),
+            func.count().filter(online, Device.health_status == "healthy"),
+            func.count().filter(online, Device.health_status.in_(("degraded", "unhealthy"))),
+            func.count().filter(Device.last_seen_at < online_since),
+        ).where(Device.org_id == org_id)
+    ).one()
+    return FleetCounts(*(int(x or 0) for x in row))
+
+
+# ---------------------------------------------------------------------------------------
+# training updates
+
+
+@dataclass(frozen=True)
+class TrainingRow:
+    event_id: str
+    model_id: str
+    version: str
+    device_id: str
+    occurred_us: int
+    sample_count: int
+    metrics: dict[str, float]
+
+
+def insert_training_updates(session: Session, org_id: str, rows: Sequence[TrainingRow]) -> set[str]:
+    """Store the updates (event ids unique within the batch); return the ids inserted."""
+    if not rows:
+        return set()
+    now = datetime.now(UTC)
+    params = [
+        {
+            "id": new_id(),
+            "org_id": org_id,
+            "event_id": r.event_id,
+            "model_id": r.model_id,
+            "version": r.version,
+            "device_id": r.device_id,
+            "sample_count": r.sample_count,
+            "metrics": r.metrics,
+            "occurred_at": from_micros(r.occurred_us),
+            "received_at": now,
+        }
+        for r in sorted(rows, key=lambda r: r.event_id)
+    ]
+    stmt = (
+        _insert(session, TrainingUpdate)
+        .on_conflict_do_nothing(index_elements=["org_id", "event_id"])
+        .returning(TrainingUpdate.event_id)
+    )
+    return set(session.scalars(stmt, params))
+
+
+@dataclass(frozen=True)
+class VersionTotals:
+    version: str
+    update_count: int
+    sample_count: int
+    device_count: int
+    latest_at: datetime
+    latest_metrics: dict[str, float]
+
+
+def training_totals(session: Session, org_id: str, model_id: str) -> list[VersionTotals]:
+    """Per version of the model: counts and the metrics of the newest update; newest first."""
+    T = TrainingUpdate
+    scope = (T.org_id == org_id, T.model_id == model_id)
+    totals = session.execute(
+        select(
+            T.version,
+            func.count(),
+            func.coalesce(func.sum(T.sample_count), 0),
+            func.count(T.device_id.distinct()),
+        )
+        .where(*scope)
+        .group_by(T.version)
+    ).all()
+    ranked = (
+        select(
+            T.version,
+            T.metrics,
+            T.occurred_at,
+            func.row_number()
+            .over(
+                partition_by=T.version,
+                order_by=(T.occurred_at.desc(), T.received_at.desc(), T.event_id.desc()),
+            )
+            .label("rn"),
+        )
+        .where(*scope)
+        .subquery()
+    )
+    latest = {
+        v: (at, metrics)
+        for v, metrics, at in session.execute(
+            select(ranked.c.version, ranked.c.metrics, ranked.c.occurred_at).where(ranked.c.rn == 1)
+        )
+    }
+    out = [
+        VersionTotals(v, int(n), int(samples), int(devices), latest[v][0], dict(latest[v][1] or {}))
+        for v, n, samples, devices in totals
+    ]
+    out.sort(key=lambda t: (t.latest_at, t.version), reverse=True)
+    return out
+
+
+@dataclass(frozen=True)
+class UpdateRow:
+    device_id: str
+    sample_count: int
+    metrics: dict[str, float]
+
+
+def version_updates(session: Session, org_id: str, model_id: str, version: str) -> list[UpdateRow]:
+    """Every update of one version, oldest first (ties by arrival, then event id)."""
+    T = TrainingUpdate
+    rows = session.execute(
+        select(T.device_id, T.sample_count, T.metrics)
+        .where(T.org_id == org_id, T.model_id == model_id, T.version == version)
+        .order_by(T.occurred_at, T.received_at, T.event_id)
+    )
+    return [UpdateRow(d, int(s), dict(m or {})) for d, s, m in rows]
+
+
+def session_count(session: Session, org_id: str) -> int:
+    """Raw sessions stored for the org (tests and tooling)."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(InferenceSession)
+            .where(InferenceSession.org_id == org_id)
+        )
+        or 0
+    )
