@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import grpc
 from grpc_reflection.v1alpha import reflection
@@ -24,10 +25,12 @@ from modelregistry.v1 import (
 from server.catalog_service import CatalogService
 from server.health import HealthMonitor
 from server.interceptors import ServerInterceptor
+from server.metrics import MetricsEndpoint, serve_metrics
 from server.model_service import ModelService
 from server.runtime import Runtime
 from server.settings import Settings, normalize_sqlite_url
 from server.telemetry_service import TelemetryService
+from server.uploads import UploadLimits
 from server.version_service import VersionService
 from storage.db import create_engine_for, session_factory, transaction
 from storage.objectstore import open_store
@@ -79,6 +82,7 @@ class RegistryServer:
         self.health = HealthMonitor(self.runtime, SERVICE_NAMES, settings.health_interval)
         self._add_services()
         self.port = 0
+        self.metrics: MetricsEndpoint | None = None
 
     def _authenticate(self, token: str) -> Principal:
         with transaction(self.runtime.sessions, readonly=True) as session:
@@ -88,13 +92,14 @@ class RegistryServer:
         rt = self.runtime
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(rt), self.server)
         version_service_pb2_grpc.add_VersionServiceServicer_to_server(
-            VersionService(rt), self.server
+            VersionService(rt, UploadLimits(self.settings.max_upload_file_bytes)), self.server
         )
         catalog_service_pb2_grpc.add_CatalogServiceServicer_to_server(
             CatalogService(rt), self.server
         )
         telemetry_service_pb2_grpc.add_TelemetryServiceServicer_to_server(
-            TelemetryService(rt), self.server
+            TelemetryService(rt, timedelta(days=self.settings.telemetry_retention_days)),
+            self.server,
         )
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -116,12 +121,23 @@ class RegistryServer:
         await self.server.start()
         self.health.start()
         log.info("serving on %s", self.settings.listen.rsplit(":", 1)[0] + f":{self.port}")
+        if self.settings.metrics_listen:
+            rt = self.runtime
+            self.metrics = serve_metrics(self.settings.metrics_listen, rt.engine, rt.sessions)
+            log.info("metrics on http://%s/metrics", self._metrics_address())
         return self.port
+
+    def _metrics_address(self) -> str:
+        assert self.metrics is not None
+        return self.settings.metrics_listen.rsplit(":", 1)[0] + f":{self.metrics.port}"
 
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight RPCs finish within the grace period, close."""
         await self.health.shutdown()
         await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.close)
+            self.metrics = None
         self.runtime.executor.shutdown(wait=False, cancel_futures=True)
         self.runtime.engine.dispose()
 

@@ -33,6 +33,10 @@ class Settings:
     shutdown_grace: float = 10.0
     # Threads running blocking work (database, object store) for the event loop.
     worker_threads: int = 32
+    # Days raw telemetry events are kept (and how far back telemetry windows may reach).
+    telemetry_retention_days: float = 30.0
+    # Largest file an upload RPC accepts, in bytes (each file of a bundle counts alone).
+    max_upload_file_bytes: int = 16 * 1024**3
     extra: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
@@ -42,6 +46,8 @@ class Settings:
             database_url=env("DATABASE_URL", DEFAULT_DATABASE_URL),
             object_store=env("OBJECT_STORE", DEFAULT_OBJECT_STORE),
             metrics_listen=env("METRICS_LISTEN", ""),
+            max_upload_file_bytes=int(env("MAX_UPLOAD_FILE_BYTES", str(16 * 1024**3))),
+            telemetry_retention_days=float(env("TELEMETRY_RETENTION_DAYS", "30")),
         )
 
 
