@@ -37,6 +37,15 @@ class Settings:
     telemetry_retention_days: float = 30.0
     # Largest file an upload RPC accepts, in bytes (each file of a bundle counts alone).
     max_upload_file_bytes: int = 16 * 1024**3
+    # Conversion workers this server runs (threads, each supervising one sandbox process
+    # at a time); 0 leaves conversions to `modelregistry worker` processes.
+    conversion_workers: int = 1
+    # Limits of one conversion's sandbox process.
+    conversion_memory_mb: int = 4096
+    conversion_cpu_seconds: int = 600
+    conversion_wall_seconds: float = 900.0
+    # A running job whose worker sent no heartbeat for this long is retried elsewhere.
+    conversion_stale_after: float = 30.0
     extra: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
@@ -48,6 +57,11 @@ class Settings:
             metrics_listen=env("METRICS_LISTEN", ""),
             max_upload_file_bytes=int(env("MAX_UPLOAD_FILE_BYTES", str(16 * 1024**3))),
             telemetry_retention_days=float(env("TELEMETRY_RETENTION_DAYS", "30")),
+            conversion_workers=int(env("CONVERSION_WORKERS", "1")),
+            conversion_memory_mb=int(env("CONVERSION_MEMORY_MB", "4096")),
+            conversion_cpu_seconds=int(env("CONVERSION_CPU_SECONDS", "600")),
+            conversion_wall_seconds=float(env("CONVERSION_WALL_SECONDS", "900")),
+            conversion_stale_after=float(env("CONVERSION_STALE_AFTER", "30")),
         )
 
 
