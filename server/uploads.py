@@ -1,0 +1,450 @@
+"""Streaming bytes of uploads into the object store: the async half of the upload path.
+
+`Uploads.start` opens (or resumes) an upload session and returns an `UploadWriter`;
+feed it the stream's chunks with `write`, then `close()` returns the verified
+`StoredFile`s, ready for `domain.artifacts.record_packages` (commit the session with
+`domain.uploads.commit_uploads` in the same transaction, then `release()`). On any error
+call `discard()` (nothing of the upload survives); on cancellation (the client went away)
+call `detach()` (durable parts stay for a resume).
+
+How bytes flow: chunks are buffered up to the store's part size, then uploaded as one
+multipart part from a worker thread while the next chunks arrive (at most one part in
+flight per upload, so memory stays ~2 parts per upload whatever the file size). Each part
+is recorded in the session row once durable; that is the committed size a client resumes
+from. A buffer not yet flushed when the stream drops is lost; the client resends it.
+
+Hashing: an upload that starts a file at offset 0 hashes it on the fly (in the worker
+thread, in part order) and checks the declared sha256 before the object is completed, so
+a mismatch never becomes visible. A file continued from a previous stream (hash state
+does not survive a stream) is read back once after completion, and deleted on mismatch.
+
+One stream writes an upload at a time: a stream that resumes an upload takes it over from
+an older stream of this process (which may not have noticed its client is gone), after
+that stream's in-flight part has landed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Concatenate, ParamSpec, TypeVar
+
+from sqlalchemy.orm import Session
+
+from domain import uploads
+from domain.artifacts import StoredFile, Target, TargetState
+from domain.errors import Aborted, FieldViolation, InvalidArgument
+from server.runtime import Runtime
+from storage.db import transaction
+from storage.objectstore.multipart import Multipart, PartInfo, multipart_for
+from storage.orm import utcnow
+
+log = logging.getLogger("modelregistry.uploads")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DEFAULT_MAX_FILE_BYTES = 16 * 1024**3
+
+
+class Lease:
+    """The right of one stream to write one upload; taken over by a newer stream."""
+
+    def __init__(self, upload_id: str) -> None:
+        self.upload_id = upload_id
+        self.superseded = False
+        self.pending: asyncio.Task[None] | None = None
+
+    async def settle(self) -> None:
+        """Wait until the in-flight part (if any) has landed or failed."""
+        task = self.pending
+        if task is not None and not task.done():
+            await asyncio.wait([task])
+
+
+class Leases:
+    """Which stream of this process currently writes each upload."""
+
+    def __init__(self) -> None:
+        self._holders: dict[str, Lease] = {}
+
+    async def take(self, upload_id: str) -> Lease:
+        lease = Lease(upload_id)
+        old = self._holders.get(upload_id)
+        self._holders[upload_id] = lease
+        if old is not None:
+            old.superseded = True
+            await old.settle()
+        return lease
+
+    async def settle(self, upload_id: str) -> None:
+        holder = self._holders.get(upload_id)
+        if holder is not None:
+            await holder.settle()
+
+    def release(self, lease: Lease) -> None:
+        if self._holders.get(lease.upload_id) is lease:
+            del self._holders[lease.upload_id]
+
+    def release_when_idle(self, lease: Lease) -> None:
+        task = lease.pending
+        if task is None or task.done():
+            self.release(lease)
+        else:
+            task.add_done_callback(lambda _t: self.release(lease))
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+
+
+class Uploads:
+    """The server's upload machinery: one per server, shared by the upload RPCs."""
+
+    def __init__(self, rt: Runtime, limits: UploadLimits | None = None) -> None:
+        self.rt = rt
+        self.limits = limits or UploadLimits()
+        self.multipart: Multipart = multipart_for(rt.store)
+        self.leases = Leases()
+
+    def write_sync(
+        self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `fn(session, ...)` in a read-write transaction (from a worker thread)."""
+        with transaction(self.rt.sessions) as session:
+            return fn(session, *args, **kwargs)
+
+    def check_declared_size(self, size: int | None, field_name: str) -> None:
+        if size is not None and size > self.limits.max_file_bytes:
+            raise InvalidArgument(
+                f"{field_name}: {size} bytes is over this server's limit of "
+                f"{self.limits.max_file_bytes} bytes per file",
+                [FieldViolation(field_name, f"must be at most {self.limits.max_file_bytes}")],
+                reason="FILE_TOO_LARGE",
+                metadata={"limit_bytes": str(self.limits.max_file_bytes)},
+            )
+
+    async def start(
+        self,
+        org_id: str,
+        upload_id: str | None,
+        write_offset: int,
+        target: Target,
+        fmt: str,
+        files: Sequence[uploads.FileDecl],
+        expect: TargetState,
+        *,
+        field_prefix: str,
+        spec_field: Callable[[int], str],
+    ) -> UploadWriter:
+        """`spec_field(i)` names file i's FileSpec in the request (for error details)."""
+        if upload_id:
+            uploads.parse_upload_id(upload_id, f"{field_prefix}upload_id")
+            # Let an older stream of this upload finish its in-flight part first, so the
+            # committed size read below is final.
+            await self.leases.settle(upload_id)
+        state = await self.rt.write(
+            uploads.open_upload,
+            org_id,
+            upload_id or None,
+            write_offset,
+            target,
+            fmt,
+            files,
+            field_prefix=field_prefix,
+        )
+        lease = await self.leases.take(state.upload_id)
+        if not state.created:
+            # Re-read after the takeover: the previous stream may have landed one more part.
+            try:
+                state = await self.rt.read(uploads.get_status, org_id, state.upload_id)
+                uploads.check_open(state, utcnow())
+            except BaseException:
+                self.leases.release(lease)
+                raise
+        return UploadWriter(self, org_id, state, lease, write_offset, expect.model_uid, spec_field)
+
+
+class _FileSink:
+    """The bytes of one file of an upload."""
+
+    def __init__(self, owner: UploadWriter, progress: uploads.FileProgress) -> None:
+        self.owner = owner
+        self.index = progress.index
+        self.decl = progress.decl
+        self.key = progress.key
+        self.multipart_id = progress.multipart_id
+        self.parts: list[PartInfo] = list(progress.parts)
+        self.committed = progress.committed  # bytes in durable parts
+        self.received = progress.committed  # bytes this server has (durable + buffered)
+        self.done = progress.done
+        self.sha256 = progress.sha256
+        self.length = progress.length
+        self.completed_here = False
+        fresh = progress.committed == 0 and not progress.done
+        self.hasher = hashlib.sha256() if fresh else None
+        self.buffer: list[bytes] = []
+        self.buffered = 0
+        self.next_number = len(self.parts) + 1
+
+    @property
+    def uploads(self) -> Uploads:
+        return self.owner.uploads
+
+    async def write(self, data: bytes) -> None:
+        if self.done:
+            raise InvalidArgument(
+                f"{self.decl.file_name}: bytes sent for a file that is already complete",
+                reason="UNEXPECTED_CHUNK",
+            )
+        size = self.decl.size
+        if size is not None and self.received + len(data) > size:
+            raise InvalidArgument(
+                f"{self.decl.file_name}: more bytes than the declared size_bytes {size}",
+                [FieldViolation(self.owner.size_field(self.index), "size mismatch")],
+                reason="SIZE_MISMATCH",
+            )
+        limit = self.uploads.limits.max_file_bytes
+        if self.received + len(data) > limit:
+            raise InvalidArgument(
+                f"{self.decl.file_name}: over this server's limit of {limit} bytes per file",
+                [FieldViolation(self.owner.size_field(self.index), "file too large")],
+                reason="FILE_TOO_LARGE",
+                metadata={"limit_bytes": str(limit)},
+            )
+        self.buffer.append(data)
+        self.buffered += len(data)
+        self.received += len(data)
+        if self.buffered >= self.uploads.multipart.part_size:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Upload the buffer as the next part; returns once the previous part landed."""
+        lease = self.owner.lease
+        await self._wait_pending()
+        if lease.superseded:
+            raise Aborted(
+                f"upload {lease.upload_id} was taken over by a newer stream",
+                reason="UPLOAD_SUPERSEDED",
+            )
+        data = b"".join(self.buffer)
+        self.buffer.clear()
+        self.buffered = 0
+        number = self.next_number
+        self.next_number += 1
+        offset = self.received - len(data)
+        task = asyncio.ensure_future(self.uploads.rt.call(self._put, data, number, offset))
+        # Retrieved here too, so a part failing after its stream was cancelled is not
+        # reported as "never retrieved".
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        lease.pending = task
+
+    async def _wait_pending(self) -> None:
+        task = self.owner.lease.pending
+        if task is not None:
+            # Shielded: if this stream is cancelled, the part still lands and is recorded.
+            await asyncio.shield(task)
+
+    def _put(self, data: bytes, number: int, offset: int) -> None:
+        """Worker thread: hash, upload and record one part (in part order)."""
+        mp = self.uploads.multipart
+        if self.hasher is not None:
+            self.hasher.update(data)
+        if self.multipart_id is None:
+            self.multipart_id = mp.begin(self.key)
+        part = mp.upload_part(self.key, self.multipart_id, number, data)
+        self.uploads.write_sync(
+            uploads.record_part,
+            self.owner.org_id,
+            self.owner.lease.upload_id,
+            self.index,
+            self.multipart_id,
+            part,
+            offset,
+            model_uid=self.owner.model_uid,
+        )
+        self.parts.append(part)
+        self.committed += part.size
+
+    async def finish(self) -> StoredFile:
+        """Flush the last part, verify size and sha256, complete the object."""
+        if not self.done:
+            if self.buffered:
+                await self._flush()
+            await self._wait_pending()
+            await self.uploads.rt.call(self._complete)
+        return StoredFile(
+            file_name=self.decl.file_name,
+            kind=self.decl.kind,
+            storage_key=self.key,
+            size_bytes=self.length or 0,
+            sha256=self.sha256,
+        )
+
+    def _complete(self) -> None:
+        """Worker thread: checks, then complete (and read back a resumed file)."""
+        size, declared = self.committed, self.decl.size
+        name, field = self.decl.file_name, self.owner.size_field(self.index)
+        if declared is not None and size != declared:
+            raise InvalidArgument(
+                f"{name}: the stream ended after {size} of the declared {declared} bytes",
+                [FieldViolation(field, f"declared {declared}, received {size}")],
+                reason="SIZE_MISMATCH",
+                metadata={"committed_size": str(self.owner.committed_total())},
+            )
+        if size == 0 and self.decl.kind == "weights":
+            raise InvalidArgument(
+                f"{name}: a weights file must not be empty",
+                [FieldViolation(field, "zero-byte weights file")],
+                reason="EMPTY_FILE",
+            )
+        sha = self.hasher.hexdigest() if self.hasher is not None else ""
+        if sha:
+            self._check_sha(sha)
+        mp = self.uploads.multipart
+        if self.multipart_id is None:
+            self.multipart_id = mp.begin(self.key)
+        mp.complete(self.key, self.multipart_id, self.parts)
+        self.completed_here = True
+        if not sha:
+            digest = hashlib.sha256()
+            for chunk in self.uploads.rt.store.get(self.key):
+                digest.update(chunk)
+            sha = digest.hexdigest()
+            self._check_sha(sha)
+        self.uploads.write_sync(
+            uploads.mark_done,
+            self.owner.org_id,
+            self.owner.lease.upload_id,
+            self.index,
+            size,
+            sha,
+        )
+        self.done, self.sha256, self.length = True, sha, size
+
+    def _check_sha(self, sha: str) -> None:
+        declared = self.decl.sha256
+        if declared and sha != declared:
+            raise InvalidArgument(
+                f"{self.decl.file_name}: sha256 mismatch: declared {declared}, received {sha}",
+                [
+                    FieldViolation(
+                        self.owner.sha_field(self.index), f"declared {declared}, received {sha}"
+                    )
+                ],
+                reason="CHECKSUM_MISMATCH",
+                metadata={"declared_sha256": declared, "actual_sha256": sha},
+            )
+
+
+class UploadWriter:
+    """One stream's writes into one upload (one file, or a bundle's concatenated files)."""
+
+    def __init__(
+        self,
+        uploads_: Uploads,
+        org_id: str,
+        state: uploads.UploadState,
+        lease: Lease,
+        write_offset: int,
+        model_uid: str | None,
+        spec_field: Callable[[int], str],
+    ) -> None:
+        self.uploads = uploads_
+        self.org_id = org_id
+        self.state = state
+        self.lease = lease
+        self.model_uid = model_uid
+        self.files = [_FileSink(self, p) for p in state.files]
+        self.skip = state.committed_bytes - write_offset  # bytes the server already has
+        self.current = next((i for i, f in enumerate(self.files) if not f.done), len(self.files))
+        self.spec_field = spec_field
+
+    @property
+    def upload_id(self) -> str:
+        return self.lease.upload_id
+
+    def size_field(self, index: int) -> str:
+        return f"{self.spec_field(index)}.size_bytes"
+
+    def sha_field(self, index: int) -> str:
+        return f"{self.spec_field(index)}.sha256"
+
+    def committed_total(self) -> int:
+        return sum(f.committed for f in self.files)
+
+    async def write(self, chunk: bytes) -> None:
+        data = memoryview(chunk)
+        if self.skip > 0:
+            n = min(self.skip, len(data))
+            data = data[n:]
+            self.skip -= n
+        while data:
+            if self.current >= len(self.files):
+                raise InvalidArgument(
+                    "more bytes than the declared files hold", reason="UNEXPECTED_CHUNK"
+                )
+            sink = self.files[self.current]
+            size = sink.decl.size
+            last = self.current == len(self.files) - 1
+            if size is None or last:
+                piece = data
+            else:
+                room = size - sink.received
+                if room <= 0:
+                    await sink.finish()
+                    self.current += 1
+                    continue
+                piece = data[:room]
+            await sink.write(bytes(piece))
+            data = data[len(piece) :]
+
+    async def close(self) -> list[StoredFile]:
+        """The stream ended: finish every file; returns them verified and complete."""
+        return [await sink.finish() for sink in self.files]
+
+    def detach(self) -> None:
+        """The stream was cancelled: keep durable parts for a resume."""
+        self.uploads.leases.release_when_idle(self.lease)
+
+    def release(self) -> None:
+        self.uploads.leases.release(self.lease)
+
+    async def discard(self) -> None:
+        """A failed upload: abort its session and remove everything it stored."""
+        if self.lease.superseded:
+            return  # a newer stream owns the upload now
+        with contextlib.suppress(BaseException):
+            await self.lease.settle()
+        try:
+            refs = await self.uploads.rt.write(uploads.abort_upload, self.org_id, self.upload_id)
+        except Exception:
+            log.warning("could not abort upload %s", self.upload_id, exc_info=True)
+            refs = uploads.ObjectRefs()
+        keys = set(refs.completed_keys)
+        multipart = set(refs.multipart)
+        for sink in self.files:  # also what this stream did but could not record
+            if sink.completed_here or sink.done:
+                keys.add(sink.key)
+            elif sink.multipart_id:
+                multipart.add((sink.key, sink.multipart_id))
+        await self.uploads.rt.call(_remove, self.uploads, sorted(keys), sorted(multipart))
+        self.release()
+
+
+def _remove(ups: Uploads, keys: list[str], multipart: list[tuple[str, str]]) -> None:
+    for key, upload_id in multipart:
+        try:
+            ups.multipart.abort(key, upload_id)
+        except Exception:
+            log.warning("could not abort multipart upload of %s", key, exc_info=True)
+    for key in keys:
+        try:
+            ups.rt.store.delete(key)
+        except Exception:
+            log.warning("could not delete %s (the garbage collector will)", key, exc_info=True)
