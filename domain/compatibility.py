@@ -207,6 +207,17 @@ def load_snapshot(session: Session, org_id: str, model_id: str) -> Snapshot:
 # what a profile can run
 
 
+# A runtime that also runs packages built for another: the full onnxruntime loads the ORT
+# format produced for onnxruntime-mobile.
+RUNTIME_ALSO_RUNS = {"onnxruntime": ("onnxruntime-mobile",)}
+
+
+def runs_runtime(profile: DeviceProfile, runtime: str) -> bool:
+    return runtime in profile.runtimes or any(
+        runtime in RUNTIME_ALSO_RUNS.get(r, ()) for r in profile.runtimes
+    )
+
+
 @dataclass(frozen=True)
 class Problem:
     code: str
@@ -218,7 +229,7 @@ def problems(
 ) -> list[Problem]:
     """Every reason `profile` cannot run a form, in a fixed order."""
     out: list[Problem] = []
-    if runtime and runtime not in profile.runtimes:
+    if runtime and not runs_runtime(profile, runtime):
         out.append(
             Problem(
                 UNSUPPORTED_RUNTIME,
