@@ -31,6 +31,7 @@ Progress = Callable[[str, float, str], None]
 # Relative cost of converting to each target; verification weighs 1.
 _CONVERT_WEIGHT = {"onnx": 1.0, "onnx-fp16": 1.0, "onnx-int8": 2.0, "ort": 1.5}
 _PREPARE_END = 0.16
+_MAX_INLINE_BYTES = 2 * 1024**3 - 64 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,14 @@ def run(
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
             raise ConversionError(f"the model fails the ONNX checker: {short_error(exc)}") from None
         onnx.shape_inference.infer_shapes_path(str(source), str(inferred))
+        if info.external_data_files:
+            # Outputs are single files: fold the external data into the working copy.
+            if info.declared_tensor_bytes >= _MAX_INLINE_BYTES:
+                raise ConversionError(
+                    "models whose weights need more than 2 GiB cannot be converted "
+                    "(their outputs would need external data too)"
+                )
+            onnx.save_model(onnx.load_model(str(inferred)), str(inferred))
 
     progress("reference", 0.10, "computing reference outputs with onnxruntime")
     with ticking(progress, "reference", 0.10, _PREPARE_END, "computing reference outputs", tick):

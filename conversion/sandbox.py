@@ -237,6 +237,8 @@ def _looks_like_oom(text: str) -> bool:
             "bad allocation",
             "failed to allocate",
             "memory allocation",
+            "failed to map segment",
+            "cannot allocate memory",
             "can't start new thread",
         )
     )
