@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
@@ -200,6 +201,26 @@ def optimization_plan(r: PlanResult) -> model_service_pb2.GetOptimizationPlanRes
             for p in r.plans
         ],
     )
+
+
+def struct_to_dict(s: struct_pb2.Struct) -> dict[str, Any]:
+    """Like json_format.MessageToDict, but keeps NaN/Infinity for the domain to reject."""
+    return {k: _value(v) for k, v in s.fields.items()}
+
+
+def _value(v: struct_pb2.Value) -> Any:
+    kind = v.WhichOneof("kind")
+    if kind == "struct_value":
+        return struct_to_dict(v.struct_value)
+    if kind == "list_value":
+        return [_value(x) for x in v.list_value.values]
+    if kind == "number_value":
+        return v.number_value
+    if kind == "string_value":
+        return v.string_value
+    if kind == "bool_value":
+        return v.bool_value
+    return None
 
 
 def optimized_config(v: ConfigView) -> compatibility_pb2.OptimizedConfig:

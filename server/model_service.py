@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from google.protobuf import empty_pb2, json_format
+from google.protobuf import empty_pb2
 
 from domain import catalog, compatibility, manifest, models, names, optimized_configs
 from domain.errors import InvalidArgument, Unimplemented
@@ -219,6 +219,6 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     ) -> compatibility_pb2.OptimizedConfig:
         org = principal().require_org()
         oc = request.optimized_config
-        config = json_format.MessageToDict(oc.config) if oc.HasField("config") else None
+        config = convert.struct_to_dict(oc.config) if oc.HasField("config") else None
         view = await self.rt.write(optimized_configs.put_config, org, oc.name, config)
         return convert.optimized_config(view)
