@@ -58,26 +58,6 @@ def test_reflection_lists_every_service_without_a_key(registry: RunningServer) -
     assert listed >= SERVICES | {"grpc.health.v1.Health"}
 
 
-def test_unbuilt_rpc_answers_unimplemented(client: Client) -> None:
-    # Stays UNIMPLEMENTED until issue 7 lands; then this test must move to another RPC
-    # that is still unbuilt, or be deleted.
-    try:
-        client.models.GetOptimizedConfig(
-            pb.GetOptimizedConfigRequest(name="models/x/optimizedConfigs/y")
-        )
-    except grpc.RpcError as err:
-        if err.code() != grpc.StatusCode.UNIMPLEMENTED:
-            pytest.skip("GetOptimizedConfig is implemented now")
-        details = expect_error(
-            grpc.StatusCode.UNIMPLEMENTED,
-            client.models.GetOptimizedConfig,
-            pb.GetOptimizedConfigRequest(name="models/x/optimizedConfigs/y"),
-        )
-        assert details.reason == "NOT_IMPLEMENTED"
-        return
-    pytest.skip("GetOptimizedConfig is implemented now")
-
-
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL of this test's own, so stopping it disturbs no other test."""

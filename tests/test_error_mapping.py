@@ -1,0 +1,90 @@
+"""The one error mapper: every domain error becomes the documented code with AIP-193 details."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import grpc
+import pytest
+import sqlalchemy.exc
+from google.rpc import error_details_pb2, status_pb2
+
+from domain import errors as d
+from server.errors import ERROR_DOMAIN, to_status
+
+
+def decode(status: grpc.Status) -> status_pb2.Status:
+    raw = dict(status.trailing_metadata)["grpc-status-details-bin"]
+    return status_pb2.Status.FromString(raw)
+
+
+def unpack(proto: status_pb2.Status, cls: type) -> list:  # type: ignore[type-arg]
+    out = []
+    for detail in proto.details:
+        if detail.Is(cls.DESCRIPTOR):
+            msg = cls()
+            detail.Unpack(msg)
+            out.append(msg)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (d.InvalidArgument.field("name", "bad"), grpc.StatusCode.INVALID_ARGUMENT),
+        (d.NotFound("model", "models/x"), grpc.StatusCode.NOT_FOUND),
+        (d.AlreadyExists("model", "models/x"), grpc.StatusCode.ALREADY_EXISTS),
+        (d.FailedPrecondition("no"), grpc.StatusCode.FAILED_PRECONDITION),
+        (d.Aborted("etag"), grpc.StatusCode.ABORTED),
+        (d.PermissionDenied("admin only"), grpc.StatusCode.PERMISSION_DENIED),
+        (d.Unauthenticated("no key"), grpc.StatusCode.UNAUTHENTICATED),
+        (
+            d.QuotaExceeded("plan", [d.QuotaViolation("org", "20/month")]),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ),
+        (d.RateLimited("slow down", timedelta(seconds=2)), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (d.Unavailable("db down"), grpc.StatusCode.UNAVAILABLE),
+        (d.Unimplemented("later"), grpc.StatusCode.UNIMPLEMENTED),
+        (NotImplementedError(), grpc.StatusCode.UNIMPLEMENTED),
+        (
+            sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("gone")),
+            grpc.StatusCode.UNAVAILABLE,
+        ),
+        (ConnectionResetError(), grpc.StatusCode.UNAVAILABLE),
+        (KeyError("bug"), grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_codes_and_error_info(error: BaseException, code: grpc.StatusCode) -> None:
+    status = to_status(error)
+    assert status.code == code
+    proto = decode(status)
+    assert proto.code == code.value[0]
+    (info,) = unpack(proto, error_details_pb2.ErrorInfo)
+    assert info.domain == ERROR_DOMAIN and info.reason
+
+
+def test_internal_errors_hide_their_text() -> None:
+    status = to_status(KeyError("secret table name"))
+    assert "secret" not in status.details
+
+
+def test_details_carry_violations() -> None:
+    bad = to_status(
+        d.InvalidArgument("x", [d.FieldViolation("a", "why"), d.FieldViolation("b", "why")])
+    )
+    (br,) = unpack(decode(bad), error_details_pb2.BadRequest)
+    assert [v.field for v in br.field_violations] == ["a", "b"]
+    pre = to_status(
+        d.FailedPrecondition("x", [d.PreconditionViolation("STATE", "models/m", "draft")])
+    )
+    (pf,) = unpack(decode(pre), error_details_pb2.PreconditionFailure)
+    assert pf.violations[0].type == "STATE"
+    quota = to_status(d.QuotaExceeded("x", [d.QuotaViolation("org:acme", "20 versions/month")]))
+    (qf,) = unpack(decode(quota), error_details_pb2.QuotaFailure)
+    assert qf.violations[0].subject == "org:acme"
+    slow = to_status(d.RateLimited("x", timedelta(milliseconds=1500)))
+    (ri,) = unpack(decode(slow), error_details_pb2.RetryInfo)
+    assert ri.retry_delay.ToTimedelta() == timedelta(milliseconds=1500)
+    missing = to_status(d.NotFound("model", "models/m"))
+    (res,) = unpack(decode(missing), error_details_pb2.ResourceInfo)
+    assert res.resource_name == "models/m"
