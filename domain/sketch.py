@@ -13,7 +13,7 @@ Merging adds bucket counts, so sketches of disjoint sets combine exactly into th
 their union: that is what makes hourly rollups summable over any window.
 
 Serialised form (little-endian): b"S1", uint64 zero count, uint32 n, n int32 bucket keys
-(ascending), n int64 counts.
+(ascending), n int64 counts; b"" is the empty sketch.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ class Sketch:
     def of(cls, values: Floats | Sequence[float]) -> Sketch:
         """The sketch of non-negative finite values."""
         arr = np.asarray(values, dtype=np.float64)
+        if len(arr) == 0:
+            return cls()
         positive = arr[arr > 0]
         keys, counts = np.unique(bucket_keys(positive), return_counts=True)
         return cls(len(arr) - len(positive), keys.astype(np.int32), counts.astype(np.int64))
@@ -96,7 +98,10 @@ class Sketch:
     # -- serialisation ------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
+        """The serialised form; b"" for an empty sketch."""
         n = len(self.keys)
+        if n == 0 and self.zero == 0:
+            return b""
         return (
             _HEADER.pack(_MAGIC, self.zero, n)
             + self.keys.astype(_KEY, copy=False).tobytes()

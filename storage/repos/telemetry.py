@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, and_, delete, func, or_, select, tuple_, update
+from sqlalchemy import Row, and_, bindparam, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from storage.orm import (
+    Base,
     Device,
     InferenceRollup,
     InferenceSession,
@@ -167,10 +168,11 @@ def insert_sessions(session: Session, org_id: str, cols: SessionColumns) -> set[
         }
         for i in order
     ]
+    table = Base.metadata.tables[InferenceSession.__tablename__]
     stmt = (
-        sqlite.insert(InferenceSession)
+        sqlite.insert(table)
         .on_conflict_do_nothing(index_elements=["org_id", "event_id"])
-        .returning(InferenceSession.event_id)
+        .returning(table.c.event_id)
     )
     return set(session.scalars(stmt, rows))
 
@@ -258,6 +260,20 @@ _KEY_COLUMNS = [
 ]
 
 
+_ROLLUPS = Base.metadata.tables[InferenceRollup.__tablename__]
+# Executemany UPDATE by primary key (Core, so it compiles once and is cached).
+_UPDATE_ROLLUP = (
+    update(_ROLLUPS)
+    .where(
+        *(
+            _ROLLUPS.c[name] == bindparam(f"k_{name}")
+            for name in ("org_id", "model_id", "version", "device_type", "hour")
+        )
+    )
+    .values({c.key: bindparam(c.key) for c in _VALUE_COLUMNS})
+)
+
+
 def _values(row: Row[Any] | Sequence[Any], offset: int = 0) -> RollupValues:
     return RollupValues(*(row[offset + i] for i in range(len(_VALUE_COLUMNS))))
 
@@ -274,25 +290,14 @@ def lock_rollups(
     ordered = sorted(set(keys))
     if not ordered:
         return {}
-    empty = RollupValues()
-    ensure = (
-        _insert(session, InferenceRollup)
-        .values(
-            [
-                {
-                    "org_id": org_id,
-                    "model_id": m,
-                    "version": v,
-                    "device_type": dt,
-                    "hour": h,
-                    **{c.key: getattr(empty, c.key) for c in _VALUE_COLUMNS},
-                }
-                for m, v, dt, h in ordered
-            ]
-        )
-        .on_conflict_do_nothing()
+    empty = {c.key: getattr(RollupValues(), c.key) for c in _VALUE_COLUMNS}
+    session.execute(
+        _insert(session, _ROLLUPS).on_conflict_do_nothing(),
+        [
+            {"org_id": org_id, "model_id": m, "version": v, "device_type": dt, "hour": h, **empty}
+            for m, v, dt, h in ordered
+        ],
     )
-    session.execute(ensure)
     rows = session.execute(
         select(*_KEY_COLUMNS, *_VALUE_COLUMNS)
         .where(
@@ -315,16 +320,16 @@ def update_rollups(session: Session, org_id: str, values: dict[RollupKey, Rollup
         return
     params = [
         {
-            "org_id": org_id,
-            "model_id": m,
-            "version": v,
-            "device_type": dt,
-            "hour": h,
+            "k_org_id": org_id,
+            "k_model_id": m,
+            "k_version": v,
+            "k_device_type": dt,
+            "k_hour": h,
             **{c.key: getattr(val, c.key) for c in _VALUE_COLUMNS},
         }
         for (m, v, dt, h), val in sorted(values.items())
     ]
-    session.execute(update(InferenceRollup), params)
+    session.execute(_UPDATE_ROLLUP, params)
 
 
 def rollups(
