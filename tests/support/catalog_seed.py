@@ -1,10 +1,12 @@
 """SEEDING ONLY: catalog rows written straight through the storage layer.
 
-Compatibility and plan tests need catalog versions with packages of chosen sizes and
-conversion metrics. Until VersionService.UploadArtifacts (issue #3), the conversion jobs and
-`modelregistry catalog import` land, this helper writes those rows directly: a variant for the
-model's name (the org's override, or a blessed row), an active catalog version, packages and
-resource rows (sizes only; no bytes are stored). Replace with the RPCs/CLI once available.
+Compatibility and plan tests need catalog versions whose packages are 1-7 GB (to meet the
+device budgets) and that carry conversion metrics. Real uploads of that size are too slow for
+the suite (tests/test_compatibility_uploads.py covers small real uploads), and ConvertArtifact
+(issue #5) has not landed, so this helper writes the rows directly: a variant for the model's
+name (the org's override, or a blessed row), an active catalog version, packages and resource
+rows (sizes only; no bytes are stored). Switch the measured-plan test to ConvertArtifact once
+it is available.
 """
 
 from __future__ import annotations
