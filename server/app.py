@@ -11,6 +11,7 @@ import grpc
 from grpc_reflection.v1alpha import reflection
 
 from domain import keys
+from domain.limits import Limiter
 from domain.principal import Principal
 from modelregistry.v1 import (
     catalog_service_pb2,
@@ -76,7 +77,11 @@ class RegistryServer:
             executor=ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="rpc-io"),
         )
         self.server = grpc.aio.server(
-            interceptors=[ServerInterceptor(self._authenticate)],
+            interceptors=[
+                ServerInterceptor(
+                    self._authenticate, Limiter(settings.limits), settings.stream_idle_timeout
+                )
+            ],
             options=channel_options(settings),
         )
         self.health = HealthMonitor(self.runtime, SERVICE_NAMES, settings.health_interval)

@@ -17,7 +17,8 @@ from typing import Any, TypeAlias
 import grpc
 from grpc.aio import AbortError
 
-from domain.errors import Unauthenticated
+from domain.errors import DeadlineExceeded, Unauthenticated
+from domain.limits import Limiter
 from domain.principal import ANONYMOUS, Principal
 from server import metrics
 from server.context import Ctx, set_principal
@@ -33,6 +34,12 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 # the org's manifest, without it the blessed catalog only.
 _NO_AUTH_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 OPTIONAL_AUTH = frozenset({"/modelregistry.v1.ModelService/GetManifest"})
+# Streams that carry artifact bytes in: capped per org, since each holds buffers and
+# object-store uploads open.
+UPLOAD_STREAMS = frozenset(
+    f"/modelregistry.v1.VersionService/{m}"
+    for m in ("UploadArtifacts", "UploadBundle", "UploadAndConvert")
+)
 
 
 def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
@@ -46,8 +53,12 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | No
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, authenticate: Authenticate) -> None:
+    def __init__(
+        self, authenticate: Authenticate, limiter: Limiter, stream_idle_timeout: float
+    ) -> None:
         self._authenticate = authenticate
+        self.limiter = limiter
+        self.stream_idle_timeout = stream_idle_timeout
 
     async def intercept_service(
         self,
@@ -67,7 +78,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                call.wrap_unary(handler.stream_unary),
+                call.wrap_unary(self._idle_guarded(handler.stream_unary), streaming=True),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -78,10 +89,20 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            call.wrap_stream(handler.stream_stream),  # type: ignore[arg-type]
+            call.wrap_stream(self._idle_guarded(handler.stream_stream)),  # type: ignore[arg-type]
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    def _idle_guarded(self, behavior: Behavior) -> Behavior:
+        """Client streams that go silent for stream_idle_timeout seconds are closed, so an
+        abandoned upload cannot hold its buffers and object-store upload open forever."""
+        timeout = self.stream_idle_timeout
+
+        def run(requests: Any, context: Ctx) -> Any:
+            return behavior(_until_idle(requests, timeout), context)
+
+        return run
 
     async def principal_for(self, method: str, metadata: Any) -> Principal:
         token = bearer_token(metadata)
@@ -109,10 +130,16 @@ class _Call:
         self.metadata = metadata
         self.principal: Principal = ANONYMOUS
         self.code = grpc.StatusCode.OK
+        self.upload_org: str | None = None
 
-    def wrap_unary(self, behavior: Behavior) -> Behavior:
+    def wrap_unary(self, behavior: Behavior, *, streaming: bool = False) -> Behavior:
+        """Unary responses; `streaming` for client-streaming RPCs (counted in flight)."""
+
         async def run(request: Any, context: Ctx) -> Any:
             start = time.perf_counter()
+            streams = metrics.STREAMS_IN_FLIGHT.labels(self.method) if streaming else None
+            if streams is not None:
+                streams.inc()
             try:
                 await self._authenticate()
                 result = behavior(request, context)
@@ -120,6 +147,8 @@ class _Call:
             except BaseException as exc:
                 await self._fail(exc, context)
             finally:
+                if streams is not None:
+                    streams.dec()
                 self._finish(start)
 
         return run
@@ -148,6 +177,12 @@ class _Call:
     async def _authenticate(self) -> None:
         self.principal = await self.owner.principal_for(self.method, self.metadata)
         set_principal(self.principal)
+        org = self.principal.org_id
+        if org is not None:
+            self.owner.limiter.admit(org)
+            if self.method in UPLOAD_STREAMS:
+                self.owner.limiter.open_upload(org)
+                self.upload_org = org
 
     async def _fail(self, exc: BaseException, context: Ctx) -> None:
         if isinstance(exc, AbortError):
@@ -163,6 +198,9 @@ class _Call:
         await context.abort(status.code, status.details, status.trailing_metadata)
 
     def _finish(self, start: float) -> None:
+        if self.upload_org is not None:
+            self.owner.limiter.close_upload(self.upload_org)
+            self.upload_org = None
         elapsed = time.perf_counter() - start
         code = self.code.name
         metrics.RPC_REQUESTS.labels(self.method, code).inc()
@@ -176,3 +214,18 @@ class _Call:
                 "org": self.principal.org_name or "-",
             },
         )
+
+
+async def _until_idle(requests: Any, timeout: float) -> AsyncIterator[Any]:
+    iterator = requests.__aiter__()
+    while True:
+        try:
+            item = await asyncio.wait_for(iterator.__anext__(), timeout)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no message received for {timeout:g} s; the stream was closed",
+                reason="STREAM_IDLE",
+            ) from None
+        yield item

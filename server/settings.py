@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from domain.limits import LimitSettings
+
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATABASE_URL = "sqlite:///var/modelregistry.db"
 DEFAULT_OBJECT_STORE = "var/blobs"
@@ -33,6 +35,10 @@ class Settings:
     shutdown_grace: float = 10.0
     # Threads running blocking work (database, object store) for the event loop.
     worker_threads: int = 32
+    # Per-org admission control (per server process).
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    # Seconds a client stream may stay silent before it is closed.
+    stream_idle_timeout: float = 60.0
     # Days raw telemetry events are kept (and how far back telemetry windows may reach).
     telemetry_retention_days: float = 30.0
     # Largest file an upload RPC accepts, in bytes (each file of a bundle counts alone).
