@@ -109,4 +109,4 @@ def _cosine(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
         return 1.0
     if na == 0.0 or nb == 0.0:
         return 0.0
-    return float(np.dot(a, b) / (na * nb))
+    return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -52,17 +53,32 @@ def _in_transaction(database_url: str, fn: Callable[[Session], T]) -> T:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = Settings(
+    settings = dataclasses.replace(
+        Settings.from_env(),
         listen=args.listen,
         database_url=args.database_url,
         object_store=args.object_store,
         metrics_listen=args.metrics_listen,
+        conversion_workers=args.conversion_workers,
     )
     if args.migrate:
         upgrade(normalize_sqlite_url(settings.database_url))
     from server.app import serve
 
     asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Conversion workers on their own (scale-out); limits from MODELREGISTRY_CONVERSION_*."""
+    settings = dataclasses.replace(
+        Settings.from_env(), database_url=args.database_url, object_store=args.object_store
+    )
+    if args.migrate:
+        upgrade(normalize_sqlite_url(settings.database_url))
+    from server.conversion_service import run_workers
+
+    run_workers(settings, args.workers)
     return 0
 
 
@@ -225,7 +241,36 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--migrate", action="store_true", help="apply database migrations before serving"
     )
+    serve.add_argument(
+        "--conversion-workers",
+        type=int,
+        default=int(env("CONVERSION_WORKERS", "1")),
+        help="conversion workers run by this server, 0 for none (then run `modelregistry "
+        "worker`) (env MODELREGISTRY_CONVERSION_WORKERS; default %(default)s)",
+    )
     serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser(
+        "worker",
+        help="run conversion workers without a gRPC server (they share the database and "
+        "object store with the servers)",
+    )
+    _database_arg(worker)
+    worker.add_argument(
+        "--object-store",
+        default=env("OBJECT_STORE", DEFAULT_OBJECT_STORE),
+        help="the servers' object store (env MODELREGISTRY_OBJECT_STORE; default %(default)s)",
+    )
+    worker.add_argument(
+        "--workers",
+        type=int,
+        default=int(env("CONVERSION_WORKERS", "1")),
+        help="concurrent conversions (env MODELREGISTRY_CONVERSION_WORKERS; default %(default)s)",
+    )
+    worker.add_argument(
+        "--migrate", action="store_true", help="apply database migrations before starting"
+    )
+    worker.set_defaults(func=cmd_worker)
 
     migrate = sub.add_parser("migrate", help="apply database migrations")
     _database_arg(migrate)

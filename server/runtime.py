@@ -12,6 +12,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from domain.conversion_worker import ConversionPool
 from storage.db import transaction
 from storage.objectstore import ObjectStore
 
@@ -25,6 +26,8 @@ class Runtime:
     sessions: sessionmaker[Session]
     store: ObjectStore
     executor: ThreadPoolExecutor
+    # This server's conversion workers, when it runs any (new jobs wake them at once).
+    conversions: ConversionPool | None = None
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking `fn` on the worker pool."""

@@ -25,6 +25,7 @@ from modelregistry.v1 import (
 )
 from server import convert
 from server.context import Ctx, principal
+from server.conversion_service import ConversionRpcs
 from server.runtime import Runtime
 from server.uploads import UploadLimits, Uploads, UploadWriter
 from storage.objectstore import ObjectNotFound
@@ -71,6 +72,7 @@ class VersionService(version_service_pb2_grpc.VersionServiceServicer):
     def __init__(self, runtime: Runtime, limits: UploadLimits | None = None) -> None:
         self.rt = runtime
         self.uploads = Uploads(runtime, limits)
+        self.conversions = ConversionRpcs(runtime, runtime.conversions)
 
     # --- versions --------------------------------------------------------------------
 
@@ -364,33 +366,37 @@ class VersionService(version_service_pb2_grpc.VersionServiceServicer):
             self.uploads.check_declared_size(decl.size, f"{specs[i][0]}.size_bytes")
         return target, fields, decls
 
+    # --- conversion (server/conversion_service.py) --------------------------------------
+
     async def UploadAndConvert(
-        self, request: AsyncIterator[version_service_pb2.UploadAndConvertRequest], context: Ctx
-    ) -> AsyncIterator[version_service_pb2.UploadAndConvertResponse]:
-        raise Unimplemented("VersionService.UploadAndConvert is not implemented yet (issue #5)")
-        yield  # an async generator, as the streaming base method is
+        self, request: AsyncIterator[pb.UploadAndConvertRequest], context: Ctx
+    ) -> AsyncIterator[pb.UploadAndConvertResponse]:
+        async for response in self.conversions.upload_and_convert(
+            self.uploads, _file_decl, request, context
+        ):
+            yield response
 
     async def ConvertArtifact(
-        self, request: version_service_pb2.ConvertArtifactRequest, context: Ctx
+        self, request: pb.ConvertArtifactRequest, context: Ctx
     ) -> AsyncIterator[conversion_pb2.ConversionEvent]:
-        raise Unimplemented("VersionService.ConvertArtifact is not implemented yet (issue #5)")
-        yield  # an async generator, as the streaming base method is
+        async for event in self.conversions.convert_artifact(request, context):
+            yield event
 
     async def WatchConversion(
-        self, request: version_service_pb2.WatchConversionRequest, context: Ctx
+        self, request: pb.WatchConversionRequest, context: Ctx
     ) -> AsyncIterator[conversion_pb2.ConversionEvent]:
-        raise Unimplemented("VersionService.WatchConversion is not implemented yet (issue #5)")
-        yield  # an async generator, as the streaming base method is
+        async for event in self.conversions.watch_conversion(request, context):
+            yield event
 
     async def GetConversionJob(
-        self, request: version_service_pb2.GetConversionJobRequest, context: Ctx
+        self, request: pb.GetConversionJobRequest, context: Ctx
     ) -> conversion_pb2.ConversionJob:
-        raise Unimplemented("VersionService.GetConversionJob is not implemented yet (issue #5)")
+        return await self.conversions.get_conversion_job(request, context)
 
     async def CancelConversion(
-        self, request: version_service_pb2.CancelConversionRequest, context: Ctx
+        self, request: pb.CancelConversionRequest, context: Ctx
     ) -> conversion_pb2.ConversionJob:
-        raise Unimplemented("VersionService.CancelConversion is not implemented yet (issue #5)")
+        return await self.conversions.cancel_conversion(request, context)
 
     async def QueryUploadStatus(
         self, request: pb.QueryUploadStatusRequest, context: Ctx
