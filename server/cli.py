@@ -345,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev-key", help="ensure a dev org and key exist and print the key")
     _database_arg(dev)
     dev.set_defaults(func=cmd_dev_key)
+
+    from server import telemetry_cli
+
+    telemetry_cli.add_parser(sub, _database_arg)
     return parser
 
 
