@@ -24,6 +24,7 @@ from modelregistry.v1 import (
     version_service_pb2_grpc,
 )
 from server.catalog_service import CatalogService
+from server.conversion_service import conversion_pool
 from server.health import HealthMonitor
 from server.interceptors import ServerInterceptor
 from server.metrics import MetricsEndpoint, serve_metrics
@@ -76,6 +77,9 @@ class RegistryServer:
             store=open_store(settings.object_store),
             executor=ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="rpc-io"),
         )
+        self.runtime.conversions = conversion_pool(
+            settings, self.runtime.sessions, self.runtime.store
+        )
         self.server = grpc.aio.server(
             interceptors=[
                 ServerInterceptor(
@@ -125,6 +129,8 @@ class RegistryServer:
         await self.health.check_once()
         await self.server.start()
         self.health.start()
+        if self.runtime.conversions is not None:
+            self.runtime.conversions.start()
         log.info("serving on %s", self.settings.listen.rsplit(":", 1)[0] + f":{self.port}")
         if self.settings.metrics_listen:
             rt = self.runtime
@@ -140,6 +146,9 @@ class RegistryServer:
         """Report NOT_SERVING, let in-flight RPCs finish within the grace period, close."""
         await self.health.shutdown()
         await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        if self.runtime.conversions is not None:
+            # Running jobs go back to the queue (not counted as attempts).
+            await asyncio.to_thread(self.runtime.conversions.stop)
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.close)
             self.metrics = None
