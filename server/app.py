@@ -123,6 +123,11 @@ class RegistryServer:
         )
 
     async def start(self) -> int:
+        # /metrics first: once the gRPC port accepts connections, /metrics answers too.
+        if self.settings.metrics_listen:
+            rt = self.runtime
+            self.metrics = serve_metrics(self.settings.metrics_listen, rt.engine, rt.sessions)
+            log.info("metrics on http://%s/metrics", self._metrics_address())
         self.port = self.server.add_insecure_port(self.settings.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
@@ -132,10 +137,6 @@ class RegistryServer:
         if self.runtime.conversions is not None:
             self.runtime.conversions.start()
         log.info("serving on %s", self.settings.listen.rsplit(":", 1)[0] + f":{self.port}")
-        if self.settings.metrics_listen:
-            rt = self.runtime
-            self.metrics = serve_metrics(self.settings.metrics_listen, rt.engine, rt.sessions)
-            log.info("metrics on http://%s/metrics", self._metrics_address())
         return self.port
 
     def _metrics_address(self) -> str:

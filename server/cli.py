@@ -53,6 +53,14 @@ def _in_transaction(database_url: str, fn: Callable[[Session], T]) -> T:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.metrics_listen:
+        from server.metrics import split_host_port
+
+        try:
+            split_host_port(args.metrics_listen)
+        except ValueError as exc:
+            print(f"modelregistry: --metrics-listen: {exc}", file=sys.stderr)
+            return 2
     settings = dataclasses.replace(
         Settings.from_env(),
         listen=args.listen,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,8 +37,8 @@ def run_cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
 class ServeProcess:
     """`modelregistry serve --listen HOST:PORT EXTRA...` in `cwd`; stderr goes to a log file.
 
-    `wait_ready` waits until the gRPC port accepts TCP connections (the server binds only
-    after its first health check, so an accepted connection means it is answering)."""
+    `wait_ready` waits for the server's "serving on" log line (logged once the gRPC server
+    has started, after /metrics when that is on)."""
 
     def __init__(
         self,
@@ -84,10 +83,8 @@ class ServeProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            with socket.socket() as s:
-                s.settimeout(0.5)
-                if s.connect_ex((self.host, self.port)) == 0:
-                    return
+            if '"msg": "serving on ' in self.log():
+                return
             time.sleep(0.1)
         raise AssertionError(f"server not listening on {self.address}:\n{self.log()}")
 
