@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 RELATIVE_ACCURACY = 0.01
 GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
-_LOG_GAMMA = math.log(GAMMA)
+LOG_GAMMA = math.log(GAMMA)
 _MAGIC = b"S1"
 _HEADER = struct.Struct("<2sQI")
 _KEY = np.dtype("<i4")
@@ -43,12 +43,12 @@ Floats = npt.NDArray[np.float64]
 
 def bucket_keys(values: Floats) -> Keys:
     """Bucket index of each (positive) value."""
-    return np.ceil(np.log(values) / _LOG_GAMMA).astype(np.int32)
+    return np.ceil(np.log(values) / LOG_GAMMA).astype(np.int32)
 
 
 def bucket_value(keys: Keys | npt.NDArray[np.float64]) -> Floats:
     """The representative value of buckets: within RELATIVE_ACCURACY of all their members."""
-    return 2.0 * np.exp(np.asarray(keys, dtype=np.float64) * _LOG_GAMMA) / (GAMMA + 1.0)
+    return 2.0 * np.exp(np.asarray(keys, dtype=np.float64) * LOG_GAMMA) / (GAMMA + 1.0)
 
 
 class Sketch:
@@ -70,6 +70,26 @@ class Sketch:
         positive = arr[arr > 0]
         keys, counts = np.unique(bucket_keys(positive), return_counts=True)
         return cls(len(arr) - len(positive), keys.astype(np.int32), counts.astype(np.int64))
+
+    @classmethod
+    def from_buckets(cls, buckets: Iterable[tuple[int | None, int]]) -> Sketch:
+        """From (bucket key, count) pairs, key None counting zeros (as a database computes
+        them: ceil(ln(x) / LOG_GAMMA))."""
+        zero = 0
+        keys: list[int] = []
+        counts: list[int] = []
+        for key, n in buckets:
+            if key is None:
+                zero += n
+            else:
+                keys.append(key)
+                counts.append(n)
+        if not keys:
+            return cls(zero)
+        return cls(
+            zero,
+            *_combine(np.asarray(keys, dtype=np.int64), np.asarray(counts, dtype=np.int64)),
+        )
 
     @property
     def count(self) -> int:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from domain import names
 from domain.errors import InvalidArgument, NotFound, Violations
-from domain.sketch import RELATIVE_ACCURACY, Sketch
+from domain.sketch import LOG_GAMMA, RELATIVE_ACCURACY, Sketch
 from storage.orm import Device
 from storage.repos import telemetry as repo
 from storage.repos.telemetry import FleetCounts, RollupKey, RollupValues, SessionColumns
@@ -459,8 +459,8 @@ def inference_telemetry(
     else:
         rows = []
         edges = [(start, end)]
-    raw = repo.raw_session_values(
-        session, org_id, model_id, edges, version or None, device_type or None
+    raw = repo.raw_aggregate(
+        session, org_id, model_id, edges, version or None, device_type or None, LOG_GAMMA
     )
     rows.append(_raw_rollup(raw))
     fleet = repo.fleet_counts(session, org_id, now - ONLINE_WITHIN)
@@ -477,22 +477,20 @@ def inference_telemetry(
     )
 
 
-def _raw_rollup(raw: repo.RawValues) -> RollupValues:
+def _raw_rollup(raw: repo.RawAggregate) -> RollupValues:
     """Raw sessions summarised like a rollup row, to merge with the real ones."""
-    lat = np.asarray(raw.latency_ms, dtype=np.float64)
-    ttft = np.asarray([x for x in raw.ttft_ms if x], dtype=np.float64)
-    tps = np.asarray([x for x in raw.tokens_per_second if x], dtype=np.float64)
+    latency, ttft, tps = (Sketch.from_buckets(raw.buckets[m]) for m in ("latency", "ttft", "tps"))
     return RollupValues(
-        session_count=len(lat),
-        error_count=sum(raw.error),
-        latency_sum=float(lat.sum()),
-        latency_sketch=Sketch.of(lat).to_bytes(),
-        ttft_count=len(ttft),
-        ttft_sum=float(ttft.sum()),
-        ttft_sketch=Sketch.of(ttft).to_bytes(),
-        tps_count=len(tps),
-        tps_sum=float(tps.sum()),
-        tps_sketch=Sketch.of(tps).to_bytes(),
+        session_count=raw.session_count,
+        error_count=raw.error_count,
+        latency_sum=raw.latency_sum,
+        latency_sketch=latency.to_bytes(),
+        ttft_count=raw.ttft_count,
+        ttft_sum=raw.ttft_sum,
+        ttft_sketch=ttft.to_bytes(),
+        tps_count=raw.tps_count,
+        tps_sum=raw.tps_sum,
+        tps_sketch=tps.to_bytes(),
     )
 
 

@@ -14,7 +14,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, and_, bindparam, delete, func, or_, select, tuple_, update
+from sqlalchemy import (
+    Integer,
+    Row,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -178,27 +194,34 @@ def insert_sessions(session: Session, org_id: str, cols: SessionColumns) -> set[
 
 
 @dataclass(frozen=True)
-class RawValues:
-    """Columns of raw sessions needed to aggregate them."""
+class RawAggregate:
+    """Raw sessions summarised like a rollup row, computed by the database."""
 
-    latency_ms: list[float]
-    ttft_ms: list[float | None]
-    tokens_per_second: list[float | None]
-    error: list[bool]
+    session_count: int
+    error_count: int
+    latency_sum: float
+    ttft_count: int
+    ttft_sum: float
+    tps_count: int
+    tps_sum: float
+    # Per metric ("latency", "ttft", "tps"): (bucket key, count); key None counts zeros.
+    buckets: dict[str, list[tuple[int | None, int]]]
 
 
-def raw_session_values(
+def raw_aggregate(
     session: Session,
     org_id: str,
     model_id: str,
     ranges: Sequence[tuple[datetime, datetime]],
     version: str | None,
     device_type: str | None,
-) -> RawValues:
-    """Latency, TTFT, tokens/s and error flag of the sessions in the [start, end) ranges."""
-    out = RawValues([], [], [], [])
+    log_gamma: float,
+) -> RawAggregate:
+    """Counts, sums and log-bucket histograms (bucket ceil(ln(x) / log_gamma)) of the
+    sessions in the [start, end) ranges; the rows never leave the database."""
+    empty = RawAggregate(0, 0, 0.0, 0, 0.0, 0, 0.0, {"latency": [], "ttft": [], "tps": []})
     if not ranges:
-        return out
+        return empty
     S = InferenceSession
     conds = [
         S.org_id == org_id,
@@ -209,15 +232,49 @@ def raw_session_values(
         conds.append(S.version == version)
     if device_type is not None:
         conds.append(S.device_type == device_type)
-    rows = session.execute(
-        select(S.latency_ms, S.ttft_ms, S.tokens_per_second, S.status).where(*conds)
+    totals = session.execute(
+        select(
+            func.count(),
+            func.count().filter(S.status == "error"),
+            func.coalesce(func.sum(S.latency_ms), 0.0),
+            func.count(S.ttft_ms),
+            func.coalesce(func.sum(S.ttft_ms), 0.0),
+            func.count(S.tokens_per_second),
+            func.coalesce(func.sum(S.tokens_per_second), 0.0),
+        ).where(*conds)
+    ).one()
+    if not totals[0]:
+        return empty
+    parts = []
+    for label, col in (
+        ("latency", S.latency_ms),
+        ("ttft", S.ttft_ms),
+        ("tps", S.tokens_per_second),
+    ):
+        key = case(
+            (
+                col > 0,
+                sql_cast(func.ceil(func.ln(col) / bindparam(f"lg_{label}", log_gamma)), Integer),
+            ),
+            else_=null(),
+        )
+        sub = select(key.label("k")).where(*conds, col.is_not(None)).subquery()
+        parts.append(
+            select(literal(label).label("metric"), sub.c.k, func.count()).group_by(sub.c.k)
+        )
+    buckets: dict[str, list[tuple[int | None, int]]] = {"latency": [], "ttft": [], "tps": []}
+    for metric, k, n in session.execute(union_all(*parts)):
+        buckets[metric].append((None if k is None else int(k), int(n)))
+    return RawAggregate(
+        session_count=int(totals[0]),
+        error_count=int(totals[1]),
+        latency_sum=float(totals[2] or 0.0),
+        ttft_count=int(totals[3]),
+        ttft_sum=float(totals[4] or 0.0),
+        tps_count=int(totals[5]),
+        tps_sum=float(totals[6] or 0.0),
+        buckets=buckets,
     )
-    for lat, ttft, tps, status in rows:
-        out.latency_ms.append(lat)
-        out.ttft_ms.append(ttft)
-        out.tokens_per_second.append(tps)
-        out.error.append(status == "error")
-    return out
 
 
 # ---------------------------------------------------------------------------------------
