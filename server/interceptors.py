@@ -100,7 +100,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         timeout = self.stream_idle_timeout
 
         def run(requests: Any, context: Ctx) -> Any:
-            return behavior(_until_idle(requests, timeout), context)
+            return behavior(_counting_uploads(_until_idle(requests, timeout)), context)
 
         return run
 
@@ -165,6 +165,7 @@ class _Call:
                     result = await result
                 if result is not None:
                     async for item in result:
+                        metrics.count_downloaded(item)
                         yield item
             except BaseException as exc:
                 await self._fail(exc, context)
@@ -214,6 +215,12 @@ class _Call:
                 "org": self.principal.org_name or "-",
             },
         )
+
+
+async def _counting_uploads(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for message in requests:
+        metrics.count_uploaded(message)
+        yield message
 
 
 async def _until_idle(requests: Any, timeout: float) -> AsyncIterator[Any]:

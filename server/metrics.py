@@ -44,6 +44,22 @@ STREAMS_IN_FLIGHT = Gauge(
 BYTES_UPLOADED = Counter("modelregistry_bytes_uploaded_total", "Artifact bytes received")
 BYTES_DOWNLOADED = Counter("modelregistry_bytes_downloaded_total", "Artifact bytes sent")
 
+
+def count_uploaded(message: object) -> None:
+    """A client-stream message: its `chunk` bytes (UploadArtifacts, UploadBundle,
+    UploadAndConvert) count as uploaded, whether or not the upload later succeeds."""
+    chunk = getattr(message, "chunk", None)
+    if isinstance(chunk, bytes) and chunk:
+        BYTES_UPLOADED.inc(len(chunk))
+
+
+def count_downloaded(message: object) -> None:
+    """A server-stream message: its `data` bytes (DownloadArtifact) count as downloaded."""
+    data = getattr(message, "data", None)
+    if isinstance(data, bytes) and data:
+        BYTES_DOWNLOADED.inc(len(data))
+
+
 # Every state a job can be in (storage.orm.conversions' CHECK constraint): each is exported,
 # 0 when no job is in it, so dashboards see a stable set of series.
 CONVERSION_STATES = ("queued", "running", "succeeded", "failed", "cancelled")

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelregistry.v1 import model_service_pb2 as pb
 from modelregistry.v1 import models_pb2, telemetry_service_pb2
+from support import uploads
 from support.registry import Client
 from support.serve import ServeProcess, run_cli
 from support.services import free_port
@@ -111,6 +112,22 @@ def test_in_flight_streams_rise_and_fall(served: tuple[ServeProcess, int, Client
     while value(scrape(port), "modelregistry_streams_in_flight", method=REPORT) != 0:
         assert time.monotonic() < deadline, "the closed stream is still counted"
         time.sleep(0.1)
+
+
+def test_bytes_uploaded_and_downloaded(served: tuple[ServeProcess, int, Client]) -> None:
+    _, port, c = served
+    data = uploads.random_bytes(3 * uploads.MiB + 123)
+    before = scrape(port)
+    done = uploads.upload(c, "models/bytes/versions/1", uploads.F("w.onnx", data))
+    resource = done.packages[0].resources[0].name
+    _, got, _ = uploads.download(c, resource)
+    _, part, _ = uploads.download(c, resource, offset=1000, limit=5000)
+    assert got == data and part == data[1000:6000]
+    after = scrape(port)
+    up = "modelregistry_bytes_uploaded_total"
+    down = "modelregistry_bytes_downloaded_total"
+    assert value(after, up) - value(before, up) == len(data)
+    assert value(after, down) - value(before, down) == len(data) + 5000
 
 
 def test_bytes_pool_and_conversion_jobs_are_exported(
