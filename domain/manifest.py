@@ -151,6 +151,13 @@ class ManifestCache(Generic[T]):
             self._bodies.move_to_end(key[0])
             return hit[1], hit[2]
 
+    def last_body(self, caller: str | None) -> T | None:
+        """The most recent manifest built for the caller, whatever its stamp (to reuse
+        its unchanged parts in the next build)."""
+        with self._lock:
+            hit = self._bodies.get(caller)
+            return hit[2] if hit is not None else None
+
     def put(self, key: Stamp, etag: str, body: T) -> None:
         with self._lock:
             current = self._etags.get(key[0])

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, insert, select, update
+from sqlalchemy import ColumnElement, String, and_, func, insert, select, type_coerce, update
 from sqlalchemy.orm import Session, selectinload
 
 from storage.orm import (
@@ -297,6 +297,13 @@ def model_enabled(session: Session, org_id: str, model_id: str) -> bool | None:
 # manifest rows: flat tuples (no ORM identity map), one query per table
 
 
+def _raw(column: Any) -> Any:
+    """The column as the driver returns it, skipping SQLAlchemy's per-value processing
+    (ten thousands of rows): timestamps are ISO text (naive UTC) on SQLite and datetimes
+    on PostgreSQL, JSON is text on SQLite and already decoded on PostgreSQL."""
+    return type_coerce(column, String).label(column.key)
+
+
 @dataclass(frozen=True)
 class ManifestRows:
     """Everything a caller's manifest shows, as plain rows; see domain.manifest."""
@@ -333,12 +340,12 @@ def manifest_rows(
             CatalogVariant.org_id,
             CatalogVariant.name,
             CatalogVariant.family,
-            CatalogVariant.task_taxonomy,
+            _raw(CatalogVariant.task_taxonomy),
             CatalogVariant.parameter_count,
             CatalogVariant.license,
             CatalogVariant.description,
-            CatalogVariant.created_at,
-            CatalogVariant.updated_at,
+            _raw(CatalogVariant.created_at),
+            _raw(CatalogVariant.updated_at),
         ).where(*variant_where)
     ).all()
     if not variant_rows:
@@ -349,7 +356,7 @@ def manifest_rows(
             CatalogVersion.variant_id,
             CatalogVersion.version,
             CatalogVersion.lifecycle,
-            CatalogVersion.created_at,
+            _raw(CatalogVersion.created_at),
         )
         .join(CatalogVariant, CatalogVariant.id == CatalogVersion.variant_id)
         .where(*variant_where)
@@ -363,8 +370,8 @@ def manifest_rows(
             ArtifactPackage.quantization,
             ArtifactPackage.runtime,
             ArtifactPackage.source,
-            ArtifactPackage.metrics,
-            ArtifactPackage.created_at,
+            _raw(ArtifactPackage.metrics),
+            _raw(ArtifactPackage.created_at),
             CatalogVersion.variant_id,
         )
         .join(CatalogVersion, CatalogVersion.id == ArtifactPackage.catalog_version_id)
@@ -383,7 +390,7 @@ def manifest_rows(
             ArtifactResource.sha256,
             ArtifactResource.required,
             ArtifactResource.load_order,
-            ArtifactResource.created_at,
+            _raw(ArtifactResource.created_at),
         )
         .join(ArtifactPackage, ArtifactPackage.id == ArtifactResource.package_id)
         .join(CatalogVersion, CatalogVersion.id == ArtifactPackage.catalog_version_id)
