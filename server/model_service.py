@@ -35,12 +35,10 @@ def _fields(m: models_pb2.Model) -> models.ModelFields:
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
-        self.manifests: manifest.ManifestCache[pb.GetManifestResponse] = manifest.ManifestCache()
+        self.manifests: manifest.ManifestCache[manifest_pb.Built] = manifest.ManifestCache()
         # One build per stamp at a time: a fleet polling right after a change waits for
         # the build in progress instead of starting its own.
-        self._building: dict[
-            manifest.Stamp, asyncio.Future[tuple[str, pb.GetManifestResponse]]
-        ] = {}
+        self._building: dict[manifest.Stamp, asyncio.Future[manifest_pb.Built]] = {}
 
     async def CreateModel(self, request: pb.CreateModelRequest, context: Ctx) -> models_pb2.Model:
         org = principal().require_org()
@@ -124,39 +122,39 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         stamp = await self.rt.read(manifest.stamp, org)
         wanted = request.if_none_match
         etag = self.manifests.etag(stamp) if wanted else None
+        body = None
         if etag is None or etag != wanted:
-            etag, body = await self._manifest(stamp)
-        if wanted and wanted == etag:
-            await self._send_etag(context, etag)
-            return pb.GetManifestResponse(etag=etag, not_modified=True)
+            body = (await self._manifest(stamp)).response
+            etag = body.etag
         await self._send_etag(context, etag)
+        if wanted and wanted == etag:
+            return pb.GetManifestResponse(etag=etag, not_modified=True)
+        assert body is not None
         return body
 
-    async def _manifest(self, stamp: manifest.Stamp) -> tuple[str, pb.GetManifestResponse]:
+    async def _manifest(self, stamp: manifest.Stamp) -> manifest_pb.Built:
+        """The caller's manifest at `stamp` or later: cached, being built, or built now."""
         cached = self.manifests.body(stamp)
         if cached is not None:
-            return cached
+            return cached[1]
         pending = self._building.get(stamp)
         if pending is not None:
             return await asyncio.shield(pending)
-        future: asyncio.Future[tuple[str, pb.GetManifestResponse]] = (
-            asyncio.get_running_loop().create_future()
-        )
+        future: asyncio.Future[manifest_pb.Built] = asyncio.get_running_loop().create_future()
         self._building[stamp] = future
         try:
             data = await self.rt.read(manifest.load, stamp[0])
-            body = await self.rt.call(manifest_pb.response, data, utcnow())
-            self.manifests.put(data.stamp, body.etag, body)
-            if data.stamp != stamp:
-                self.manifests.put(stamp, body.etag, body)
-            future.set_result((body.etag, body))
+            previous = self.manifests.last_body(stamp[0])
+            built = await self.rt.call(manifest_pb.response, data, utcnow(), previous)
+            self.manifests.put(data.stamp, built.etag, built)
+            future.set_result(built)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters re-raise it, nobody else must
             raise
         finally:
             del self._building[stamp]
-        return body.etag, body
+        return built
 
     @staticmethod
     async def _send_etag(context: Ctx, etag: str) -> None:
