@@ -23,6 +23,7 @@ from modelregistry.v1 import (
     version_service_pb2,
     version_service_pb2_grpc,
 )
+from server import tls
 from server.catalog_service import CatalogService
 from server.conversion_service import conversion_pool
 from server.health import HealthMonitor
@@ -128,7 +129,11 @@ class RegistryServer:
             rt = self.runtime
             self.metrics = serve_metrics(self.settings.metrics_listen, rt.engine, rt.sessions)
             log.info("metrics on http://%s/metrics", self._metrics_address())
-        self.port = self.server.add_insecure_port(self.settings.listen)
+        credentials = tls.server_credentials(self.settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(self.settings.listen)
+        else:
+            self.port = self.server.add_secure_port(self.settings.listen, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
         await self.health.check_once()
@@ -136,7 +141,11 @@ class RegistryServer:
         self.health.start()
         if self.runtime.conversions is not None:
             self.runtime.conversions.start()
-        log.info("serving on %s", self.settings.listen.rsplit(":", 1)[0] + f":{self.port}")
+        log.info(
+            "serving on %s (%s)",
+            self.settings.listen.rsplit(":", 1)[0] + f":{self.port}",
+            tls.mode(self.settings),
+        )
         return self.port
 
     def _metrics_address(self) -> str:

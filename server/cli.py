@@ -68,7 +68,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         object_store=args.object_store,
         metrics_listen=args.metrics_listen,
         conversion_workers=args.conversion_workers,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        insecure=args.insecure,
     )
+    from server import tls
+
+    try:
+        tls.check(settings)
+    except tls.TransportError as exc:
+        print(f"modelregistry: {exc}", file=sys.stderr)
+        return 2
     if args.migrate:
         upgrade(normalize_sqlite_url(settings.database_url))
     from server.app import serve
@@ -245,6 +256,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-listen",
         default=env("METRICS_LISTEN", ""),
         help="host:port for Prometheus /metrics (env MODELREGISTRY_METRICS_LISTEN; off if empty)",
+    )
+    serve.add_argument(
+        "--tls-cert",
+        default=env("TLS_CERT", ""),
+        help="PEM certificate chain for TLS on --listen (env MODELREGISTRY_TLS_CERT)",
+    )
+    serve.add_argument(
+        "--tls-key",
+        default=env("TLS_KEY", ""),
+        help="PEM private key of --tls-cert (env MODELREGISTRY_TLS_KEY)",
+    )
+    serve.add_argument(
+        "--tls-client-ca",
+        default=env("TLS_CLIENT_CA", ""),
+        help="PEM CA bundle: require client certificates signed by it, i.e. mutual TLS "
+        "(env MODELREGISTRY_TLS_CLIENT_CA)",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=env("INSECURE", "") not in ("", "0", "false"),
+        help="allow plaintext on a non-loopback --listen address (env MODELREGISTRY_INSECURE=1); "
+        "without TLS the server otherwise serves only on loopback",
     )
     serve.add_argument(
         "--migrate", action="store_true", help="apply database migrations before serving"

@@ -28,6 +28,12 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     object_store: str = DEFAULT_OBJECT_STORE
     metrics_listen: str = ""
+    # TLS for the gRPC port: PEM certificate chain and key; a client CA turns on mutual TLS.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Allow plaintext on a non-loopback address (server/tls.py).
+    insecure: bool = False
     max_message_bytes: int = MAX_MESSAGE_BYTES
     # Seconds between dependency checks that drive the health status.
     health_interval: float = 2.0
@@ -61,6 +67,10 @@ class Settings:
             database_url=env("DATABASE_URL", DEFAULT_DATABASE_URL),
             object_store=env("OBJECT_STORE", DEFAULT_OBJECT_STORE),
             metrics_listen=env("METRICS_LISTEN", ""),
+            tls_cert=env("TLS_CERT", ""),
+            tls_key=env("TLS_KEY", ""),
+            tls_client_ca=env("TLS_CLIENT_CA", ""),
+            insecure=env("INSECURE", "") not in ("", "0", "false"),
             max_upload_file_bytes=int(env("MAX_UPLOAD_FILE_BYTES", str(16 * 1024**3))),
             telemetry_retention_days=float(env("TELEMETRY_RETENTION_DAYS", "30")),
             conversion_workers=int(env("CONVERSION_WORKERS", "1")),
