@@ -321,6 +321,7 @@ def manifest_rows(
     """The org's models and the variants that resolve for it (its overrides beat blessed
     rows), with their versions (newest first), packages and resources (in load order).
     `names` restricts everything to those model names."""
+    conn = session.connection()  # Core results: no ORM row loading for 10,000s of rows
     resolved = variants.resolved_for(org_id)
     variant_where: list[ColumnElement[bool]] = [resolved]
     model_where: list[ColumnElement[bool]] = []
@@ -329,12 +330,12 @@ def manifest_rows(
         model_where.append(Model.model_id.in_(list(names)))
     model_rows: Sequence[Any] = []
     if org_id is not None:
-        model_rows = session.execute(
+        model_rows = conn.execute(
             select(Model.id, Model.model_id, Model.framework, Model.enabled).where(
                 Model.org_id == org_id, *model_where
             )
         ).all()
-    variant_rows = session.execute(
+    variant_rows = conn.execute(
         select(
             CatalogVariant.id,
             CatalogVariant.org_id,
@@ -350,7 +351,7 @@ def manifest_rows(
     ).all()
     if not variant_rows:
         return ManifestRows(model_rows, variant_rows, [], [], [])
-    version_rows = session.execute(
+    version_rows = conn.execute(
         select(
             CatalogVersion.id,
             CatalogVersion.variant_id,
@@ -362,7 +363,7 @@ def manifest_rows(
         .where(*variant_where)
         .order_by(*_NEWEST_FIRST)
     ).all()
-    package_rows = session.execute(
+    package_rows = conn.execute(
         select(
             ArtifactPackage.id,
             ArtifactPackage.catalog_version_id,
@@ -379,7 +380,7 @@ def manifest_rows(
         .where(*variant_where)
         .order_by(*_PACKAGE_ORDER)
     ).all()
-    resource_rows = session.execute(
+    resource_rows = conn.execute(
         select(
             ArtifactResource.id,
             ArtifactResource.package_id,
