@@ -7,6 +7,7 @@
 #   make lint             buf lint, ruff check, mypy
 #   make test             install + tools + lint + check-generated + pytest
 #   make run              migrate, print a dev key, serve on 127.0.0.1:50051
+#   make bench-manifest   manifest build/etag-check timings (BENCH_MANIFEST_ARGS)
 #   make clean            caches and build output (distclean: also .venv and ./var)
 
 SHELL := /bin/bash
@@ -118,6 +119,14 @@ run: install
 	$(VENV_BIN)/modelregistry migrate
 	$(VENV_BIN)/modelregistry dev-key
 	$(VENV_BIN)/modelregistry serve
+
+# --- manifest benchmark (issue 4) ---------------------------------------------------
+
+# 10,000 models: full manifest build and not-modified check, p50/p99, server-side.
+BENCH_MANIFEST_ARGS ?=
+.PHONY: bench-manifest
+bench-manifest: install
+	$(VENV_PY) bench/bench_manifest.py $(BENCH_MANIFEST_ARGS)
 
 # --- cleanup -------------------------------------------------------------------------
 
