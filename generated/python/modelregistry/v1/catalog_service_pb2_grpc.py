@@ -160,8 +160,13 @@ class CatalogServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCatalogVersionDownloadUrls(self, request, context):
-        """Returns presigned download URLs for every stored resource of a catalog
-        version. A resource whose presigning fails is skipped and counted.
+        """Returns presigned download URLs (valid 3600 s) for every stored resource
+        of a catalog version. A resource whose presigning fails is skipped and
+        counted in `skipped_count`; none stored gives an empty list. FAILED_PRECONDITION
+        when the caller's org disabled its model of the variant's name
+        (MODEL_DISABLED), or when the object store cannot presign at all, as the
+        embedded local directory (PRESIGN_UNSUPPORTED): stream the bytes with
+        VersionService.DownloadArtifact instead.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

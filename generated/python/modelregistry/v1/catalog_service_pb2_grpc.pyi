@@ -64,8 +64,13 @@ class CatalogServiceStub:
     FAILED_PRECONDITION. Deprecating a blessed version needs an admin key.
     """
     GetCatalogVersionDownloadUrls: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.GetCatalogVersionDownloadUrlsRequest, _catalog_service_pb2.GetCatalogVersionDownloadUrlsResponse]
-    """Returns presigned download URLs for every stored resource of a catalog
-    version. A resource whose presigning fails is skipped and counted.
+    """Returns presigned download URLs (valid 3600 s) for every stored resource
+    of a catalog version. A resource whose presigning fails is skipped and
+    counted in `skipped_count`; none stored gives an empty list. FAILED_PRECONDITION
+    when the caller's org disabled its model of the variant's name
+    (MODEL_DISABLED), or when the object store cannot presign at all, as the
+    embedded local directory (PRESIGN_UNSUPPORTED): stream the bytes with
+    VersionService.DownloadArtifact instead.
     """
     ListCatalogVersionPackages: _grpc.UnaryUnaryMultiCallable[_catalog_service_pb2.ListCatalogVersionPackagesRequest, _catalog_service_pb2.ListCatalogVersionPackagesResponse]
     """Lists the packages of one catalog version; empty (not NOT_FOUND) when it
@@ -107,8 +112,13 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     FAILED_PRECONDITION. Deprecating a blessed version needs an admin key.
     """
     GetCatalogVersionDownloadUrls: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.GetCatalogVersionDownloadUrlsRequest, _catalog_service_pb2.GetCatalogVersionDownloadUrlsResponse]  # type: ignore[assignment]
-    """Returns presigned download URLs for every stored resource of a catalog
-    version. A resource whose presigning fails is skipped and counted.
+    """Returns presigned download URLs (valid 3600 s) for every stored resource
+    of a catalog version. A resource whose presigning fails is skipped and
+    counted in `skipped_count`; none stored gives an empty list. FAILED_PRECONDITION
+    when the caller's org disabled its model of the variant's name
+    (MODEL_DISABLED), or when the object store cannot presign at all, as the
+    embedded local directory (PRESIGN_UNSUPPORTED): stream the bytes with
+    VersionService.DownloadArtifact instead.
     """
     ListCatalogVersionPackages: _aio.UnaryUnaryMultiCallable[_catalog_service_pb2.ListCatalogVersionPackagesRequest, _catalog_service_pb2.ListCatalogVersionPackagesResponse]  # type: ignore[assignment]
     """Lists the packages of one catalog version; empty (not NOT_FOUND) when it
@@ -201,8 +211,13 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _catalog_service_pb2.GetCatalogVersionDownloadUrlsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_service_pb2.GetCatalogVersionDownloadUrlsResponse, _abc.Awaitable[_catalog_service_pb2.GetCatalogVersionDownloadUrlsResponse]]:
-        """Returns presigned download URLs for every stored resource of a catalog
-        version. A resource whose presigning fails is skipped and counted.
+        """Returns presigned download URLs (valid 3600 s) for every stored resource
+        of a catalog version. A resource whose presigning fails is skipped and
+        counted in `skipped_count`; none stored gives an empty list. FAILED_PRECONDITION
+        when the caller's org disabled its model of the variant's name
+        (MODEL_DISABLED), or when the object store cannot presign at all, as the
+        embedded local directory (PRESIGN_UNSUPPORTED): stream the bytes with
+        VersionService.DownloadArtifact instead.
         """
 
     @_abc_1.abstractmethod
