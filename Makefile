@@ -5,7 +5,8 @@
 #   make generate         regenerate generated/python from protos/
 #   make check-generated  fail if generated/python is stale
 #   make lint             buf lint, ruff check, mypy
-#   make test             install + tools + lint + check-generated + pytest
+#   make test             install + tools + lint + check-generated + breaking + pytest
+#   make breaking         buf breaking against the last released contract (contract/v* tag)
 #   make run              migrate, print a dev key, serve on 127.0.0.1:50051
 #   make bench-manifest   manifest build/etag-check timings (BENCH_MANIFEST_ARGS)
 #   make clean            caches and build output (distclean: also .venv and ./var)
@@ -38,7 +39,7 @@ PROTO_DIR := protos
 PROTOS = $(sort $(wildcard $(PROTO_DIR)/modelregistry/v1/*.proto))
 GEN_DIR := generated/python
 
-.PHONY: venv install tools generate check-generated lint test run clean distclean
+.PHONY: venv install tools generate check-generated lint breaking test run clean distclean
 
 # --- Python environment --------------------------------------------------------------
 
@@ -109,8 +110,24 @@ lint: install tools
 	ruff check .
 	mypy $(MYPY_ARGS)
 
-test: install tools lint check-generated
+test: install tools lint check-generated breaking
 	pytest
+
+# --- contract guard ------------------------------------------------------------------
+
+# The last released contract: the newest contract/vX.Y.Z tag (README: "Releasing the
+# contract"). Until one exists, or in a clone without tags, the check is skipped, loudly.
+CONTRACT_TAG ?= $(shell git tag --list 'contract/v*' --sort=-version:refname 2>/dev/null | head -n 1)
+
+breaking: tools
+	@if [ -z "$(CONTRACT_TAG)" ]; then \
+	  echo "make breaking: SKIPPED: no contract/v* tag, so no released contract to compare with yet (README: Releasing the contract)"; \
+	elif ! git rev-parse -q --verify "refs/tags/$(CONTRACT_TAG)^{commit}" >/dev/null; then \
+	  echo "make breaking: SKIPPED: tag $(CONTRACT_TAG) does not exist in this clone"; \
+	else \
+	  echo "buf breaking --against '.git#tag=$(CONTRACT_TAG)'"; \
+	  buf breaking --against ".git#tag=$(CONTRACT_TAG)"; \
+	fi
 
 # --- local server --------------------------------------------------------------------
 
