@@ -196,3 +196,24 @@ def npz(**arrays: np.ndarray) -> bytes:
 def mlp_calibration(count: int = 4, inputs: int = 32, batch: int = 2) -> list[bytes]:
     rng = np.random.default_rng(SEED + 1)
     return [npz(x=rng.standard_normal((batch, inputs)).astype(np.float32)) for _ in range(count)]
+
+
+def slow_cnn(size: int = 256, channels: int = 32, layers: int = 6) -> bytes:
+    """Few weights, much compute: 3x3 convolutions over a fixed size x size image. Tiny on
+    disk, seconds of work per conversion: for cancellation and killed-worker tests."""
+    rng = np.random.default_rng(SEED)
+    inits = [_w(rng, (channels, 3, 3, 3), 27, "c0")]
+    nodes = [helper.make_node("Conv", ["x", "c0"], ["a0"], pads=[1, 1, 1, 1])]
+    for i in range(1, layers):
+        inits.append(_w(rng, (channels, channels, 3, 3), channels * 9, f"c{i}"))
+        nodes.append(helper.make_node("Relu", [f"a{i - 1}"], [f"r{i}"]))
+        nodes.append(helper.make_node("Conv", [f"r{i}", f"c{i}"], [f"a{i}"], pads=[1, 1, 1, 1]))
+    nodes.append(helper.make_node("ReduceMean", [f"a{layers - 1}"], ["y"], keepdims=0))
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+        inits,
+    )
+    return _model(graph, 17, ir=8)
