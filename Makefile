@@ -7,6 +7,7 @@
 #   make lint             buf lint, ruff check, mypy
 #   make test             install + tools + lint + check-generated + breaking + pytest
 #   make breaking         buf breaking against the last released contract (contract/v* tag)
+#   make docs             regenerate docs/API.md from the proto comments (check-docs: stale?)
 #   make run              migrate, print a dev key, serve on 127.0.0.1:50051
 #   make bench-manifest   manifest build/etag-check timings (BENCH_MANIFEST_ARGS)
 #   make clean            caches and build output (distclean: also .venv and ./var)
@@ -39,7 +40,7 @@ PROTO_DIR := protos
 PROTOS = $(sort $(wildcard $(PROTO_DIR)/modelregistry/v1/*.proto))
 GEN_DIR := generated/python
 
-.PHONY: venv install tools generate check-generated lint breaking test run clean distclean
+.PHONY: venv install tools generate check-generated lint breaking docs check-docs test run clean distclean
 
 # --- Python environment --------------------------------------------------------------
 
@@ -110,8 +111,21 @@ lint: install tools
 	ruff check .
 	mypy $(MYPY_ARGS)
 
-test: install tools lint check-generated breaking
+test: install tools lint check-generated breaking check-docs
 	pytest
+
+# --- API reference -------------------------------------------------------------------
+
+docs: install
+	$(VENV_PY) docs/gen_api_md.py docs/API.md
+
+check-docs: install
+	@tmp="$$(mktemp)"; trap 'rm -f "$$tmp"' EXIT; \
+	$(VENV_PY) docs/gen_api_md.py "$$tmp"; \
+	if ! diff -u docs/API.md "$$tmp" >"$$tmp.diff"; then \
+	  head -n 40 "$$tmp.diff"; rm -f "$$tmp.diff"; \
+	  echo "docs/API.md is stale: run make docs" >&2; exit 1; \
+	fi; rm -f "$$tmp.diff"
 
 # --- contract guard ------------------------------------------------------------------
 

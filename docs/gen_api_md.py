@@ -1,0 +1,285 @@
+"""Writes docs/API.md, the API reference, from the comments in protos/.
+
+    python docs/gen_api_md.py [OUT]      (`make docs`; `make check-docs` fails when stale)
+
+protoc (grpc_tools' bundled copy) compiles the protos into a descriptor set with source
+info; the leading comments of services, RPCs, messages, fields, enums and values become
+the reference. Output is deterministic (file order, then declaration order).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from google.protobuf import descriptor_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO_DIR = ROOT / "protos"
+PACKAGE = "modelregistry.v1"
+F = descriptor_pb2.FieldDescriptorProto
+
+# Field numbers of descriptor.proto used in SourceCodeInfo paths.
+FILE_MESSAGE, FILE_ENUM, FILE_SERVICE = 4, 5, 6
+MSG_FIELD, MSG_NESTED, MSG_ENUM, MSG_ONEOF = 2, 3, 4, 8
+ENUM_VALUE, SERVICE_METHOD = 2, 2
+
+SCALARS = {
+    F.TYPE_DOUBLE: "double",
+    F.TYPE_FLOAT: "float",
+    F.TYPE_INT64: "int64",
+    F.TYPE_UINT64: "uint64",
+    F.TYPE_INT32: "int32",
+    F.TYPE_FIXED64: "fixed64",
+    F.TYPE_FIXED32: "fixed32",
+    F.TYPE_BOOL: "bool",
+    F.TYPE_STRING: "string",
+    F.TYPE_BYTES: "bytes",
+    F.TYPE_UINT32: "uint32",
+    F.TYPE_SFIXED32: "sfixed32",
+    F.TYPE_SFIXED64: "sfixed64",
+    F.TYPE_SINT32: "sint32",
+    F.TYPE_SINT64: "sint64",
+}
+
+
+def descriptor_set(protos: list[Path]) -> descriptor_pb2.FileDescriptorSet:
+    import grpc_tools  # type: ignore[import-untyped]
+
+    wkt = Path(grpc_tools.__file__).parent / "_proto"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "api.pb"
+        cmd = [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{PROTO_DIR}",
+            f"-I{wkt}",
+            "--include_source_info",
+            f"--descriptor_set_out={out}",
+            *(str(p.relative_to(PROTO_DIR)) for p in protos),
+        ]
+        subprocess.run(cmd, check=True, cwd=PROTO_DIR)
+        return descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+
+
+class Comments:
+    def __init__(self, fd: descriptor_pb2.FileDescriptorProto) -> None:
+        self._by_path = {tuple(loc.path): loc for loc in fd.source_code_info.location}
+
+    def get(self, *path: int) -> str:
+        loc = self._by_path.get(tuple(path))
+        if loc is None:
+            return ""
+        text = loc.leading_comments or loc.trailing_comments
+        lines = [line[1:] if line.startswith(" ") else line for line in text.splitlines()]
+        return "\n".join(lines).strip()
+
+
+def anchor(full_name: str) -> str:
+    return full_name.lower().replace(".", "-")
+
+
+def type_ref(field: descriptor_pb2.FieldDescriptorProto, maps: dict[str, tuple[str, str]]) -> str:
+    if field.type in SCALARS:
+        return f"`{SCALARS[field.type]}`"
+    name = field.type_name.lstrip(".")
+    if name in maps:
+        key, value = maps[name]
+        return f"map&lt;`{key}`, {value}&gt;"
+    return link(name)
+
+
+def link(full_name: str) -> str:
+    short = full_name.removeprefix(PACKAGE + ".")
+    if full_name.startswith(PACKAGE + "."):
+        return f"[`{short}`](#{anchor(full_name)})"
+    if full_name.startswith("google.protobuf."):
+        url = "https://protobuf.dev/reference/protobuf/google.protobuf/#" + short.rsplit(".", 1)[
+            -1
+        ].lower().replace("_", "-")
+        return f"[`{full_name}`]({url})"
+    return f"`{full_name}`"
+
+
+def cell(text: str) -> str:
+    """A comment as one Markdown table cell: paragraphs kept, pipes escaped."""
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
+    return "<br><br>".join(paragraphs).replace("|", "\\|")
+
+
+def block(text: str) -> list[str]:
+    return [text, ""] if text else []
+
+
+class Writer:
+    def __init__(self, files: list[descriptor_pb2.FileDescriptorProto]) -> None:
+        self.files = files
+        self.out: list[str] = []
+        # Map entry messages -> (key type, value type), rendered inline as map<K, V>.
+        self.maps: dict[str, tuple[str, str]] = {}
+        for fd in files:
+            for msg, name in self._messages(fd.message_type, fd.package):
+                if msg.options.map_entry:
+                    key, value = msg.field
+                    self.maps[name] = (
+                        SCALARS.get(key.type, key.type_name),
+                        type_ref(value, self.maps),
+                    )
+
+    def _messages(
+        self, messages: Iterable[descriptor_pb2.DescriptorProto], prefix: str
+    ) -> Iterable[tuple[descriptor_pb2.DescriptorProto, str]]:
+        for msg in messages:
+            name = f"{prefix}.{msg.name}"
+            yield msg, name
+            yield from self._messages(msg.nested_type, name)
+
+    def write(self) -> str:
+        o = self.out
+        o += [
+            "# API reference: `modelregistry.v1`",
+            "",
+            "<!-- Generated by docs/gen_api_md.py from the comments in protos/: do not edit;",
+            "     run `make docs` (CI's `make check-docs` fails when this file is stale). -->",
+            "",
+            "The gRPC contract in [`protos/modelregistry/v1/`](../protos/modelregistry/v1/).",
+            "Every RPC but health checking, reflection and `ModelService.GetManifest` needs",
+            "`authorization: Bearer <api key>` metadata; errors carry AIP-193 details",
+            "(`google.rpc.ErrorInfo` always). Conventions: [ARCHITECTURE.md](ARCHITECTURE.md).",
+            "",
+            "## Services",
+            "",
+        ]
+        services = [(fd, i, s) for fd in self.files for i, s in enumerate(fd.service)]
+        for fd, _, svc in services:
+            o.append(f"- [`{svc.name}`](#{anchor(fd.package + '.' + svc.name)}) ({fd.name})")
+        o += ["", "## Messages and enums by file", ""]
+        for fd in self.files:
+            names = [
+                n for m, n in self._messages(fd.message_type, fd.package) if n not in self.maps
+            ]
+            enums = self._enum_names(fd)
+            refs = ", ".join(link(n) for n in sorted([*names, *enums]))
+            o.append(f"- `{fd.name}`: {refs}" if refs else f"- `{fd.name}`")
+        o.append("")
+        for fd, i, svc in services:
+            self._service(fd, i, svc)
+        for fd in self.files:
+            comments = Comments(fd)
+            o += [f"## `{fd.name}`", ""]
+            for mi, msg in enumerate(fd.message_type):
+                self._message(comments, msg, f"{fd.package}.{msg.name}", (FILE_MESSAGE, mi))
+            for ei, enum in enumerate(fd.enum_type):
+                self._enum(comments, enum, f"{fd.package}.{enum.name}", (FILE_ENUM, ei))
+        return "\n".join(o).rstrip() + "\n"
+
+    def _enum_names(self, fd: descriptor_pb2.FileDescriptorProto) -> list[str]:
+        names = [f"{fd.package}.{e.name}" for e in fd.enum_type]
+        for msg, name in self._messages(fd.message_type, fd.package):
+            names += [f"{name}.{e.name}" for e in msg.enum_type]
+        return names
+
+    def _service(
+        self,
+        fd: descriptor_pb2.FileDescriptorProto,
+        index: int,
+        svc: descriptor_pb2.ServiceDescriptorProto,
+    ) -> None:
+        comments = Comments(fd)
+        full = f"{fd.package}.{svc.name}"
+        o = self.out
+        o += [
+            f'<a id="{anchor(full)}"></a>',
+            "",
+            f"## {svc.name}",
+            "",
+            f"`{full}` in `{fd.name}`",
+            "",
+        ]
+        o += block(comments.get(FILE_SERVICE, index))
+        o += ["| RPC | request | response | description |", "|---|---|---|---|"]
+        for mi, m in enumerate(svc.method):
+            req = ("stream " if m.client_streaming else "") + link(m.input_type.lstrip("."))
+            resp = ("stream " if m.server_streaming else "") + link(m.output_type.lstrip("."))
+            desc = cell(comments.get(FILE_SERVICE, index, SERVICE_METHOD, mi))
+            target = f'<a id="{anchor(full + "." + m.name)}"></a>'
+            o.append(f"| {target}`{m.name}` | {req} | {resp} | {desc} |")
+        o.append("")
+
+    def _message(
+        self,
+        comments: Comments,
+        msg: descriptor_pb2.DescriptorProto,
+        full: str,
+        path: tuple[int, ...],
+    ) -> None:
+        if msg.options.map_entry:
+            return
+        o = self.out
+        o += [f'<a id="{anchor(full)}"></a>', "", f"### {full.removeprefix(PACKAGE + '.')}", ""]
+        o += block(comments.get(*path))
+        if msg.field:
+            o += ["| field | number | type | description |", "|---|---|---|---|"]
+            real_oneofs = {
+                f.oneof_index
+                for f in msg.field
+                if f.HasField("oneof_index") and not f.proto3_optional
+            }
+            for fi, f in enumerate(msg.field):
+                kind = type_ref(f, self.maps)
+                if f.label == F.LABEL_REPEATED and f.type_name.lstrip(".") not in self.maps:
+                    kind = "repeated " + kind
+                elif f.proto3_optional:
+                    kind = "optional " + kind
+                desc = cell(comments.get(*path, MSG_FIELD, fi))
+                if f.HasField("oneof_index") and f.oneof_index in real_oneofs:
+                    oneof = msg.oneof_decl[f.oneof_index].name
+                    desc = f"(oneof `{oneof}`) {desc}"
+                o.append(f"| `{f.name}` | {f.number} | {kind} | {desc} |")
+            o.append("")
+        else:
+            o += ["(no fields)", ""]
+        for ni, nested in enumerate(msg.nested_type):
+            self._message(comments, nested, f"{full}.{nested.name}", (*path, MSG_NESTED, ni))
+        for ei, enum in enumerate(msg.enum_type):
+            self._enum(comments, enum, f"{full}.{enum.name}", (*path, MSG_ENUM, ei))
+
+    def _enum(
+        self,
+        comments: Comments,
+        enum: descriptor_pb2.EnumDescriptorProto,
+        full: str,
+        path: tuple[int, ...],
+    ) -> None:
+        o = self.out
+        o += [
+            f'<a id="{anchor(full)}"></a>',
+            "",
+            f"### {full.removeprefix(PACKAGE + '.')} (enum)",
+            "",
+        ]
+        o += block(comments.get(*path))
+        o += ["| value | number | description |", "|---|---|---|"]
+        for vi, v in enumerate(enum.value):
+            o.append(f"| `{v.name}` | {v.number} | {cell(comments.get(*path, ENUM_VALUE, vi))} |")
+        o.append("")
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[1]) if len(argv) > 1 else ROOT / "docs" / "API.md"
+    protos = sorted((PROTO_DIR / "modelregistry" / "v1").glob("*.proto"))
+    fds = descriptor_set(protos)
+    wanted = {str(p.relative_to(PROTO_DIR)).replace(os.sep, "/") for p in protos}
+    files = sorted((fd for fd in fds.file if fd.name in wanted), key=lambda fd: fd.name)
+    out.write_text(Writer(files).write())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
