@@ -7,11 +7,12 @@ import asyncio
 from google.protobuf import empty_pb2
 
 from domain import catalog, compatibility, manifest, models, names, optimized_configs
-from domain.errors import InvalidArgument, Unimplemented
+from domain.errors import InvalidArgument
 from modelregistry.v1 import compatibility_pb2, manifest_pb2, model_service_pb2_grpc, models_pb2
 from modelregistry.v1 import model_service_pb2 as pb
 from server import convert, manifest_pb
 from server.context import Ctx, principal
+from server.presigned import PresignedRpcs
 from server.runtime import Runtime
 from storage.orm import utcnow
 from storage.repos.models import ModelFilter
@@ -35,6 +36,7 @@ def _fields(m: models_pb2.Model) -> models.ModelFields:
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+        self.presigned = PresignedRpcs(runtime, max_file_bytes=0)  # downloads only
         self.manifests: manifest.ManifestCache[manifest_pb.Built] = manifest.ManifestCache()
         # One build per stamp at a time: a fleet polling right after a change waits for
         # the build in progress instead of starting its own.
@@ -178,7 +180,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     async def GetArtifactDownloadUrl(
         self, request: pb.GetArtifactDownloadUrlRequest, context: Ctx
     ) -> pb.GetArtifactDownloadUrlResponse:
-        raise Unimplemented("ModelService.GetArtifactDownloadUrl is not implemented yet (issue #3)")
+        return await self.presigned.get_artifact_download_url(request)
 
     async def CheckCompatibility(
         self, request: pb.CheckCompatibilityRequest, context: Ctx

@@ -13,7 +13,6 @@ from domain.errors import (
     FieldViolation,
     InvalidArgument,
     PreconditionViolation,
-    Unimplemented,
     Violations,
 )
 from modelregistry.v1 import (
@@ -26,6 +25,7 @@ from modelregistry.v1 import (
 from server import convert
 from server.context import Ctx, principal
 from server.conversion_service import ConversionRpcs
+from server.presigned import PresignedRpcs
 from server.runtime import Runtime
 from server.uploads import UploadLimits, Uploads, UploadWriter
 from storage.objectstore import ObjectNotFound
@@ -73,6 +73,7 @@ class VersionService(version_service_pb2_grpc.VersionServiceServicer):
         self.rt = runtime
         self.uploads = Uploads(runtime, limits)
         self.conversions = ConversionRpcs(runtime, runtime.conversions)
+        self.presigned = PresignedRpcs(runtime, self.uploads.limits.max_file_bytes)
 
     # --- versions --------------------------------------------------------------------
 
@@ -129,12 +130,12 @@ class VersionService(version_service_pb2_grpc.VersionServiceServicer):
     async def GetUploadUrl(
         self, request: version_service_pb2.GetUploadUrlRequest, context: Ctx
     ) -> version_service_pb2.GetUploadUrlResponse:
-        raise Unimplemented("VersionService.GetUploadUrl is not implemented yet (issue #3)")
+        return await self.presigned.get_upload_url(request)
 
     async def ConfirmUpload(
         self, request: version_service_pb2.ConfirmUploadRequest, context: Ctx
     ) -> version_service_pb2.ConfirmUploadResponse:
-        raise Unimplemented("VersionService.ConfirmUpload is not implemented yet (issue #3)")
+        return await self.presigned.confirm_upload(request)
 
     async def UploadArtifacts(
         self, request_iterator: AsyncIterator[pb.UploadArtifactsRequest], context: Ctx

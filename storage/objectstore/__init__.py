@@ -11,6 +11,7 @@ Example::
 
 from storage.objectstore.base import (
     IncompleteUpload,
+    ObjectChanged,
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
@@ -25,6 +26,7 @@ from storage.objectstore.local import LocalObjectStore
 __all__ = [
     "IncompleteUpload",
     "LocalObjectStore",
+    "ObjectChanged",
     "ObjectInfo",
     "ObjectNotFound",
     "ObjectStore",

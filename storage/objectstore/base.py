@@ -23,6 +23,10 @@ class ObjectNotFound(StorageError):
         self.key = key
 
 
+class ObjectChanged(StorageError):
+    """A conditional operation found the object replaced since it was read (etag differs)."""
+
+
 class PresignUnsupported(StorageError):
     """The store cannot hand out URLs; stream the bytes through the server instead."""
 
@@ -163,6 +167,33 @@ class ObjectStore(ABC):
 
         Pick a generous age: an upload still in progress for longer than that is lost too.
         """
+
+    def abort_incomplete_upload(self, upload: IncompleteUpload) -> None:
+        """Discard one upload listed by `list_incomplete_uploads`; gone already is fine."""
+        raise NotImplementedError(f"{type(self).__name__} cannot abort single uploads")
+
+    def copy(self, src: str, dst: str, *, if_etag: str | None = None) -> ObjectInfo:
+        """Copy object `src` to `dst` (server-side where the store can); returns the copy's
+        info. With `if_etag`, only while `src` still has that etag (ObjectChanged if not).
+        ObjectNotFound when `src` is missing.
+
+        This generic version streams the bytes through this process and checks the etag
+        before and after reading: stores that can copy atomically override it.
+        """
+        before = self.stat(src)
+        if before is None:
+            raise ObjectNotFound(src)
+        if if_etag is not None and before.etag != if_etag:
+            raise ObjectChanged(f"{src} changed: etag {before.etag}, expected {if_etag}")
+        self.put(dst, self.get(src))
+        after = self.stat(src)
+        if after is None or after.etag != before.etag:
+            self.delete(dst)
+            raise ObjectChanged(f"{src} changed while it was being copied")
+        info = self.stat(dst)
+        if info is None:
+            raise ObjectNotFound(dst)
+        return info
 
     def presign_put(self, key: str, expires: timedelta) -> str:
         raise PresignUnsupported(f"{type(self).__name__} cannot presign URLs")

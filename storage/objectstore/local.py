@@ -110,6 +110,17 @@ class LocalObjectStore(ObjectStore):
                 aborted += 1
         return aborted
 
+    def abort_incomplete_upload(self, upload: IncompleteUpload) -> None:
+        # upload_id is the partial file's path relative to the root (list_incomplete_uploads)
+        rel = upload.upload_id
+        check_key(rel)
+        if not rel.endswith(PARTIAL_SUFFIX):
+            raise ValueError(f"not a partial file: {rel!r}")
+        path = self.root.joinpath(*rel.split("/"))
+        if not path.resolve().is_relative_to(self.root):
+            raise ValueError(f"partial file {rel!r} escapes the store root")
+        path.unlink(missing_ok=True)
+
     def ping(self) -> bool:
         return self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK)
 

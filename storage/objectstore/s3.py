@@ -20,6 +20,7 @@ from urllib3.response import BaseHTTPResponse
 from storage.objectstore.base import (
     CHUNK_SIZE,
     IncompleteUpload,
+    ObjectChanged,
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
@@ -173,6 +174,40 @@ class S3ObjectStore(ObjectStore):
                     self._client._abort_multipart_upload(self.bucket, upload.key, upload.upload_id)
                 aborted += 1
         return aborted
+
+    def abort_incomplete_upload(self, upload: IncompleteUpload) -> None:
+        check_key(upload.key)
+        try:
+            with _translated():
+                self._client._abort_multipart_upload(self.bucket, upload.key, upload.upload_id)
+        except StorageError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, S3Error) and cause.code == "NoSuchUpload"):
+                raise
+
+    def copy(self, src: str, dst: str, *, if_etag: str | None = None) -> ObjectInfo:
+        """Server-side copy (CopyObject, or UploadPartCopy above 5 GiB); with `if_etag` the
+        store itself refuses when `src` changed (x-amz-copy-source-if-match)."""
+        from minio.commonconfig import CopySource
+
+        check_key(src)
+        check_key(dst)
+        try:
+            with _translated():
+                self._client.copy_object(
+                    self.bucket, dst, CopySource(self.bucket, src, match_etag=if_etag)
+                )
+        except _NotFoundError:
+            raise ObjectNotFound(src) from None
+        except StorageError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, S3Error) and cause.code == "PreconditionFailed":
+                raise ObjectChanged(f"{src} changed: its etag is no longer {if_etag}") from exc
+            raise
+        info = self.stat(dst)
+        if info is None:
+            raise ObjectNotFound(dst)
+        return info
 
     def presign_put(self, key: str, expires: timedelta) -> str:
         check_key(key)
