@@ -165,11 +165,6 @@ def test_bad_input_is_invalid_argument_with_field_violations(walkthrough: list[R
     assert "google.rpc.ErrorInfo" in bad.output, bad.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GetManifest is being implemented (catalog/manifest issue) and is not committed yet; "
-    "remove this marker when it lands (strict: this test then fails until it is removed)",
-)
 def test_manifest_with_and_without_key_then_not_modified(walkthrough: list[Ran]) -> None:
     calls = [r for r in walkthrough if "/GetManifest" in r.command]
     anonymous, with_key, etag_line, not_modified = calls
