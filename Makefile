@@ -7,6 +7,7 @@
 #   make lint             buf lint, ruff check, mypy
 #   make test             install + tools + lint + check-generated + breaking + pytest
 #   make breaking         buf breaking against the last released contract (contract/v* tag)
+#   make interop          Go and Kotlin clients against a real server (tests/interop/)
 #   make docs             regenerate docs/API.md from the proto comments (check-docs: stale?)
 #   make run              migrate, print a dev key, serve on 127.0.0.1:50051
 #   make bench-manifest   manifest build/etag-check timings (BENCH_MANIFEST_ARGS)
@@ -40,7 +41,7 @@ PROTO_DIR := protos
 PROTOS = $(sort $(wildcard $(PROTO_DIR)/modelregistry/v1/*.proto))
 GEN_DIR := generated/python
 
-.PHONY: venv install tools generate check-generated lint breaking docs check-docs test run clean distclean
+.PHONY: venv install tools generate check-generated lint breaking docs check-docs interop test run clean distclean
 
 # --- Python environment --------------------------------------------------------------
 
@@ -135,6 +136,13 @@ lint: install tools
 
 test: install tools lint check-generated breaking check-docs
 	pytest
+
+# --- interop --------------------------------------------------------------------------
+
+# Go (generated/go) and Kotlin (Maven, stubs generated at build time) clients run their flow
+# against servers started by pytest; `make test` runs them as part of the whole suite.
+interop: install tools
+	pytest tests/interop
 
 # --- API reference -------------------------------------------------------------------
 
