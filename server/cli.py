@@ -391,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     from server import telemetry_cli
 
     telemetry_cli.add_parser(sub, _database_arg)
+
+    from server import gc_cli
+
+    gc_cli.add_parser(sub, _database_arg)
     return parser
 
 
