@@ -12,8 +12,11 @@ statistics is estimated within a, so their interpolation is too: |q' - q| <= a *
 Merging adds bucket counts, so sketches of disjoint sets combine exactly into the sketch of
 their union: that is what makes hourly rollups summable over any window.
 
-Serialised form (little-endian): b"S1", uint64 zero count, uint32 n, n int32 bucket keys
-(ascending), n int64 counts; b"" is the empty sketch.
+Serialised form (little-endian), compact because window queries fetch hundreds of them:
+b"" is the empty sketch; otherwise a header (1-byte kind, 1-byte count width w in
+{1, 2, 4, 8}, uint64 zero count, uint32 n) then either
+- kind b"D" (dense): int32 first key k, n unsigned w-byte counts of keys k .. k+n-1, or
+- kind b"S" (sparse, for scattered keys): n int32 keys (ascending), n w-byte counts.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -28,10 +32,15 @@ import numpy.typing as npt
 RELATIVE_ACCURACY = 0.01
 GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
 LOG_GAMMA = math.log(GAMMA)
-_MAGIC = b"S1"
-_HEADER = struct.Struct("<2sQI")
+_HEADER = struct.Struct("<cBQI")
+_DENSE, _SPARSE = b"D", b"S"
 _KEY = np.dtype("<i4")
-_COUNT = np.dtype("<i8")
+_WIDTHS: dict[int, np.dtype[Any]] = {
+    1: np.dtype("<u1"),
+    2: np.dtype("<u2"),
+    4: np.dtype("<u4"),
+    8: np.dtype("<u8"),
+}
 # Beyond this many distinct buckets between the smallest and largest key, merge sparsely
 # (np.unique) instead of with a dense bincount.
 _DENSE_SPAN = 1 << 20
@@ -122,42 +131,69 @@ class Sketch:
         n = len(self.keys)
         if n == 0 and self.zero == 0:
             return b""
+        top = int(self.counts.max()) if n else 0
+        width = next(w for w in (1, 2, 4, 8) if top < 1 << (8 * w))
+        dtype = _WIDTHS[width]
+        if n == 0:
+            return _HEADER.pack(_DENSE, width, self.zero, 0) + struct.pack("<i", 0)
+        first = int(self.keys[0])
+        span = int(self.keys[-1]) - first + 1
+        if span * width <= n * (4 + width):
+            dense = np.zeros(span, dtype=dtype)
+            dense[self.keys.astype(np.int64) - first] = self.counts
+            return (
+                _HEADER.pack(_DENSE, width, self.zero, span)
+                + struct.pack("<i", first)
+                + dense.tobytes()
+            )
         return (
-            _HEADER.pack(_MAGIC, self.zero, n)
+            _HEADER.pack(_SPARSE, width, self.zero, n)
             + self.keys.astype(_KEY, copy=False).tobytes()
-            + self.counts.astype(_COUNT, copy=False).tobytes()
+            + self.counts.astype(dtype).tobytes()
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Sketch:
-        if not data:
-            return cls()
-        magic, zero, n = _HEADER.unpack_from(data)
-        if magic != _MAGIC:
-            raise ValueError("not a serialised sketch")
-        off = _HEADER.size
-        keys = np.frombuffer(data, _KEY, n, off).astype(np.int32)
-        counts = np.frombuffer(data, _COUNT, n, off + 4 * n).astype(np.int64)
-        return cls(zero, keys, counts)
+        return cls.merge_bytes([data])
 
     @classmethod
     def merge_bytes(cls, blobs: Iterable[bytes]) -> Sketch:
         """Decode and merge many serialised sketches in one pass."""
         zero = 0
-        keys: list[Keys] = []
-        counts: list[Counts] = []
+        dense: list[tuple[int, npt.NDArray[np.unsignedinteger]]] = []
+        sparse: list[tuple[Keys, npt.NDArray[np.unsignedinteger]]] = []
         for data in blobs:
             if not data:
                 continue
-            _, z, n = _HEADER.unpack_from(data)
+            kind, width, z, n = _HEADER.unpack_from(data)
             zero += z
-            if n:
-                off = _HEADER.size
-                keys.append(np.frombuffer(data, _KEY, n, off))
-                counts.append(np.frombuffer(data, _COUNT, n, off + 4 * n))
-        if not keys:
+            off = _HEADER.size
+            if kind == _DENSE:
+                (first,) = struct.unpack_from("<i", data, off)
+                if n:
+                    dense.append((first, np.frombuffer(data, _WIDTHS[width], n, off + 4)))
+            elif kind == _SPARSE:
+                keys = np.frombuffer(data, _KEY, n, off)
+                sparse.append((keys, np.frombuffer(data, _WIDTHS[width], n, off + 4 * n)))
+            else:
+                raise ValueError("not a serialised sketch")
+        if not dense and not sparse:
             return cls(zero)
-        return cls(zero, *_combine(np.concatenate(keys), np.concatenate(counts)))
+        lows = [f for f, _ in dense] + [int(k[0]) for k, _ in sparse]
+        highs = [f + len(c) - 1 for f, c in dense] + [int(k[-1]) for k, _ in sparse]
+        kmin, span = min(lows), max(highs) - min(lows) + 1
+        if span <= _DENSE_SPAN:
+            total = np.zeros(span, dtype=np.int64)
+            for first, counts in dense:
+                total[first - kmin : first - kmin + len(counts)] += counts
+            for keys, counts in sparse:
+                total[keys.astype(np.int64) - kmin] += counts
+            nz = np.flatnonzero(total)
+            return cls(zero, (nz + kmin).astype(np.int32), total[nz])
+        all_keys = [np.arange(f, f + len(c), dtype=np.int64) for f, c in dense]
+        all_keys += [k.astype(np.int64) for k, _ in sparse]
+        all_counts = [c.astype(np.int64) for _, c in dense + sparse]
+        return cls(zero, *_combine(np.concatenate(all_keys), np.concatenate(all_counts)))
 
     # -- reading ------------------------------------------------------------------------
 
