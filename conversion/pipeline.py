@@ -27,6 +27,9 @@ from conversion.spec import TARGETS, Spec, source_kind
 from conversion.verify import Metrics, Runner, compare
 
 Progress = Callable[[str, float, str], None]
+# Called with (target, files) as soon as a target's files are written (before they are
+# verified), so a caller can start moving them while verification runs.
+OutputReady = Callable[[str, list[conv.OutputFile]], None]
 
 # Relative cost of converting to each target; verification weighs 1.
 _CONVERT_WEIGHT = {"onnx": 1.0, "onnx-fp16": 1.0, "onnx-int8": 2.0, "ort": 1.5}
@@ -102,6 +105,7 @@ def run(
     limits: Limits | None = None,
     *,
     stem: str | None = None,
+    on_output: OutputReady | None = None,
 ) -> Result:
     """Convert `source` to every target of `spec`, writing outputs under `work_dir`.
 
@@ -174,7 +178,7 @@ def run(
         convert_end = at + _CONVERT_WEIGHT[target] * unit
         verify_end = convert_end + unit
         ctx = _TargetContext(
-            target, inferred, work_dir, stem, spec, limits, feeds, sample_kind, progress
+            target, inferred, work_dir, stem, spec, limits, feeds, sample_kind, progress, on_output
         )
         results.append(
             ctx.produce(
@@ -202,6 +206,7 @@ class _TargetContext:
     feeds: list[Feed]
     sample_kind: str
     progress: Progress
+    on_output: OutputReady | None
 
     def produce(
         self,
@@ -230,6 +235,8 @@ class _TargetContext:
             return TargetResult(t, False, exc.message)
         except Exception as exc:
             return TargetResult(t, False, f"conversion to {t} failed: {short_error(exc)}")
+        if self.on_output is not None:
+            self.on_output(t, files)
         primary = files[0].path
         size = primary.stat().st_size
         self.progress(

@@ -2,7 +2,8 @@
 
 The parent (a job worker) starts a sandbox ahead of time so its imports are done when a job
 arrives, sends it one request as a JSON line on stdin, and reads JSON lines back: `ready`,
-then `progress` events, then one `result` or `error`. One job per process: a model that
+then `progress` events (and an `output` message as soon as a target's files are written,
+before they are verified), then one `result` or `error`. One job per process: a model that
 corrupts or exhausts the process cannot affect the next job, and a crash ends only it.
 
 Limits applied by the child to itself before it touches any input: address space
@@ -321,9 +322,26 @@ def child_main() -> int:
     def progress(stage: str, fraction: float, message: str) -> None:
         emit({"type": "progress", "stage": stage, "fraction": fraction, "message": message})
 
+    def output(target: str, files: list[Any]) -> None:
+        emit(
+            {
+                "type": "output",
+                "target": target,
+                "files": [
+                    {"path": str(f.path), "kind": f.kind, "required": f.required} for f in files
+                ],
+            }
+        )
+
     try:
         result = pipeline.run(
-            Path(req.source), work / "out", spec, progress, run_limits, stem=req.stem or None
+            Path(req.source),
+            work / "out",
+            spec,
+            progress,
+            run_limits,
+            stem=req.stem or None,
+            on_output=output,
         )
     except ConversionError as exc:
         emit({"type": "error", "message": exc.message})

@@ -22,7 +22,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -35,7 +36,7 @@ from conversion.spec import TARGETS
 from domain import artifacts, names
 from domain.errors import DomainError
 from storage.db import transaction
-from storage.objectstore import ObjectNotFound, ObjectStore
+from storage.objectstore import LocalObjectStore, ObjectNotFound, ObjectStore
 from storage.orm import ConversionJob, utcnow
 from storage.repos import conversions as repo
 
@@ -232,28 +233,33 @@ class ConversionWorker:
 
     def _run(self, task: _Task, box: Sandbox) -> None:
         work = self.work_root / f"{task.id}-{task.attempt}"
+        outputs = _Uploader(self.store, task)
         try:
             with _Heartbeat(self, task.id) as hb:
                 try:
-                    self._convert(task, box, work, hb)
+                    self._convert(task, box, work, hb, outputs)
                 except _Lost:
                     log.warning("worker %s lost job %s to another worker", self.worker_id, task.id)
                 except _Transient as exc:
-                    box.kill()
+                    _stop(box, outputs)
                     self._retry_or_fail(task, str(exc))
                 except _Cancelled:
-                    box.kill()
+                    _stop(box, outputs)
                     self._finish(task, "cancelled", "cancelled by request")
                 except _Shutdown:
-                    box.kill()
+                    _stop(box, outputs)
                     self._requeue_for_shutdown(task)
                 except _Failed as exc:
-                    box.kill()
+                    _stop(box, outputs)
                     self._finish(task, "failed", exc.message)
         finally:
+            box.kill()
+            outputs.close()  # waits for uploads; removes whatever was not recorded
             shutil.rmtree(work, ignore_errors=True)
 
-    def _convert(self, task: _Task, box: Sandbox, work: Path, hb: _Heartbeat) -> None:
+    def _convert(
+        self, task: _Task, box: Sandbox, work: Path, hb: _Heartbeat, outputs: _Uploader
+    ) -> None:
         events = _EventWriter(self, task)
         events.emit("fetch", 0.0, "fetching the source from object storage", force=True)
         source, calibration = self._fetch(task, work)
@@ -286,6 +292,9 @@ class ConversionWorker:
                 if kind == "progress":
                     fraction = FETCH_END + float(msg["fraction"]) * (PIPELINE_END - FETCH_END)
                     events.emit(str(msg["stage"]), fraction, str(msg["message"]))
+                elif kind == "output":
+                    # Written and final: store it while the sandbox verifies it.
+                    outputs.start(str(msg["target"]), list(msg.get("files", [])))
                 elif kind == "result":
                     result = msg
                 elif kind == "error":
@@ -307,7 +316,7 @@ class ConversionWorker:
                 raise _Transient(death.reason)
             raise _Failed(death.reason)
         self._check(hb)
-        self._store_and_record(task, result, events, hb)
+        self._store_and_record(task, result, events, hb, outputs)
 
     def _check(self, hb: _Heartbeat) -> None:
         if hb.lost.is_set():
@@ -364,6 +373,13 @@ class ConversionWorker:
         return source, calibration
 
     def _download(self, key: str, path: Path) -> None:
+        if isinstance(self.store, LocalObjectStore):
+            # Same machine: let the kernel copy (copy_file_range) instead of Python chunks.
+            try:
+                shutil.copyfile(self.store.path_for(key), path)
+            except FileNotFoundError:
+                raise ObjectNotFound(key) from None
+            return
         try:
             with path.open("wb") as f:
                 for chunk in self.store.get(key):
@@ -374,66 +390,51 @@ class ConversionWorker:
             raise _Transient(f"could not read {key} from object storage: {exc}") from None
 
     def _store_and_record(
-        self, task: _Task, result: dict[str, Any], events: _EventWriter, hb: _Heartbeat
+        self,
+        task: _Task,
+        result: dict[str, Any],
+        events: _EventWriter,
+        hb: _Heartbeat,
+        outputs: _Uploader,
     ) -> None:
         outcomes: list[dict[str, Any]] = list(result.get("targets", []))
         good = [o for o in outcomes if o.get("ok")]
-        stored_keys: list[str] = []
         packages: list[tuple[str, artifacts.NewPackage]] = []
-        try:
-            for i, outcome in enumerate(good):
-                target = str(outcome["target"])
-                fraction = PIPELINE_END + (1 - PIPELINE_END) * i / max(1, len(good))
-                events.emit(f"store:{target}", fraction, f"storing {target}", force=True)
-                files = []
-                upload_uid = str(uuid.uuid4())
-                for f in outcome.get("files", []):
-                    path = Path(str(f["path"]))
-                    file_name = artifacts.sanitize_file_name(path.name, "file_name")
-                    key = artifacts.storage_key(
-                        task.org_id, task.model_id, task.version, upload_uid, file_name
-                    )
-                    try:
-                        size, sha256 = self.store.put(key, _chunks(path))
-                    except Exception as exc:
-                        raise _Transient(f"could not store {target}: {exc}") from None
-                    stored_keys.append(key)
-                    files.append(
-                        artifacts.StoredFile(
-                            file_name=file_name,
-                            kind=str(f.get("kind", "weights")),
-                            storage_key=key,
-                            size_bytes=size,
-                            sha256=sha256,
-                            required=bool(f.get("required", True)),
-                        )
-                    )
-                    self._check(hb)
-                info = TARGETS[target]
-                packages.append(
-                    (
-                        target,
-                        artifacts.NewPackage(
-                            fields=artifacts.PackageFields(
-                                info.format, info.quantization, info.runtime
-                            ),
-                            files=files,
-                            source="conversion",
-                            metrics=_package_metrics(task, outcome),
+        for i, outcome in enumerate(good):
+            target = str(outcome["target"])
+            fraction = PIPELINE_END + (1 - PIPELINE_END) * i / max(1, len(good))
+            events.emit(f"store:{target}", fraction, f"storing {target}", force=True)
+            if not outputs.started(target):
+                outputs.start(target, list(outcome.get("files", [])))
+            try:
+                files = outputs.wait(target)
+            except Exception as exc:
+                raise _Transient(f"could not store {target}: {exc}") from None
+            self._check(hb)
+            info = TARGETS[target]
+            packages.append(
+                (
+                    target,
+                    artifacts.NewPackage(
+                        fields=artifacts.PackageFields(
+                            info.format, info.quantization, info.runtime
                         ),
-                    )
+                        files=files,
+                        source="conversion",
+                        metrics=_package_metrics(task, outcome),
+                    ),
                 )
-            events.flush()
-            self._record(task, outcomes, packages)
-        except BaseException:
-            _delete_quietly(self.store, stored_keys)
-            raise
+            )
+        events.flush()
+        outputs.close(keep={t for t, _ in packages})  # outputs that failed verification go
+        self._record(task, outcomes, packages, outputs)
 
     def _record(
         self,
         task: _Task,
         outcomes: list[dict[str, Any]],
         packages: list[tuple[str, artifacts.NewPackage]],
+        outputs: _Uploader,
     ) -> None:
         """One transaction: the packages, the job's results and its final event."""
         with transaction(self.sessions) as s:
@@ -496,8 +497,8 @@ class ConversionWorker:
                     f"produced and verified {', '.join(r['target'] for r in results)}",
                 )
             keys = list(job.options.get("calibration_keys", []))
-        if record_error:
-            _delete_quietly(self.store, [f.storage_key for _, p in packages for f in p.files])
+        if not record_error:
+            outputs.keep(t for t, _ in packages)
         _delete_quietly(self.store, keys)
         log.info("job %s %s", task.id, job.state)
 
@@ -571,6 +572,83 @@ class ConversionWorker:
         if box is not None:
             box.kill()
         return self._start_sandbox()
+
+
+class _Uploader:
+    """Stores a job's outputs in the background while the sandbox verifies them; whatever
+    is not kept (recorded) is deleted on close."""
+
+    def __init__(self, store: ObjectStore, task: _Task) -> None:
+        self.store = store
+        self.task = task
+        self._pool: ThreadPoolExecutor | None = None
+        self._futures: dict[str, Future[list[artifacts.StoredFile]]] = {}
+        self._kept: set[str] = set()
+
+    def started(self, target: str) -> bool:
+        return target in self._futures
+
+    def start(self, target: str, files: list[dict[str, Any]]) -> None:
+        if target in self._futures:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"store-{self.task.id[:8]}")
+        self._futures[target] = self._pool.submit(self._put, files)
+
+    def wait(self, target: str) -> list[artifacts.StoredFile]:
+        return self._futures[target].result()
+
+    def keep(self, targets: Iterable[str]) -> None:
+        self._kept.update(targets)
+
+    def close(self, keep: set[str] | None = None) -> None:
+        """Wait for uploads and delete those not kept (nor in `keep`, which stay pending
+        for a later keep() or close())."""
+        keep = keep or set()
+        for target, future in list(self._futures.items()):
+            if target in keep:
+                continue
+            del self._futures[target]
+            try:
+                files = future.result()
+            except Exception:
+                continue  # _put removed what it had stored
+            if target not in self._kept:
+                _delete_quietly(self.store, [f.storage_key for f in files])
+        if not self._futures and self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _put(self, files: list[dict[str, Any]]) -> list[artifacts.StoredFile]:
+        t = self.task
+        upload_uid = str(uuid.uuid4())
+        stored: list[artifacts.StoredFile] = []
+        try:
+            for f in files:
+                path = Path(str(f["path"]))
+                file_name = artifacts.sanitize_file_name(path.name, "file_name")
+                key = artifacts.storage_key(t.org_id, t.model_id, t.version, upload_uid, file_name)
+                size, sha256 = self.store.put(key, _chunks(path))
+                stored.append(
+                    artifacts.StoredFile(
+                        file_name=file_name,
+                        kind=str(f.get("kind", "weights")),
+                        storage_key=key,
+                        size_bytes=size,
+                        sha256=sha256,
+                        required=bool(f.get("required", True)),
+                    )
+                )
+        except BaseException:
+            _delete_quietly(self.store, [f.storage_key for f in stored])
+            raise
+        return stored
+
+
+def _stop(box: Sandbox, outputs: _Uploader) -> None:
+    """End the sandbox and remove stored outputs before the job's final event."""
+    box.kill()
+    outputs.close()
 
 
 class _Failed(Exception):

@@ -25,7 +25,7 @@ from modelregistry.v1 import version_service_pb2 as vpb
 from support import onnx_models as models
 from support.registry import Client, RunningServer
 from support.status import expect_error
-from support.uploads import F, chunks, download, row_counts, sha, upload
+from support.uploads import F, chunks, download, objects, row_counts, sha, upload
 
 ALL = ["onnx", "onnx-fp16", "onnx-int8", "ort"]
 Job = cpb.ConversionJob
@@ -186,6 +186,8 @@ def test_above_tolerance_is_failed_and_not_stored(registry: RunningServer, clien
     assert "exceeds the tolerance 1e-05" in bad.error and bad.max_abs_error > 1e-5
     assert "onnx-int8" in job.error
     assert row_counts(registry, client)["packages"] == before + 1
+    # in object storage: the source and the one stored output, nothing of the failed one
+    assert len(objects(registry, client)) == 2
 
 
 def test_reattach_after_disconnect_and_replay(client: Client) -> None:
@@ -238,6 +240,7 @@ def test_cancel_running_job(registry: RunningServer, client: Client) -> None:
     assert job.state == Job.STATE_CANCELLED and "cancelled" in job.error
     assert all(not r.succeeded for r in job.results)
     assert row_counts(registry, client)["packages"] == before
+    assert len(objects(registry, client)) == 1  # the source only
     # cancelling again is a no-op; the job's events end with the cancellation
     again = client.versions.CancelConversion(vpb.CancelConversionRequest(name=seen[0].job))
     assert again.state == Job.STATE_CANCELLED
