@@ -41,7 +41,7 @@ PROTO_DIR := protos
 PROTOS = $(sort $(wildcard $(PROTO_DIR)/modelregistry/v1/*.proto))
 GEN_DIR := generated/python
 
-.PHONY: venv install tools generate check-generated lint breaking docs check-docs interop test run clean distclean
+.PHONY: venv install tools generate check-generated lint breaking docs check-docs interop-build interop test run clean distclean
 
 # --- Python environment --------------------------------------------------------------
 
@@ -134,14 +134,20 @@ lint: install tools
 	ruff check .
 	mypy $(MYPY_ARGS)
 
-test: install tools lint check-generated breaking check-docs
+test: install tools lint check-generated breaking check-docs interop-build
 	pytest
 
 # --- interop --------------------------------------------------------------------------
 
 # Go (generated/go) and Kotlin (Maven, stubs generated at build time) clients run their flow
 # against servers started by pytest; `make test` runs them as part of the whole suite.
-interop: install tools
+# interop-build fetches and compiles ahead of the tests (a cold ~/.m2 and Go module cache
+# take minutes), so the tests' own timeouts only cover warm builds and the flows.
+interop-build: tools
+	cd tests/interop/go && go vet ./...
+	mvn -B -q -f tests/interop/kotlin/pom.xml compile
+
+interop: install tools interop-build
 	pytest tests/interop
 
 # --- API reference -------------------------------------------------------------------
