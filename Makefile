@@ -10,6 +10,7 @@
 #   make interop          Go and Kotlin clients against a real server (tests/interop/)
 #   make docs             regenerate docs/API.md from the proto comments (check-docs: stale?)
 #   make run              migrate, print a dev key, serve on 127.0.0.1:50051
+#   make bench            this service vs MLflow on loopback (bench/; BENCH_ARGS=--quick)
 #   make bench-manifest   manifest build/etag-check timings (BENCH_MANIFEST_ARGS)
 #   make clean            caches and build output (distclean: also .venv and ./var)
 
@@ -41,7 +42,7 @@ PROTO_DIR := protos
 PROTOS = $(sort $(wildcard $(PROTO_DIR)/modelregistry/v1/*.proto))
 GEN_DIR := generated/python
 
-.PHONY: venv install tools generate check-generated lint breaking docs check-docs interop-build interop test run clean distclean
+.PHONY: venv install tools generate check-generated lint breaking docs check-docs interop-build interop test run bench bench-tools clean distclean
 
 # --- Python environment --------------------------------------------------------------
 
@@ -187,6 +188,18 @@ run: install
 	$(VENV_BIN)/modelregistry dev-key
 	$(VENV_BIN)/modelregistry serve
 
+# --- benchmarks (bench/run.py; issue 10) ---------------------------------------------
+
+# Starts PostgreSQL, MinIO, this service and MLflow on 127.0.0.1, seeds both, measures,
+# stops everything. MLflow lives in its own .venv-bench (bench/tools.sh). The outer timeout
+# only backs up run.py's own --time-limit.
+BENCH_ARGS ?=
+bench-tools:
+	@bench/tools.sh
+
+bench: install tools bench-tools
+	timeout --kill-after=60 7200 $(VENV_PY) bench/run.py $(BENCH_ARGS)
+
 # --- manifest benchmark (issue 4) ---------------------------------------------------
 
 # 10,000 models: full manifest build and not-modified check, p50/p99, server-side.
@@ -202,4 +215,4 @@ clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache build dist .tmp *.egg-info
 
 distclean: clean
-	rm -rf $(VENV) var
+	rm -rf $(VENV) .venv-bench var
