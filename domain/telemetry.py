@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -244,90 +244,187 @@ def ingest_sessions(
     out = IngestResult()
     now_us = to_micros(now or now_utc())
     oldest_us = now_us - int(retention.total_seconds()) * _US
-    retention_text = _retention_text(retention)
+    newest_us = now_us + int(FUTURE_SKEW.total_seconds()) * _US
     resolver = _Resolver()
+    good_version = _Memo(lambda v: len(v) <= 64 and names.VERSION_ID_RE.match(v) is not None)
+    good_type = _Memo(lambda t: _text_problem(t, MAX_DEVICE_TYPE, False) is None and t != ALL)
     valid: list[int] = []
+    # The common case in one expression per event; an event failing it is examined again
+    # by _session_problem for the precise field and reason.
     for i, e in enumerate(events):
-        problem = _session_problem(e, resolver, now_us, oldest_us, retention_text)
-        if problem:
-            _reject(out, e.event_id, first_index + i, *problem)
-        else:
+        eid, dev, t = e.event_id, e.device_id, e.occur_us
+        if (
+            0 < len(eid) <= MAX_EVENT_ID
+            and eid.isprintable()
+            and resolver.model_id(e.model) is not None
+            and good_version(e.version_id)
+            and 0 < len(dev) <= MAX_DEVICE_ID
+            and dev.isprintable()
+            and good_type(e.device_type)
+            and t is not None
+            and oldest_us <= t <= newest_us
+            and 0.0 <= e.latency_ms <= MAX_LATENCY_MS  # false for NaN
+            and 0.0 <= e.ttft_ms <= MAX_LATENCY_MS
+            and 0.0 <= e.tokens_per_second <= MAX_TOKENS_PER_SECOND
+            and len(e.error_code) <= MAX_ERROR_CODE
+        ):
             valid.append(i)
-    model_ids = {i: resolver.model_id(events[i].model) or "" for i in valid}
-    models = repo.existing_models(session, org_id, model_ids.values())
+            continue
+        problem = _session_problem(e, resolver, now_us, oldest_us, _retention_text(retention))
+        assert problem is not None, e
+        _reject(out, eid, first_index + i, *problem)
+    model_of = resolver.parsed
+    models = repo.existing_models(session, org_id, {model_of[events[i].model] or "" for i in valid})
     versions = repo.existing_versions(session, org_id, models)
     known: list[int] = []
     for i in valid:
         e = events[i]
-        problem = _references_problem(model_ids[i], e.version_id, e.model, models, versions)
-        if problem:
-            _reject(out, e.event_id, first_index + i, *problem)
-        else:
+        model_id = model_of[e.model] or ""
+        if model_id in models and (model_id, e.version_id) in versions:
             known.append(i)
-    ids = [e.event_id for e in events]
-    unique, dropped = _dedupe(ids, known)
+            continue
+        problem = _references_problem(model_id, e.version_id, e.model, models, versions)
+        assert problem is not None
+        _reject(out, e.event_id, first_index + i, *problem)
+    unique, dropped = _dedupe([e.event_id for e in events], known)
     out.duplicates += dropped
 
-    cols = SessionColumns()
-    for i in unique:
-        e = events[i]
-        cols.event_id.append(e.event_id)
-        cols.model_id.append(model_ids[i])
-        cols.version.append(e.version_id)
-        cols.device_id.append(e.device_id)
-        cols.device_type.append(e.device_type)
-        cols.occurred_us.append(e.occur_us or 0)
-        cols.latency_ms.append(e.latency_ms)
-        cols.ttft_ms.append(e.ttft_ms or None)
-        cols.tokens_per_second.append(e.tokens_per_second or None)
-        cols.status.append("error" if e.error else "ok")
-        cols.error_code.append(e.error_code or None)
+    rows = [events[i] for i in unique]
+    cols = SessionColumns(
+        event_id=[e.event_id for e in rows],
+        model_id=[model_of[e.model] or "" for e in rows],
+        version=[e.version_id for e in rows],
+        device_id=[e.device_id for e in rows],
+        device_type=[e.device_type for e in rows],
+        occurred_us=[e.occur_us or 0 for e in rows],
+        latency_ms=[e.latency_ms for e in rows],
+        ttft_ms=[e.ttft_ms or None for e in rows],
+        tokens_per_second=[e.tokens_per_second or None for e in rows],
+        status=["error" if e.error else "ok" for e in rows],
+        error_code=[e.error_code or None for e in rows],
+    )
     inserted = repo.insert_sessions(session, org_id, cols)
     out.accepted = len(inserted)
     out.duplicates += len(unique) - len(inserted)
     if inserted:
-        stored = [j for j, eid in enumerate(cols.event_id) if eid in inserted]
+        if len(inserted) == len(cols):
+            stored = list(range(len(cols)))
+        else:
+            stored = [j for j, eid in enumerate(cols.event_id) if eid in inserted]
         _merge_rollups(session, org_id, cols, stored)
     out.rejected.sort(key=lambda r: r.index)
     return out
 
 
+class _Memo:
+    """A predicate over strings, computed once per distinct value (batches repeat them)."""
+
+    def __init__(self, fn: Callable[[str], bool]) -> None:
+        self.fn = fn
+        self.seen: dict[str, bool] = {}
+
+    def __call__(self, value: str) -> bool:
+        hit = self.seen.get(value)
+        if hit is None:
+            hit = self.seen[value] = self.fn(value)
+        return hit
+
+
 def _rollup_deltas(cols: SessionColumns, stored: list[int]) -> dict[RollupKey, RollupValues]:
-    """Per rollup key (every level): the aggregate of the stored sessions it covers."""
+    """Per rollup key (every level): the aggregate of the stored sessions it covers.
+
+    Sessions are grouped once by (model, version, device type, hour); the '*' levels are
+    merged from those groups.
+    """
     groups: dict[tuple[str, str, str, int], list[int]] = defaultdict(list)
+    model_id, version, device_type, occurred = (
+        cols.model_id,
+        cols.version,
+        cols.device_type,
+        cols.occurred_us,
+    )
     for j in stored:
-        us = cols.occurred_us[j]
-        hour = us - us % _HOUR_US
-        m, v, dt = cols.model_id[j], cols.version[j], cols.device_type[j]
-        groups[(m, v, dt, hour)].append(j)
-        groups[(m, v, ALL, hour)].append(j)
-        groups[(m, ALL, dt, hour)].append(j)
-        groups[(m, ALL, ALL, hour)].append(j)
+        us = occurred[j]
+        groups[(model_id[j], version[j], device_type[j], us - us % _HOUR_US)].append(j)
     latency = np.asarray(cols.latency_ms, dtype=np.float64)
     ttft = np.asarray([x or 0.0 for x in cols.ttft_ms], dtype=np.float64)
     tps = np.asarray([x or 0.0 for x in cols.tokens_per_second], dtype=np.float64)
     errors = np.asarray([s == "error" for s in cols.status], dtype=bool)
-    out: dict[RollupKey, RollupValues] = {}
-    for (m, v, dt, hour), positions in groups.items():
+    base: dict[tuple[str, str, str, int], _Partial] = {}
+    for key, positions in groups.items():
         idx = np.asarray(positions, dtype=np.int64)
-        lat = latency[idx]
         t = ttft[idx]
         t = t[t > 0]
         p = tps[idx]
         p = p[p > 0]
-        out[(m, v, dt, repo.from_micros(hour))] = RollupValues(
-            session_count=len(idx),
-            error_count=int(errors[idx].sum()),
-            latency_sum=float(lat.sum()),
-            latency_sketch=Sketch.of(lat).to_bytes(),
-            ttft_count=len(t),
-            ttft_sum=float(t.sum()),
-            ttft_sketch=Sketch.of(t).to_bytes(),
-            tps_count=len(p),
-            tps_sum=float(p.sum()),
-            tps_sketch=Sketch.of(p).to_bytes(),
+        lat = latency[idx]
+        base[key] = _Partial(
+            len(idx),
+            int(errors[idx].sum()),
+            float(lat.sum()),
+            Sketch.of(lat),
+            len(t),
+            float(t.sum()),
+            Sketch.of(t),
+            len(p),
+            float(p.sum()),
+            Sketch.of(p),
         )
-    return out
+    levels: dict[tuple[str, str, str, int], list[_Partial]] = defaultdict(list)
+    for (m, v, dt, hour), part in base.items():
+        for key in ((m, v, dt, hour), (m, v, ALL, hour), (m, ALL, dt, hour), (m, ALL, ALL, hour)):
+            levels[key].append(part)
+    return {
+        (m, v, dt, repo.from_micros(hour)): _Partial.combine(parts).values()
+        for (m, v, dt, hour), parts in levels.items()
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _Partial:
+    """A rollup delta with live sketches (serialised once, after merging levels)."""
+
+    sessions: int
+    errors: int
+    latency_sum: float
+    latency: Sketch
+    ttft_count: int
+    ttft_sum: float
+    ttft: Sketch
+    tps_count: int
+    tps_sum: float
+    tps: Sketch
+
+    @staticmethod
+    def combine(parts: list[_Partial]) -> _Partial:
+        if len(parts) == 1:
+            return parts[0]
+        return _Partial(
+            sum(p.sessions for p in parts),
+            sum(p.errors for p in parts),
+            sum(p.latency_sum for p in parts),
+            Sketch.merge(p.latency for p in parts),
+            sum(p.ttft_count for p in parts),
+            sum(p.ttft_sum for p in parts),
+            Sketch.merge(p.ttft for p in parts),
+            sum(p.tps_count for p in parts),
+            sum(p.tps_sum for p in parts),
+            Sketch.merge(p.tps for p in parts),
+        )
+
+    def values(self) -> RollupValues:
+        return RollupValues(
+            session_count=self.sessions,
+            error_count=self.errors,
+            latency_sum=self.latency_sum,
+            latency_sketch=self.latency.to_bytes(),
+            ttft_count=self.ttft_count,
+            ttft_sum=self.ttft_sum,
+            ttft_sketch=self.ttft.to_bytes(),
+            tps_count=self.tps_count,
+            tps_sum=self.tps_sum,
+            tps_sketch=self.tps.to_bytes(),
+        )
 
 
 def _merge(a: RollupValues, b: RollupValues) -> RollupValues:

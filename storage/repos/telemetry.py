@@ -146,24 +146,29 @@ def insert_sessions(session: Session, org_id: str, cols: SessionColumns) -> set[
     if not len(cols):
         return set()
     if _is_postgres(session):
-        result = session.connection().exec_driver_sql(
-            _PG_INSERT_SESSIONS,
-            {
-                "org_id": org_id,
-                "e": cols.event_id,
-                "m": cols.model_id,
-                "v": cols.version,
-                "d": cols.device_id,
-                "dt": cols.device_type,
-                "t": cols.occurred_us,
-                "l": cols.latency_ms,
-                "tt": cols.ttft_ms,
-                "tp": cols.tokens_per_second,
-                "s": cols.status,
-                "ec": cols.error_code,
-            },
-        )
-        return {r[0] for r in result}
+        # Binary parameters: psycopg packs the arrays without per-element quoting.
+        driver = session.connection().connection.driver_connection
+        assert driver is not None
+        with driver.cursor() as cur:
+            cur.execute(
+                _PG_INSERT_SESSIONS,
+                {
+                    "org_id": org_id,
+                    "e": cols.event_id,
+                    "m": cols.model_id,
+                    "v": cols.version,
+                    "d": cols.device_id,
+                    "dt": cols.device_type,
+                    "t": cols.occurred_us,
+                    "l": cols.latency_ms,
+                    "tt": cols.ttft_ms,
+                    "tp": cols.tokens_per_second,
+                    "s": cols.status,
+                    "ec": cols.error_code,
+                },
+                binary=True,
+            )
+            return {r[0] for r in cur.fetchall()}
     now = datetime.now(UTC)
     order = sorted(range(len(cols)), key=cols.event_id.__getitem__)
     rows = [
