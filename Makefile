@@ -12,6 +12,7 @@
 #   make run              migrate, print a dev key, serve on 127.0.0.1:50051
 #   make bench            this service vs MLflow on loopback (bench/; BENCH_ARGS=--quick)
 #   make bench-manifest   manifest build/etag-check timings (BENCH_MANIFEST_ARGS)
+#   make bench-convert    conversion of a ~100 MB model: service vs direct (BENCH_CONVERT_ARGS)
 #   make clean            caches and build output (distclean: also .venv and ./var)
 
 SHELL := /bin/bash
@@ -207,6 +208,15 @@ BENCH_MANIFEST_ARGS ?=
 .PHONY: bench-manifest
 bench-manifest: install
 	$(VENV_PY) bench/bench_manifest.py $(BENCH_MANIFEST_ARGS)
+
+# --- conversion benchmark (issue 5) -------------------------------------------------
+
+# A ~100 MB transformer stack, per target: ConvertArtifact through a real server vs the
+# same onnx/onnxruntime calls in one process (ratio), first event delay, longest gap.
+BENCH_CONVERT_ARGS ?=
+.PHONY: bench-convert
+bench-convert: install
+	$(VENV_PY) bench/bench_convert.py $(BENCH_CONVERT_ARGS)
 
 # --- cleanup -------------------------------------------------------------------------
 
