@@ -227,7 +227,12 @@ async def _until_idle(requests: Any, timeout: float) -> AsyncIterator[Any]:
     iterator = requests.__aiter__()
     while True:
         try:
-            item = await asyncio.wait_for(iterator.__anext__(), timeout)
+            # Not asyncio.wait_for: on Python 3.11 it runs the read in another task and
+            # swallows a cancellation that lands as the read completes, which is exactly
+            # what a client cancelling mid-stream produces (the read ends with EOF, then the
+            # RPC is cancelled): the handler would take the stream as half-closed.
+            async with asyncio.timeout(timeout):
+                item = await iterator.__anext__()
         except StopAsyncIteration:
             return
         except TimeoutError:
