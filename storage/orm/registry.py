@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from storage.orm.base import ID_LENGTH, Base, CreatedAt, Json, Timestamps, UuidPk
@@ -19,7 +19,32 @@ LIFECYCLE_STATUSES = ("draft", "published")
 
 class Model(UuidPk, Timestamps, Base):
     __tablename__ = "models"
-    __table_args__ = (UniqueConstraint("org_id", "model_id"),)
+    __table_args__ = (
+        UniqueConstraint("org_id", "model_id"),
+        # ListModels on large orgs (migration 0004): newest-first paging, the framework
+        # filter, `tags @> '["x"]'` (GIN on PostgreSQL) and `ILIKE '%text%'` search
+        # (pg_trgm GINs on PostgreSQL; plain, unused indexes on SQLite).
+        Index("ix_models_org_id_created_at", "org_id", "created_at", "id"),
+        Index("ix_models_org_id_framework", "org_id", "framework"),
+        Index(
+            "ix_models_tags",
+            "tags",
+            postgresql_using="gin",
+            postgresql_ops={"tags": "jsonb_path_ops"},
+        ),
+        Index(
+            "ix_models_model_id_trgm",
+            "model_id",
+            postgresql_using="gin",
+            postgresql_ops={"model_id": "gin_trgm_ops"},
+        ),
+        Index(
+            "ix_models_description_trgm",
+            "description",
+            postgresql_using="gin",
+            postgresql_ops={"description": "gin_trgm_ops"},
+        ),
+    )
 
     org_id: Mapped[str] = org_fk(index=False)
     # The org-unique slug used in resource names (models/{model_id}); not the primary key.

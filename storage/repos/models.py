@@ -55,11 +55,13 @@ def _conditions(session: Session, org_id: str, f: ModelFilter) -> list[ColumnEle
     if f.tag:
         conds.append(json_ops.array_contains(Model.tags, f.tag, dialect))
     if f.search:
-        pattern = f"%{_escape_like(f.search.lower())}%"
+        # ILIKE rather than lower(...) LIKE: on PostgreSQL the pg_trgm indexes of migration
+        # 0004 serve it; SQLite compiles it to lower(x) LIKE lower(y), the same match.
+        pattern = f"%{_escape_like(f.search)}%"
         conds.append(
             or_(
-                func.lower(Model.model_id).like(pattern, escape="\\"),
-                func.lower(Model.description).like(pattern, escape="\\"),
+                Model.model_id.ilike(pattern, escape="\\"),
+                Model.description.ilike(pattern, escape="\\"),
             )
         )
     if f.capability:
