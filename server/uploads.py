@@ -26,7 +26,6 @@ that stream's in-flight part has landed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -49,6 +48,16 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 DEFAULT_MAX_FILE_BYTES = 16 * 1024**3
+# grpc.aio ends a request stream the same way whether the client half-closed or went away;
+# the cancellation reaches the handler a moment later. Before taking the end of a stream
+# as the end of a file of undeclared size, give a cancellation this long to arrive.
+EOF_GRACE_SECONDS = 0.05
+
+
+class UploadIncomplete(InvalidArgument):
+    """The stream ended before every declared byte arrived. Not discarded: the end may be
+    a dropped client (indistinguishable here), so durable parts stay for a resume until
+    the upload expires."""
 
 
 class Lease:
@@ -225,6 +234,17 @@ class _FileSink:
 
     async def _flush(self) -> None:
         """Upload the buffer as the next part; returns once the previous part landed."""
+        data = b"".join(self.buffer)
+        self.buffer.clear()
+        self.buffered = 0
+        number = self.next_number
+        self.next_number += 1
+        offset = self.received - len(data)
+        await self._dispatch(self._put, data, number, offset)
+
+    async def _dispatch(self, fn: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> None:
+        """Run `fn` in a worker thread as the upload's one in-flight operation, after the
+        previous one landed; refused once a newer stream has taken the upload over."""
         lease = self.owner.lease
         await self._wait_pending()
         if lease.superseded:
@@ -232,14 +252,8 @@ class _FileSink:
                 f"upload {lease.upload_id} was taken over by a newer stream",
                 reason="UPLOAD_SUPERSEDED",
             )
-        data = b"".join(self.buffer)
-        self.buffer.clear()
-        self.buffered = 0
-        number = self.next_number
-        self.next_number += 1
-        offset = self.received - len(data)
-        task = asyncio.ensure_future(self.uploads.rt.call(self._put, data, number, offset))
-        # Retrieved here too, so a part failing after its stream was cancelled is not
+        task = asyncio.ensure_future(self.uploads.rt.call(fn, *args, **kwargs))
+        # Retrieved here too, so an operation failing after its stream was cancelled is not
         # reported as "never retrieved".
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         lease.pending = task
@@ -274,10 +288,32 @@ class _FileSink:
     async def finish(self) -> StoredFile:
         """Flush the last part, verify size and sha256, complete the object."""
         if not self.done:
+            declared = self.decl.size
+            if declared is not None and self.received < declared:
+                # Never flush a short part that is not the last: the buffer is dropped, as
+                # when the connection drops, and the client resumes at the committed size.
+                await self._wait_pending()
+                committed = self.owner.committed_total()
+                raise UploadIncomplete(
+                    f"{self.decl.file_name}: the stream ended after {self.received} of the "
+                    f"declared {declared} bytes; {committed} bytes of upload "
+                    f"{self.owner.upload_id} are committed: resume at write_offset {committed}",
+                    [
+                        FieldViolation(
+                            self.owner.size_field(self.index),
+                            f"declared {declared}, received {self.received}",
+                        )
+                    ],
+                    reason="UPLOAD_INCOMPLETE",
+                    metadata={
+                        "upload_id": self.owner.upload_id,
+                        "committed_size": str(committed),
+                    },
+                )
             if self.buffered:
                 await self._flush()
+            await self._dispatch(self._complete)
             await self._wait_pending()
-            await self.uploads.rt.call(self._complete)
         return StoredFile(
             file_name=self.decl.file_name,
             kind=self.decl.kind,
@@ -404,8 +440,11 @@ class UploadWriter:
             await sink.write(bytes(piece))
             data = data[len(piece) :]
 
-    async def close(self) -> list[StoredFile]:
-        """The stream ended: finish every file; returns them verified and complete."""
+    async def close(self, *, at_eof: bool = True) -> list[StoredFile]:
+        """The upload's bytes ended (`at_eof`: because the request stream ended): finish
+        every file; returns them verified and complete."""
+        if at_eof and any(not f.done and f.decl.size is None for f in self.files):
+            await asyncio.sleep(EOF_GRACE_SECONDS)  # a cancellation lands here, if any
         return [await sink.finish() for sink in self.files]
 
     def detach(self) -> None:
@@ -416,11 +455,16 @@ class UploadWriter:
         self.uploads.leases.release(self.lease)
 
     async def discard(self) -> None:
-        """A failed upload: abort its session and remove everything it stored."""
+        """A failed upload: abort its session and remove everything it stored.
+
+        Runs to the end even if the stream is cancelled meanwhile (it is shielded)."""
+        task = asyncio.ensure_future(self._discard())
+        await asyncio.shield(task)
+
+    async def _discard(self) -> None:
         if self.lease.superseded:
             return  # a newer stream owns the upload now
-        with contextlib.suppress(BaseException):
-            await self.lease.settle()
+        await self.lease.settle()
         try:
             refs = await self.uploads.rt.write(uploads.abort_upload, self.org_id, self.upload_id)
         except Exception:

@@ -27,7 +27,7 @@ from server.context import Ctx, principal
 from server.conversion_service import ConversionRpcs
 from server.presigned import PresignedRpcs
 from server.runtime import Runtime
-from server.uploads import UploadLimits, Uploads, UploadWriter
+from server.uploads import UploadIncomplete, UploadLimits, Uploads, UploadWriter
 from storage.objectstore import ObjectNotFound
 from storage.orm import utcnow
 
@@ -169,7 +169,7 @@ class VersionService(version_service_pb2_grpc.VersionServiceServicer):
                     await current[0].write(msg.chunk)
                 elif kind == "file":
                     if current is not None:
-                        (stored,) = await current[0].close()
+                        (stored,) = await current[0].close(at_eof=False)
                         done.append((current[0], current[1], stored))
                         current = None
                     current = await self._start_file(org, target, expect, msg.file, writers)
@@ -203,7 +203,7 @@ class VersionService(version_service_pb2_grpc.VersionServiceServicer):
                 expect,
                 [w.upload_id for w, _f, _s in done],
             )
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, UploadIncomplete):
             for w in writers:
                 w.detach()  # durable parts stay: the client may resume
             raise
@@ -310,8 +310,8 @@ class VersionService(version_service_pb2_grpc.VersionServiceServicer):
                 expect,
                 [writer.upload_id],
             )
-        except asyncio.CancelledError:
-            writer.detach()
+        except (asyncio.CancelledError, UploadIncomplete):
+            writer.detach()  # durable parts stay: the client may resume
             raise
         except BaseException:
             await writer.discard()

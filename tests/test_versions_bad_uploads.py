@@ -22,6 +22,7 @@ from support.uploads import (
     MiB,
     artifact_requests,
     assert_nothing_stored,
+    assert_only_resumable_leftovers,
     bundle_header,
     bundle_requests,
     random_bytes,
@@ -82,11 +83,11 @@ def test_checksum_mismatch(registry: RunningServer, client: Client, size: int) -
 
 
 @pytest.mark.parametrize(
-    ("declared", "sent"),
-    [(100, 99), (100, 101), (10 * MiB, 9 * MiB), (9 * MiB, 10 * MiB)],
-    ids=["short", "long", "short-multipart", "long-multipart"],
+    ("declared", "sent"), [(100, 101), (9 * MiB, 10 * MiB)], ids=["long", "long-multipart"]
 )
-def test_size_mismatch(registry: RunningServer, client: Client, declared: int, sent: int) -> None:
+def test_more_bytes_than_declared(
+    registry: RunningServer, client: Client, declared: int, sent: int
+) -> None:
     data = random_bytes(sent)
     err = stream_error(
         INVALID,
@@ -98,16 +99,32 @@ def test_size_mismatch(registry: RunningServer, client: Client, declared: int, s
     assert_clean(registry, client)
 
 
-def test_stream_ending_before_the_declared_size(registry: RunningServer, client: Client) -> None:
+@pytest.mark.parametrize(
+    ("declared", "sent"), [(100, 99), (10 * MiB, 9 * MiB)], ids=["short", "short-multipart"]
+)
+def test_stream_ending_before_the_declared_size(
+    registry: RunningServer, client: Client, declared: int, sent: int
+) -> None:
+    """Indistinguishable from a dropped client: an error, nothing recorded, and the durable
+    parts stay with the still open upload (resumable, else reclaimed when it expires)."""
+    data = random_bytes(declared)
+    f = F("m.onnx", data, upload_id=str(uuid.uuid4()))
+
     def requests() -> Iterator[vpb.UploadArtifactsRequest]:
         yield target()
-        yield header(F("m.onnx", b"x" * 1000))
-        yield chunk(b"x" * 400)  # then the client half-closes
+        yield header(f)
+        for i in range(0, sent, MiB):
+            yield chunk(data[i : min(i + MiB, sent)])
 
     err = stream_error(INVALID, client, requests())
-    assert err.reason == "SIZE_MISMATCH"
-    assert "400 of the declared 1000" in err.message
-    assert_clean(registry, client)
+    assert err.reason == "UPLOAD_INCOMPLETE"
+    assert "file.file.size_bytes" in err.field_violations
+    committed = int(err.metadata["committed_size"])
+    assert committed == (8 * MiB if sent > 8 * MiB else 0)
+    assert f"of the declared {declared} bytes" in err.message
+    assert_only_resumable_leftovers(registry, client)
+    resumed = F("m.onnx", data, upload_id=f.upload_id, write_offset=committed)
+    assert upload(client, PARENT, resumed).packages[0].resources[0].sha256 == sha(data)
 
 
 def test_zero_byte_weights(registry: RunningServer, client: Client) -> None:
@@ -391,11 +408,22 @@ def test_bundle_sidecar_checksum_mismatch(registry: RunningServer, client: Clien
 
 def test_bundle_ending_early(registry: RunningServer, client: Client) -> None:
     primary, extras = F("m.onnx", b"w" * 100), [F("a.txt", b"abc")]
-    h = bundle_header(PARENT, primary, extras)
+    upload_id = str(uuid.uuid4())
+    h = bundle_header(PARENT, primary, extras, upload_id=upload_id)
     err = bundle_error(INVALID, client, iter([h, vpb.UploadBundleRequest(chunk=b"w" * 100)]))
-    assert err.reason == "SIZE_MISMATCH"
+    assert err.reason == "UPLOAD_INCOMPLETE"
     assert "header.extras[0].size_bytes" in err.field_violations
-    assert_clean(registry, client)
+    assert err.metadata["committed_size"] == "100"
+    assert_only_resumable_leftovers(registry, client)
+    resp = client.versions.UploadBundle(
+        iter(
+            [
+                bundle_header(PARENT, primary, extras, upload_id=upload_id, write_offset=100),
+                vpb.UploadBundleRequest(chunk=b"abc"),
+            ]
+        )
+    )
+    assert [r.size_bytes for r in resp.package.resources] == [100, 3]
 
 
 # --- the per-file size cap -----------------------------------------------------------------

@@ -216,3 +216,14 @@ def assert_nothing_stored(registry: RunningServer, c: Client) -> None:
     assert counts == dict.fromkeys(counts, 0), counts
     assert objects(registry, c) == []
     assert incomplete(registry, c) == []
+
+
+def assert_only_resumable_leftovers(registry: RunningServer, c: Client) -> None:
+    """No artifact rows; every object or partial upload left belongs to an upload that is
+    still open (resumable; reclaimed by the garbage collector when it expires)."""
+    counts = row_counts(registry, c)
+    assert counts == dict.fromkeys(counts, 0), counts
+    states = upload_states(registry, c)
+    for key in objects(registry, c) + incomplete(registry, c):
+        upload_id = key.rsplit("/", 2)[1]
+        assert states.get(upload_id) == "open", (key, states)
