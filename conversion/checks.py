@@ -1,18 +1,19 @@
-"""First look at a source model, before anything loads it for real: is it ONNX at all,
+"""First look at a source model, before anything loads it for real (a structural scan of
+the file, see `wire`): is it ONNX at all,
 can onnxruntime run its opsets, do its external-data references stay inside the model's
 own directory, and do its tensors declare sizes that fit the memory we have."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
 
+from conversion import wire
 from conversion.errors import ConversionError
+from conversion.wire import WireError
 
 # Operator domains onnxruntime's default CPU build implements.
 KNOWN_DOMAINS = {
@@ -24,7 +25,6 @@ KNOWN_DOMAINS = {
     "com.microsoft.nchwc",
     "com.ms.internal.nhwc",
 }
-MAX_GRAPH_DEPTH = 32
 _FOUR_BIT = {
     getattr(onnx.TensorProto, n)
     for n in ("INT4", "UINT4", "FLOAT4E2M1")
@@ -63,29 +63,29 @@ def inspect_source(path: Path, *, max_file_bytes: int, max_tensor_bytes: int) ->
             f"{human_bytes(max_file_bytes)}"
         )
     try:
-        model = onnx.load_model(str(path), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError) as exc:
+        model = wire.scan(path)
+    except (WireError, OSError, ValueError) as exc:
         raise ConversionError(
             f"not a valid ONNX model: the file does not parse as an ONNX protobuf ({exc}); "
             "it may be truncated, corrupt or another format"
         ) from None
-    if model.ir_version <= 0 or not model.HasField("graph") or not model.opset_import:
+    if model.ir_version <= 0 or not model.has_graph or not model.opsets:
         raise ConversionError(
             "not a valid ONNX model: no IR version, graph or opset import "
             "(the file is probably another format)"
         )
-    if not model.graph.node:
+    if model.node_count == 0:
         raise ConversionError("not a usable ONNX model: its graph has no nodes")
     if model.ir_version > onnx.IR_VERSION:
         raise ConversionError(
             f"the model's IR version {model.ir_version} is newer than this server supports "
             f"(at most {onnx.IR_VERSION})"
         )
-    opsets = _check_opsets(model)
+    opsets = _check_opsets(model.opsets)
     base = path.parent.resolve()
     total = 0
     files: set[str] = set()
-    for where, tensor, dense_dims in _tensors(model):
+    for where, tensor, dense_dims in model.tensors:
         declared = _declared_bytes(where, tensor.data_type, dense_dims)
         total += declared
         if total > max_tensor_bytes:
@@ -95,19 +95,19 @@ def inspect_source(path: Path, *, max_file_bytes: int, max_tensor_bytes: int) ->
                 f"conversion memory budget of {human_bytes(max_tensor_bytes)}"
             )
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            files.add(_check_external(where, tensor, base, declared))
+            files.add(_check_external(where, tensor.external, base, declared))
     return SourceInfo(
         ir_version=model.ir_version,
         opsets=opsets,
-        node_count=len(model.graph.node),
+        node_count=model.node_count,
         declared_tensor_bytes=total,
         external_data_files=tuple(sorted(files)),
-        producer=f"{model.producer_name} {model.producer_version}".strip(),
+        producer=f"{model.producer} {model.producer_version}".strip(),
     )
 
 
-def _check_opsets(model: onnx.ModelProto) -> dict[str, int]:
-    opsets = {o.domain: o.version for o in model.opset_import}
+def _check_opsets(imports: list[tuple[str, int]]) -> dict[str, int]:
+    opsets = dict(imports)
     newest = onnx.defs.onnx_opset_version()
     for domain, version in opsets.items():
         if domain not in KNOWN_DOMAINS:
@@ -122,45 +122,6 @@ def _check_opsets(model: onnx.ModelProto) -> dict[str, int]:
     if "" not in opsets and "ai.onnx" not in opsets:
         raise ConversionError("the model imports no ONNX (ai.onnx) opset")
     return opsets
-
-
-def _tensors(
-    model: onnx.ModelProto,
-) -> Iterator[tuple[str, onnx.TensorProto, list[int]]]:
-    """(description, tensor, dims of its dense form) for every tensor the model holds."""
-
-    def graph(g: onnx.GraphProto, depth: int) -> Iterator[tuple[str, onnx.TensorProto, list[int]]]:
-        if depth > MAX_GRAPH_DEPTH:
-            raise ConversionError(f"subgraphs are nested more than {MAX_GRAPH_DEPTH} deep")
-        for t in g.initializer:
-            yield f"initializer {t.name!r}", t, list(t.dims)
-        for s in g.sparse_initializer:
-            yield f"sparse initializer {s.values.name!r}", s.values, list(s.dims)
-            yield f"sparse initializer {s.values.name!r} indices", s.indices, list(s.indices.dims)
-        for node in g.node:
-            yield from nodes_attrs(node, depth)
-
-    def nodes_attrs(
-        node: onnx.NodeProto, depth: int
-    ) -> Iterator[tuple[str, onnx.TensorProto, list[int]]]:
-        label = f"node {node.name or node.op_type!r}"
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield f"{label} attribute {attr.name!r}", attr.t, list(attr.t.dims)
-            for t in attr.tensors:
-                yield f"{label} attribute {attr.name!r}", t, list(t.dims)
-            if attr.HasField("sparse_tensor"):
-                s = attr.sparse_tensor
-                yield f"{label} attribute {attr.name!r}", s.values, list(s.dims)
-            if attr.HasField("g"):
-                yield from graph(attr.g, depth + 1)
-            for sub in attr.graphs:
-                yield from graph(sub, depth + 1)
-
-    yield from graph(model.graph, 0)
-    for fn in model.functions:
-        for node in fn.node:
-            yield from nodes_attrs(node, 1)
 
 
 def _dims_text(dims: list[int]) -> str:
@@ -184,8 +145,7 @@ def _declared_bytes(where: str, data_type: int, dims: list[int]) -> int:
     return count * itemsize
 
 
-def _check_external(where: str, tensor: onnx.TensorProto, base: Path, declared: int) -> str:
-    info = {e.key: e.value for e in tensor.external_data}
+def _check_external(where: str, info: dict[str, str], base: Path, declared: int) -> str:
     location = info.get("location", "")
     if not location:
         raise ConversionError(f"{where} is stored externally but names no file")

@@ -136,7 +136,9 @@ def run(
     with ticking(progress, "check", 0.04, 0.10, "checking and inferring shapes", tick):
         try:
             onnx.checker.check_model(str(source), full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:  # ValidationError, InferenceError, or a protobuf decode error
             raise ConversionError(f"the model fails the ONNX checker: {short_error(exc)}") from None
         onnx.shape_inference.infer_shapes_path(str(source), str(inferred))
         if info.external_data_files:

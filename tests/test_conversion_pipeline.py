@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -253,3 +254,93 @@ def test_sandbox_memory_limit_and_kill_are_reported(tmp_path: Path) -> None:
 def test_limits_budget_declared_tensors() -> None:
     assert SandboxLimits(memory_mb=4096).max_tensor_bytes == 1024**3
     assert Limits().max_file_bytes == 2 * 1024**3
+
+
+# --- the structural scan ------------------------------------------------------------------
+
+
+def _with_subgraphs_and_sparse() -> bytes:
+    """An If node whose branches hold Constant tensors, plus a sparse initializer."""
+    model = onnx.load_from_string(models.mlp())
+    then_graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node(
+                "Constant",
+                [],
+                ["t"],
+                value=onnx.numpy_helper.from_array(np.ones((2, 3), np.float32), "tc"),
+            )
+        ],
+        "then",
+        [],
+        [onnx.helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, [2, 3])],
+    )
+    else_graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node(
+                "Constant",
+                [],
+                ["e"],
+                value=onnx.numpy_helper.from_array(np.zeros((2, 3), np.float32), "ec"),
+            )
+        ],
+        "else",
+        [],
+        [onnx.helper.make_tensor_value_info("e", onnx.TensorProto.FLOAT, [2, 3])],
+    )
+    model.graph.node.append(
+        onnx.helper.make_node("If", ["cond"], ["z"], then_branch=then_graph, else_branch=else_graph)
+    )
+    sparse = onnx.helper.make_sparse_tensor(
+        onnx.numpy_helper.from_array(np.array([1.5, 2.5], np.float32), "sp"),
+        onnx.numpy_helper.from_array(np.array([1, 7], np.int64), "sp_idx"),
+        [4, 5],
+    )
+    model.graph.sparse_initializer.append(sparse)
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [models.mlp, models.cnn, models.transformer_block, _with_subgraphs_and_sparse],
+    ids=["mlp", "cnn", "transformer", "subgraphs"],
+)
+def test_scan_agrees_with_onnx(tmp_path: Path, build) -> None:  # type: ignore[no-untyped-def]
+    from conversion import wire
+
+    data = build()
+    path = write(tmp_path, "m.onnx", data)
+    summary = wire.scan(path)
+    model = onnx.load_from_string(data)
+    assert summary.ir_version == model.ir_version
+    assert summary.opsets == [(o.domain, o.version) for o in model.opset_import]
+    assert summary.node_count == len(model.graph.node)
+    expected = {(t.name, t.data_type, tuple(t.dims)) for t in model.graph.initializer} | {
+        (s.values.name, s.values.data_type, tuple(s.dims)) for s in model.graph.sparse_initializer
+    }
+    for node in model.graph.node:
+        for attr in node.attribute:
+            for g in [attr.g] if attr.HasField("g") else []:
+                for n in g.node:
+                    for a in n.attribute:
+                        expected.add((a.t.name, a.t.data_type, tuple(a.t.dims)))
+    got = {(t.name, t.data_type, tuple(dims)) for _, t, dims in summary.tensors}
+    assert expected <= got
+
+
+def test_scan_of_damaged_files_fails_cleanly(tmp_path: Path) -> None:
+    """Truncations and byte flips either scan or raise WireError, never anything else."""
+    from conversion import wire
+
+    data = models.transformer_block()
+    rng = np.random.default_rng(3)
+    cases = [data[:n] for n in rng.integers(1, len(data), 40)]
+    for _ in range(40):
+        flipped = bytearray(data[:4096])
+        for i in rng.integers(0, len(flipped), 8):
+            flipped[i] = int(rng.integers(0, 256))
+        cases.append(bytes(flipped))
+    for i, case in enumerate(cases):
+        path = write(tmp_path, f"d{i}.onnx", case)
+        with contextlib.suppress(wire.WireError):
+            wire.scan(path)
