@@ -777,7 +777,14 @@ type UploadFileHeader struct {
 	// it in the `x-upload-id` response header (first file) and in the response.
 	UploadId string `protobuf:"bytes,5,opt,name=upload_id,json=uploadId,proto3" json:"upload_id,omitempty"`
 	// Offset the following chunks start at: 0 for a new upload, or the
-	// `committed_size` from QueryUploadStatus to resume.
+	// `committed_size` from QueryUploadStatus to resume. A smaller offset is
+	// accepted (the bytes the server already has are skipped); a larger one
+	// answers FAILED_PRECONDITION with the committed size. A stream that ends
+	// before the declared size answers INVALID_ARGUMENT (reason
+	// UPLOAD_INCOMPLETE, metadata `committed_size`) and stays resumable until
+	// it expires: the end of a stream cannot be told apart from a dropped
+	// client. Declare `size_bytes` so a dropped stream is never taken as the
+	// end of the file.
 	WriteOffset   int64 `protobuf:"varint,6,opt,name=write_offset,json=writeOffset,proto3" json:"write_offset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

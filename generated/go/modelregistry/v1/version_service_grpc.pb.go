@@ -53,7 +53,8 @@ const (
 // org plan's `model_versions_monthly` answer RESOURCE_EXHAUSTED with a
 // QuotaFailure detail.
 type VersionServiceClient interface {
-	// Registers a draft version of a model. Metadata only.
+	// Registers a draft version of a model. Metadata only. Counts towards the
+	// org plan's `model_versions_monthly` like versions created by uploads.
 	CreateVersion(ctx context.Context, in *CreateVersionRequest, opts ...grpc.CallOption) (*ModelVersion, error)
 	// Lists every version of a model, newest first.
 	ListVersions(ctx context.Context, in *ListVersionsRequest, opts ...grpc.CallOption) (*ListVersionsResponse, error)
@@ -324,7 +325,8 @@ type VersionService_DownloadArtifactClient = grpc.ServerStreamingClient[Download
 // org plan's `model_versions_monthly` answer RESOURCE_EXHAUSTED with a
 // QuotaFailure detail.
 type VersionServiceServer interface {
-	// Registers a draft version of a model. Metadata only.
+	// Registers a draft version of a model. Metadata only. Counts towards the
+	// org plan's `model_versions_monthly` like versions created by uploads.
 	CreateVersion(context.Context, *CreateVersionRequest) (*ModelVersion, error)
 	// Lists every version of a model, newest first.
 	ListVersions(context.Context, *ListVersionsRequest) (*ListVersionsResponse, error)

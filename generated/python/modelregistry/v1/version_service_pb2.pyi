@@ -417,7 +417,14 @@ class UploadFileHeader(_message.Message):
     """
     write_offset: _builtins.int
     """Offset the following chunks start at: 0 for a new upload, or the
-    `committed_size` from QueryUploadStatus to resume.
+    `committed_size` from QueryUploadStatus to resume. A smaller offset is
+    accepted (the bytes the server already has are skipped); a larger one
+    answers FAILED_PRECONDITION with the committed size. A stream that ends
+    before the declared size answers INVALID_ARGUMENT (reason
+    UPLOAD_INCOMPLETE, metadata `committed_size`) and stays resumable until
+    it expires: the end of a stream cannot be told apart from a dropped
+    client. Declare `size_bytes` so a dropped stream is never taken as the
+    end of the file.
     """
     @_builtins.property
     def file(self) -> Global___FileSpec:

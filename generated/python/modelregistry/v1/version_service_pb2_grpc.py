@@ -143,7 +143,8 @@ class VersionServiceServicer:
     """
 
     def CreateVersion(self, request, context):
-        """Registers a draft version of a model. Metadata only.
+        """Registers a draft version of a model. Metadata only. Counts towards the
+        org plan's `model_versions_monthly` like versions created by uploads.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

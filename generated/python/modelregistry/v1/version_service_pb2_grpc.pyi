@@ -47,7 +47,9 @@ class VersionServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> VersionServiceAsyncStub: ...
     CreateVersion: _grpc.UnaryUnaryMultiCallable[_version_service_pb2.CreateVersionRequest, _models_pb2.ModelVersion]
-    """Registers a draft version of a model. Metadata only."""
+    """Registers a draft version of a model. Metadata only. Counts towards the
+    org plan's `model_versions_monthly` like versions created by uploads.
+    """
     ListVersions: _grpc.UnaryUnaryMultiCallable[_version_service_pb2.ListVersionsRequest, _version_service_pb2.ListVersionsResponse]
     """Lists every version of a model, newest first."""
     GetVersion: _grpc.UnaryUnaryMultiCallable[_version_service_pb2.GetVersionRequest, _models_pb2.ModelVersion]
@@ -123,7 +125,9 @@ class VersionServiceAsyncStub(VersionServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateVersion: _aio.UnaryUnaryMultiCallable[_version_service_pb2.CreateVersionRequest, _models_pb2.ModelVersion]  # type: ignore[assignment]
-    """Registers a draft version of a model. Metadata only."""
+    """Registers a draft version of a model. Metadata only. Counts towards the
+    org plan's `model_versions_monthly` like versions created by uploads.
+    """
     ListVersions: _aio.UnaryUnaryMultiCallable[_version_service_pb2.ListVersionsRequest, _version_service_pb2.ListVersionsResponse]  # type: ignore[assignment]
     """Lists every version of a model, newest first."""
     GetVersion: _aio.UnaryUnaryMultiCallable[_version_service_pb2.GetVersionRequest, _models_pb2.ModelVersion]  # type: ignore[assignment]
@@ -202,7 +206,9 @@ class VersionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _version_service_pb2.CreateVersionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_models_pb2.ModelVersion, _abc.Awaitable[_models_pb2.ModelVersion]]:
-        """Registers a draft version of a model. Metadata only."""
+        """Registers a draft version of a model. Metadata only. Counts towards the
+        org plan's `model_versions_monthly` like versions created by uploads.
+        """
 
     @_abc_1.abstractmethod
     def ListVersions(
