@@ -328,6 +328,7 @@ class VersionService(version_service_pb2_grpc.VersionServiceServicer):
         self, h: pb.UploadBundleHeader
     ) -> tuple[artifacts.Target, artifacts.PackageFields, list[uploads.FileDecl]]:
         v = Violations()
+        target: artifacts.Target | None = None
         try:
             target = artifacts.parse_target(h.parent, "header.parent")
         except InvalidArgument as exc:
@@ -365,6 +366,7 @@ class VersionService(version_service_pb2_grpc.VersionServiceServicer):
         v.raise_if_any()
         for i, decl in enumerate(decls):
             self.uploads.check_declared_size(decl.size, f"{specs[i][0]}.size_bytes")
+        assert target is not None  # else raise_if_any raised
         return target, fields, decls
 
     # --- conversion (server/conversion_service.py) --------------------------------------
