@@ -59,6 +59,8 @@ class WorkerConfig:
     reap_interval: float = 5.0
     # Progress events of one stage are written at most this often (stage changes at once).
     event_interval: float = 0.25
+    # A quiet sandbox (one long library call) gets a "still working" event this often.
+    tick_interval: float = 1.0
     # Where sources and outputs are staged; the system temp dir when None.
     work_root: Path | None = None
     # Keep a sandbox process started (imports done) for the next job.
@@ -668,17 +670,25 @@ class _Shutdown(Exception):
 class _EventWriter:
     """Turns the sandbox's progress stream into job events: a new stage is written at once
     (after the last event of the previous stage), repeats of a stage at most every
-    `event_interval` seconds. Each write checks the job is still this worker's."""
+    `event_interval` seconds, and when the sandbox has been quiet for `tick_interval` (a
+    long library call holding its interpreter) a "still working" event from this side, so
+    watchers never wait long for a sign of life. Each write checks the job is still this
+    worker's."""
 
     def __init__(self, worker: ConversionWorker, task: _Task) -> None:
         self.worker = worker
         self.task = task
         self.stage = ""
+        self.stage_since = time.monotonic()
+        self.fraction = 0.0
         self.pending: tuple[str, float, str] | None = None
         self.last_write = 0.0
         self.queue: list[tuple[str, float, str]] = []
 
     def emit(self, stage: str, fraction: float, message: str, *, force: bool = False) -> None:
+        self.fraction = max(self.fraction, fraction)
+        if stage != self.stage:
+            self.stage_since = time.monotonic()
         if stage != self.stage or force:
             if self.pending is not None:
                 self.queue.append(self.pending)
@@ -690,10 +700,14 @@ class _EventWriter:
             self.pending = (stage, fraction, message)
 
     def flush_due(self) -> None:
-        if self.queue or (
-            self.pending is not None
-            and time.monotonic() - self.last_write >= self.worker.config.event_interval
-        ):
+        quiet = time.monotonic() - self.last_write
+        if self.queue or (self.pending is not None and quiet >= self.worker.config.event_interval):
+            self.flush()
+        elif self.stage and quiet >= self.worker.config.tick_interval:
+            elapsed = time.monotonic() - self.stage_since
+            self.queue.append(
+                (self.stage, self.fraction, f"{self.stage}: still working ({elapsed:.0f} s)")
+            )
             self.flush()
 
     def flush(self) -> None:
