@@ -13,10 +13,8 @@ MiB = 1024 * 1024
 
 
 def _goal(doc: dict[str, Any]) -> str:
-    g = doc.get("goal")
-    if not g:
-        return ""
-    return f"{g['text']}: **{'met' if g['met'] else 'missed'}**"
+    goals = doc.get("goals") or ([doc["goal"]] if doc.get("goal") else [])
+    return "; ".join(f"{g['text']}: **{'met' if g['met'] else 'missed'}**" for g in goals)
 
 
 def table(summary: dict[str, Any]) -> str:
@@ -48,6 +46,13 @@ def table(summary: dict[str, Any]) -> str:
             f"| {p['rps']:,.0f} | {p['p50_ms']:.1f} | {p['p99_ms']:.1f} "
             f"| {d['ratio_rps']:.2f}x | {_goal(d)} |"
         )
+        if "ours_c1" in d:
+            o1, p1 = d["ours_c1"], d["mlflow_c1"]
+            lines.append(
+                f"| {d['title']}, one request at a time | {o1['rps']:,.0f} | {o1['p50_ms']:.1f} "
+                f"| {o1['p99_ms']:.1f} | {p1['rps']:,.0f} | {p1['p50_ms']:.1f} "
+                f"| {p1['p99_ms']:.1f} | {o1['rps'] / p1['rps']:.2f}x | |"
+            )
     a = sc.get("artifacts")
     if a and "error" in a:
         first = a["error"].strip().splitlines()[0] if a["error"].strip() else "?"

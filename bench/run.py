@@ -44,8 +44,16 @@ GiB = 1024 * MiB
 GOALS = {
     "get": ("throughput >= 3x MLflow's", lambda r: r["ratio_rps"] >= 3.0),
     "list": (
-        "throughput >= 3x MLflow's and p99 < 20 ms",
-        lambda r: r["ratio_rps"] >= 3.0 and r["ours"]["p99_ms"] < 20.0,
+        "throughput >= 3x MLflow's",
+        lambda r: r["ratio_rps"] >= 3.0,
+    ),
+    "list_p99": (
+        "p99 < 20 ms",
+        lambda r: r["ours"]["p99_ms"] < 20.0,
+    ),
+    "list_p99_c1": (
+        "p99 < 20 ms one at a time",
+        lambda r: r["ours_c1"]["p99_ms"] < 20.0,
     ),
 }
 
@@ -101,7 +109,13 @@ def software(stack: Stack, ghz: str, wrk: str) -> dict[str, str]:
 
 
 def compare(
-    name: str, title: str, ours: LoadResult, mlflow: LoadResult, ours_req: str, mlflow_req: str
+    name: str,
+    title: str,
+    ours: LoadResult,
+    mlflow: LoadResult,
+    ours_req: str,
+    mlflow_req: str,
+    single: tuple[LoadResult, LoadResult] | None = None,
 ) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "scenario": name,
@@ -112,9 +126,20 @@ def compare(
         "ratio_p50": ours.p50_ms / mlflow.p50_ms if mlflow.p50_ms else float("nan"),
         "ratio_p99": ours.p99_ms / mlflow.p99_ms if mlflow.p99_ms else float("nan"),
     }
-    if name in GOALS:
-        text, check = GOALS[name]
-        doc["goal"] = {"text": text, "met": bool(check(doc))}
+    if single is not None:
+        # The same requests one at a time: latency without queueing behind the others.
+        doc["ours_c1"], doc["mlflow_c1"] = single[0].to_json(), single[1].to_json()
+        log(
+            f"{title}, one at a time: modelregistry p50 {single[0].p50_ms:.1f} ms p99 "
+            f"{single[0].p99_ms:.1f} ms | MLflow p50 {single[1].p50_ms:.1f} ms p99 "
+            f"{single[1].p99_ms:.1f} ms"
+        )
+    goals = [(k, *GOALS[k]) for k in GOALS if k == name or k.startswith(name + "_")]
+    doc["goals"] = [
+        {"id": k, "text": text, "met": bool(check(doc))}
+        for k, text, check in goals
+        if k != "list_p99_c1" or "ours_c1" in doc
+    ]
     log(
         f"{title}: modelregistry {ours.rps:,.0f}/s p50 {ours.p50_ms:.1f} ms p99 "
         f"{ours.p99_ms:.1f} ms | MLflow {mlflow.rps:,.0f}/s p50 {mlflow.p50_ms:.1f} ms p99 "
@@ -213,8 +238,13 @@ def main() -> int:
                     ghz, pset, address, call, messages, token, c, duration, warmup, workdir
                 )
 
-            def mlflow_load(mode: str, **kw: Any) -> LoadResult:
-                return run_wrk(wrk, mlflow_url, mode, c, duration, warmup, workdir, **kw)
+            def mlflow_load(mode: str, conc: int = c, **kw: Any) -> LoadResult:
+                return run_wrk(wrk, mlflow_url, mode, conc, duration, warmup, workdir, **kw)
+
+            def ours_single(call: str, messages: list[dict[str, Any]]) -> LoadResult:
+                return run_ghz(
+                    ghz, pset, address, call, messages, token, 1, duration, 0, workdir
+                )
 
             if "get" in scenarios:
                 log("scenario: get one model by name")
@@ -237,22 +267,31 @@ def main() -> int:
                          "--duration", str(int(duration + warmup + 2)), "--threads", "--idle"],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )  # fmt: skip
-                ours_list = ours_load(
-                    "modelregistry.v1.ModelService.ListModels",
-                    [{"page_size": 50, "search": seed.LIST_SEARCH, "tag": seed.LIST_TAG,
-                      "framework": seed.LIST_FRAMEWORK}],
-                )  # fmt: skip
+                list_request: list[dict[str, Any]] = [
+                    {
+                        "page_size": 50,
+                        "search": seed.LIST_SEARCH,
+                        "tag": seed.LIST_TAG,
+                        "framework": seed.LIST_FRAMEWORK,
+                    }
+                ]
+                ours_list = ours_load("modelregistry.v1.ModelService.ListModels", list_request)
                 if profiler is not None:
                     profiler.wait(timeout=120)
                 query = urllib.parse.urlencode(
                     {"filter": seed.mlflow_filter(), "max_results": 50}
                 )
+                mlflow_list = mlflow_load("search", query=query)
+                single = (
+                    ours_single("modelregistry.v1.ModelService.ListModels", list_request),
+                    mlflow_load("search", conc=1, query=query),
+                )
                 docs["list"] = compare(
                     "list", "Filtered list, page of 50",
-                    ours_list,
-                    mlflow_load("search", query=query),
+                    ours_list, mlflow_list,
                     "ModelService/ListModels search+tag+framework",
                     "GET /api/2.0/mlflow/registered-models/search name ILIKE+2 tags",
+                    single,
                 )  # fmt: skip
             if "create_model" in scenarios:
                 log("scenario: create a model")
