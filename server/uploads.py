@@ -29,6 +29,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Concatenate, ParamSpec, TypeVar
 
@@ -120,6 +121,8 @@ class Uploads:
         self.limits = limits or UploadLimits()
         self.multipart: Multipart = multipart_for(rt.store)
         self.leases = Leases()
+        # Hashing only (never waits on anything), so it cannot starve the worker pool.
+        self.hash_pool = ThreadPoolExecutor(4, thread_name_prefix="upload-hash")
 
     def write_sync(
         self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs
@@ -265,13 +268,21 @@ class _FileSink:
             await asyncio.shield(task)
 
     def _put(self, data: bytes, number: int, offset: int) -> None:
-        """Worker thread: hash, upload and record one part (in part order)."""
+        """Worker thread: hash, upload and record one part (in part order). The hash runs
+        on its own thread meanwhile (hashlib and socket writes both release the GIL)."""
         mp = self.uploads.multipart
-        if self.hasher is not None:
-            self.hasher.update(data)
-        if self.multipart_id is None:
-            self.multipart_id = mp.begin(self.key)
-        part = mp.upload_part(self.key, self.multipart_id, number, data)
+        hashed = (
+            self.uploads.hash_pool.submit(self.hasher.update, data)
+            if self.hasher is not None
+            else None
+        )
+        try:
+            if self.multipart_id is None:
+                self.multipart_id = mp.begin(self.key)
+            part = mp.upload_part(self.key, self.multipart_id, number, data)
+        finally:
+            if hashed is not None:
+                hashed.result()  # parts hash in order: the next waits for this one
         self.uploads.write_sync(
             uploads.record_part,
             self.owner.org_id,
@@ -437,7 +448,8 @@ class UploadWriter:
                     self.current += 1
                     continue
                 piece = data[:room]
-            await sink.write(bytes(piece))
+            # The whole chunk as is when it all goes to one file (no copy).
+            await sink.write(chunk if len(piece) == len(chunk) else bytes(piece))
             data = data[len(piece) :]
 
     async def close(self, *, at_eof: bool = True) -> list[StoredFile]:
