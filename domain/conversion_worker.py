@@ -188,7 +188,11 @@ class ConversionWorker:
         if not _has_queued(self.sessions):
             return False
         box = self._take_sandbox()
-        task = self._claim(box.pid)
+        try:
+            task = self._claim(box.pid)
+        except BaseException:
+            self._spare = box
+            raise
         if task is None:
             self._spare = box
             return False
@@ -453,12 +457,16 @@ class ConversionWorker:
                             task.org_id,
                             artifacts.Target(task.model_id, task.version),
                             [p for _, p in packages],
+                            expect=artifacts.TargetState(
+                                task.options.get("model_uid"), task.options.get("version_uid")
+                            ),
                         )
                     package_ids = {
                         t: row.id for (t, _), row in zip(packages, recorded.packages, strict=True)
                     }
                 except DomainError as exc:
                     record_error = f"the outputs could not be recorded: {exc.message}"
+                    outputs.close()  # nothing refers to them: remove before the final event
             results: list[dict[str, Any]] = []
             for o in outcomes:
                 target = str(o["target"])

@@ -82,6 +82,9 @@ class Source:
     file_name: str
     kind: str  # `onnx` or `torchscript`
     target: artifacts.Target
+    # The model and version as they were when the job was created: outputs are not
+    # recorded into a re-created model or version of the same name.
+    expect: artifacts.TargetState
 
 
 def parse_source_name(name: str, field_name: str = "source") -> tuple[str, list[str | None]]:
@@ -168,9 +171,16 @@ def resolve_source(
                 f"the source is already quantized ({package.quantization}); "
                 f"{', '.join(unreachable)} cannot be made from it (onnx and ort can)",
             )
+    if names.model_id_problem(variant.name) or names.version_id_problem(cv.version):
+        raise _precondition(
+            "TARGET_UNREACHABLE",
+            name,
+            f"outputs are recorded as packages of models/{variant.name}/versions/{cv.version}, "
+            "which is not a valid model version name",
+        )
     target = artifacts.Target(variant.name, cv.version)
-    artifacts.check_target(session, org_id, target)
-    return Source(resource.id, name, package.id, resource.file_name, kind, target)
+    expect = artifacts.check_target(session, org_id, target)
+    return Source(resource.id, name, package.id, resource.file_name, kind, target, expect)
 
 
 def _primary(session: Session, package: ArtifactPackage, name: str) -> ArtifactResource:
@@ -236,6 +246,8 @@ def create_job(
             "source_name": source.resource_name,
             "source_file": source.file_name,
             "source_kind": source.kind,
+            "model_uid": source.expect.model_uid,
+            "version_uid": source.expect.version_uid,
         },
         state="queued",
         max_attempts=max_attempts,

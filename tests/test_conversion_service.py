@@ -616,3 +616,23 @@ def test_concurrent_watchers_see_the_same_events(client: Client) -> None:
         t.join(TIMEOUT)
     assert seen[0] == seen[1] == seen[2]
     assert [e.sequence for e in seen[0]] == list(range(1, len(rest) + 2))
+
+
+def test_version_deleted_while_converting_is_not_resurrected(
+    registry: RunningServer, client: Client
+) -> None:
+    source = stored(client, models.slow_cnn(), model="gone")
+    call = client.versions.ConvertArtifact(
+        vpb.ConvertArtifactRequest(source=source.resources[0].name, spec=spec("onnx")),
+        timeout=TIMEOUT,
+    )
+    seen = events_until(call, "reference")
+    client.versions.DeleteVersion(vpb.DeleteVersionRequest(name="models/gone/versions/1"))
+    rest = list(call)
+    assert rest[-1].stage == "failed"
+    job = get_job(client, seen[0].job)
+    assert job.state == Job.STATE_FAILED
+    assert "deleted" in job.error, job.error
+    assert row_counts(registry, client)["versions"] == 0
+    # the source's bytes wait for the garbage collector; the output was removed
+    assert len(objects(registry, client)) == 1
