@@ -146,8 +146,8 @@ test: install tools lint check-generated breaking check-docs interop-build
 # interop-build fetches and compiles ahead of the tests (a cold ~/.m2 and Go module cache
 # take minutes), so the tests' own timeouts only cover warm builds and the flows.
 interop-build: tools
-	cd tests/interop/go && go vet ./...
-	mvn -B -q -f tests/interop/kotlin/pom.xml compile
+	cd tests/interop/go && go vet ./... && go test -c -o /dev/null .
+	mvn -B -q -f tests/interop/kotlin/pom.xml compile exec:java -Dexec.args=--build-only
 
 interop: install tools interop-build
 	pytest tests/interop
