@@ -214,15 +214,11 @@ def _session_problem(
 
 
 def _references_problem(
-    model_id: str,
-    version: str,
-    model_name: str,
-    models: set[str],
-    versions: set[tuple[str, str]],
+    model_id: str, version: str, model_name: str, models: dict[str, set[str]]
 ) -> tuple[str, str] | None:
     if model_id not in models:
         return "model", f"model {model_name!r} not found"
-    if (model_id, version) not in versions:
+    if version not in models[model_id]:
         return "version_id", f"version {version!r} of {model_name} not found"
     return None
 
@@ -274,16 +270,18 @@ def ingest_sessions(
         assert problem is not None, e
         _reject(out, eid, first_index + i, *problem)
     model_of = resolver.parsed
-    models = repo.existing_models(session, org_id, {model_of[events[i].model] or "" for i in valid})
-    versions = repo.existing_versions(session, org_id, models)
+    models = repo.existing_versions(
+        session, org_id, {model_of[events[i].model] or "" for i in valid}
+    )
+    no_versions: set[str] = set()
     known: list[int] = []
     for i in valid:
         e = events[i]
         model_id = model_of[e.model] or ""
-        if model_id in models and (model_id, e.version_id) in versions:
+        if e.version_id in models.get(model_id, no_versions):
             known.append(i)
             continue
-        problem = _references_problem(model_id, e.version_id, e.model, models, versions)
+        problem = _references_problem(model_id, e.version_id, e.model, models)
         assert problem is not None
         _reject(out, e.event_id, first_index + i, *problem)
     unique, dropped = _dedupe([e.event_id for e in events], known)
@@ -711,12 +709,11 @@ def ingest_training_updates(
         else:
             valid.append(i)
     model_ids = {i: resolver.model_id(events[i].model) or "" for i in valid}
-    models = repo.existing_models(session, org_id, model_ids.values())
-    versions = repo.existing_versions(session, org_id, models)
+    models = repo.existing_versions(session, org_id, model_ids.values())
     known: list[int] = []
     for i in valid:
         e = events[i]
-        problem = _references_problem(model_ids[i], e.version_id, e.model, models, versions)
+        problem = _references_problem(model_ids[i], e.version_id, e.model, models)
         if problem:
             _reject(out, e.event_id, first_index + i, *problem)
         else:

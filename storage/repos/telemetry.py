@@ -78,19 +78,39 @@ def existing_models(session: Session, org_id: str, model_ids: Iterable[str]) -> 
     )
 
 
+_PG_MODEL_VERSIONS = """
+SELECT m.model_id, v.version FROM models AS m
+LEFT JOIN model_versions AS v ON v.model_uid = m.id
+WHERE m.org_id = %s AND m.model_id = ANY(%s)
+"""
+
+
 def existing_versions(
     session: Session, org_id: str, model_ids: Iterable[str]
-) -> set[tuple[str, str]]:
-    """(model_id, version) of every version of the given models."""
+) -> dict[str, set[str]]:
+    """The org's models among `model_ids`, each with its version strings (one query)."""
     ids = sorted(set(model_ids))
     if not ids:
-        return set()
-    rows = session.execute(
-        select(Model.model_id, ModelVersion.version)
-        .join(ModelVersion, ModelVersion.model_uid == Model.id)
-        .where(Model.org_id == org_id, Model.model_id.in_(ids))
-    )
-    return {(m, v) for m, v in rows}
+        return {}
+    rows: Iterable[Any]
+    if _is_postgres(session):
+        driver = session.connection().connection.driver_connection
+        assert driver is not None
+        with driver.cursor() as cur:
+            cur.execute(_PG_MODEL_VERSIONS, (org_id, ids))
+            rows = cur.fetchall()
+    else:
+        rows = session.execute(
+            select(Model.model_id, ModelVersion.version)
+            .outerjoin(ModelVersion, ModelVersion.model_uid == Model.id)
+            .where(Model.org_id == org_id, Model.model_id.in_(ids))
+        )
+    out: dict[str, set[str]] = {}
+    for m, v in rows:
+        versions = out.setdefault(m, set())
+        if v is not None:
+            versions.add(v)
+    return out
 
 
 def model_exists(session: Session, org_id: str, model_id: str) -> bool:
@@ -128,9 +148,9 @@ INSERT INTO inference_sessions (
 SELECT %(org_id)s, u.e, u.m, u.v, u.d, u.dt,
        timestamptz '1970-01-01 00:00:00+00' + u.t * interval '1 microsecond',
        u.l, u.tt, u.tp, u.s, u.ec, now()
-FROM unnest(%(e)s::text[], %(m)s::text[], %(v)s::text[], %(d)s::text[], %(dt)s::text[],
-            %(t)s::int8[], %(l)s::float8[], %(tt)s::float8[], %(tp)s::float8[],
-            %(s)s::text[], %(ec)s::text[]) AS u(e, m, v, d, dt, t, l, tt, tp, s, ec)
+FROM unnest(%(e)b::text[], %(m)b::text[], %(v)b::text[], %(d)b::text[], %(dt)b::text[],
+            %(t)b::int8[], %(l)b::float8[], %(tt)b::float8[], %(tp)b::float8[],
+            %(s)b::text[], %(ec)b::text[]) AS u(e, m, v, d, dt, t, l, tt, tp, s, ec)
 ORDER BY u.e
 ON CONFLICT (org_id, event_id) DO NOTHING
 RETURNING event_id
@@ -146,7 +166,7 @@ def insert_sessions(session: Session, org_id: str, cols: SessionColumns) -> set[
     if not len(cols):
         return set()
     if _is_postgres(session):
-        # Binary parameters: psycopg packs the arrays without per-element quoting.
+        # Binary parameters (%b): psycopg packs the arrays without quoting each element.
         driver = session.connection().connection.driver_connection
         assert driver is not None
         with driver.cursor() as cur:
@@ -166,7 +186,6 @@ def insert_sessions(session: Session, org_id: str, cols: SessionColumns) -> set[
                     "s": cols.status,
                     "ec": cols.error_code,
                 },
-                binary=True,
             )
             return {r[0] for r in cur.fetchall()}
     now = datetime.now(UTC)
@@ -227,6 +246,8 @@ def raw_aggregate(
     empty = RawAggregate(0, 0, 0.0, 0, 0.0, 0, 0.0, {"latency": [], "ttft": [], "tps": []})
     if not ranges:
         return empty
+    if _is_postgres(session):
+        return _raw_aggregate_pg(session, org_id, model_id, ranges, version, device_type, log_gamma)
     S = InferenceSession
     conds = [
         S.org_id == org_id,
@@ -237,8 +258,6 @@ def raw_aggregate(
         conds.append(S.version == version)
     if device_type is not None:
         conds.append(S.device_type == device_type)
-    if _is_postgres(session):
-        return _raw_aggregate_pg(session, conds, log_gamma)
     totals = session.execute(
         select(
             func.count(),
@@ -284,52 +303,66 @@ def raw_aggregate(
     )
 
 
-def _raw_aggregate_pg(session: Session, conds: list[Any], log_gamma: float) -> RawAggregate:
-    """PostgreSQL: totals and all three histograms in one scan (GROUPING SETS)."""
-    S = InferenceSession
-    lg: Any = bindparam("lg", log_gamma)
+_PG_RAW_SCAN = """
+SELECT status, latency_ms, ttft_ms, tokens_per_second FROM inference_sessions
+WHERE org_id = %(org)s AND model_id = %(model)s
+  AND occurred_at >= %(a{i})s AND occurred_at < %(b{i})s {filters}"""
 
-    def bucket(col: Any) -> Any:  # NULL for NULL (not reported) and for 0
-        return sql_cast(func.ceil(func.ln(func.nullif(col, 0.0)) / lg), Integer)
+_PG_RAW_AGGREGATE = """
+SELECT grouping(kl, kt, kp), kl, kt, kp, count(*), count(*) FILTER (WHERE status = 'error'),
+       coalesce(sum(latency_ms), 0), count(ttft_ms), coalesce(sum(ttft_ms), 0),
+       count(tokens_per_second), coalesce(sum(tokens_per_second), 0)
+FROM (
+    SELECT CAST(ceil(ln(nullif(latency_ms, 0)) / %(lg)s) AS integer) AS kl,
+           CAST(ceil(ln(ttft_ms) / %(lg)s) AS integer) AS kt,
+           CAST(ceil(ln(tokens_per_second) / %(lg)s) AS integer) AS kp,
+           status, latency_ms, ttft_ms, tokens_per_second
+    FROM ({scans}) AS raw
+) AS s
+GROUP BY GROUPING SETS ((), (kl), (kt), (kp))
+"""
 
-    rows = (
-        select(
-            bucket(S.latency_ms).label("kl"),
-            bucket(S.ttft_ms).label("kt"),
-            bucket(S.tokens_per_second).label("kp"),
-            S.status,
-            S.latency_ms,
-            S.ttft_ms,
-            S.tokens_per_second,
-        )
-        .where(*conds)
-        .subquery()
-    )
-    c = rows.c
-    query = select(
-        func.grouping(c.kl, c.kt, c.kp),
-        c.kl,
-        c.kt,
-        c.kp,
-        func.count(),
-        func.count().filter(c.status == "error"),
-        func.coalesce(func.sum(c.latency_ms), 0.0),
-        func.count(c.ttft_ms),
-        func.coalesce(func.sum(c.ttft_ms), 0.0),
-        func.count(c.tokens_per_second),
-        func.coalesce(func.sum(c.tokens_per_second), 0.0),
-    ).group_by(func.grouping_sets(tuple_(), tuple_(c.kl), tuple_(c.kt), tuple_(c.kp)))
+
+def _raw_aggregate_pg(
+    session: Session,
+    org_id: str,
+    model_id: str,
+    ranges: Sequence[tuple[datetime, datetime]],
+    version: str | None,
+    device_type: str | None,
+    log_gamma: float,
+) -> RawAggregate:
+    """PostgreSQL: totals and all three histograms in one pass (GROUPING SETS) over one
+    index range scan per range. Not prepared: a generic plan cannot see how narrow the
+    ranges are and may pick a sequential scan of the whole table."""
+    filters = ""
+    params: dict[str, Any] = {"org": org_id, "model": model_id, "lg": log_gamma}
+    if version is not None:
+        filters += " AND version = %(version)s"
+        params["version"] = version
+    if device_type is not None:
+        filters += " AND device_type = %(device_type)s"
+        params["device_type"] = device_type
+    scans = []
+    for i, (a, b) in enumerate(ranges):
+        params[f"a{i}"], params[f"b{i}"] = a, b
+        scans.append(_PG_RAW_SCAN.format(i=i, filters=filters))
+    sql = _PG_RAW_AGGREGATE.format(scans=" UNION ALL ".join(scans))
+    driver = session.connection().connection.driver_connection
+    assert driver is not None
     buckets: dict[str, list[tuple[int | None, int]]] = {"latency": [], "ttft": [], "tps": []}
     totals: Sequence[Any] = (0, 0, 0.0, 0, 0.0, 0, 0.0)
-    for g, kl, kt, kp, n, *rest in session.execute(query):
-        if g == 0b111:
-            totals = (n, *rest)
-        elif g == 0b011:
-            buckets["latency"].append((kl, int(n)))
-        elif g == 0b101 and kt is not None:
-            buckets["ttft"].append((int(kt), int(n)))
-        elif g == 0b110 and kp is not None:
-            buckets["tps"].append((int(kp), int(n)))
+    with driver.cursor() as cur:
+        cur.execute(sql, params, prepare=False)
+        for g, kl, kt, kp, n, *rest in cur.fetchall():
+            if g == 0b111:
+                totals = (n, *rest)
+            elif g == 0b011:
+                buckets["latency"].append((kl, int(n)))
+            elif g == 0b101 and kt is not None:
+                buckets["ttft"].append((int(kt), int(n)))
+            elif g == 0b110 and kp is not None:
+                buckets["tps"].append((int(kp), int(n)))
     return RawAggregate(
         session_count=int(totals[0]),
         error_count=int(totals[1]),
@@ -400,6 +433,49 @@ def _values(row: Row[Any] | Sequence[Any], offset: int = 0) -> RollupValues:
     return RollupValues(*(row[offset + i] for i in range(len(_VALUE_COLUMNS))))
 
 
+_VALUE_NAMES = [c.key for c in _VALUE_COLUMNS]
+_PG_KEYS = "unnest(%(m)b::text[], %(v)b::text[], %(dt)b::text[], %(h)b::timestamptz[])"
+_PG_ENSURE_ROLLUPS = f"""
+INSERT INTO inference_rollups (
+    org_id, model_id, version, device_type, hour, {", ".join(_VALUE_NAMES)})
+SELECT %(org)s, u.m, u.v, u.dt, u.h, 0, 0, 0, '', 0, 0, '', 0, 0, ''
+FROM {_PG_KEYS} AS u(m, v, dt, h)
+ORDER BY u.m, u.v, u.dt, u.h
+ON CONFLICT DO NOTHING
+"""
+_PG_LOCK_ROLLUPS = f"""
+SELECT r.model_id, r.version, r.device_type, r.hour, {", ".join("r." + n for n in _VALUE_NAMES)}
+FROM inference_rollups AS r
+JOIN {_PG_KEYS} AS u(m, v, dt, h)
+  ON r.model_id = u.m AND r.version = u.v AND r.device_type = u.dt AND r.hour = u.h
+WHERE r.org_id = %(org)s
+ORDER BY r.model_id, r.version, r.device_type, r.hour
+FOR UPDATE OF r
+"""
+_PG_UPDATE_ROLLUPS = f"""
+UPDATE inference_rollups AS r
+SET {", ".join(f"{n} = u.{n}" for n in _VALUE_NAMES)}
+FROM unnest(%(m)b::text[], %(v)b::text[], %(dt)b::text[], %(h)b::timestamptz[],
+            %(session_count)b::int8[], %(error_count)b::int8[], %(latency_sum)b::float8[],
+            %(latency_sketch)b::bytea[], %(ttft_count)b::int8[], %(ttft_sum)b::float8[],
+            %(ttft_sketch)b::bytea[], %(tps_count)b::int8[], %(tps_sum)b::float8[],
+            %(tps_sketch)b::bytea[])
+     AS u(m, v, dt, h, {", ".join(_VALUE_NAMES)})
+WHERE r.org_id = %(org)s AND r.model_id = u.m AND r.version = u.v
+  AND r.device_type = u.dt AND r.hour = u.h
+"""
+
+
+def _pg_keys(org_id: str, keys: Sequence[RollupKey]) -> dict[str, Any]:
+    return {
+        "org": org_id,
+        "m": [k[0] for k in keys],
+        "v": [k[1] for k in keys],
+        "dt": [k[2] for k in keys],
+        "h": [k[3] for k in keys],
+    }
+
+
 def lock_rollups(
     session: Session, org_id: str, keys: Sequence[RollupKey]
 ) -> dict[RollupKey, RollupValues]:
@@ -412,6 +488,18 @@ def lock_rollups(
     ordered = sorted(set(keys))
     if not ordered:
         return {}
+    out: dict[RollupKey, RollupValues] = {}
+    if _is_postgres(session):
+        driver = session.connection().connection.driver_connection
+        assert driver is not None
+        params = _pg_keys(org_id, ordered)
+        with driver.pipeline(), driver.cursor() as cur:
+            cur.execute(_PG_ENSURE_ROLLUPS, params)
+            cur.execute(_PG_LOCK_ROLLUPS, params, binary=True)
+            rows = cur.fetchall()
+        for r in rows:
+            out[(r[0], r[1], r[2], r[3])] = _values(r, 4)
+        return out
     empty = {c.key: getattr(RollupValues(), c.key) for c in _VALUE_COLUMNS}
     session.execute(
         _insert(session, _ROLLUPS).on_conflict_do_nothing(),
@@ -420,7 +508,7 @@ def lock_rollups(
             for m, v, dt, h in ordered
         ],
     )
-    rows = session.execute(
+    result = session.execute(
         select(*_KEY_COLUMNS, *_VALUE_COLUMNS)
         .where(
             InferenceRollup.org_id == org_id,
@@ -429,8 +517,7 @@ def lock_rollups(
         .order_by(*_KEY_COLUMNS)
         .with_for_update()
     )
-    out: dict[RollupKey, RollupValues] = {}
-    for r in rows:
+    for r in result:
         hour = cast(datetime, r[3])
         out[(str(r[0]), str(r[1]), str(r[2]), hour)] = _values(r, 4)
     return out
@@ -440,7 +527,17 @@ def update_rollups(session: Session, org_id: str, values: dict[RollupKey, Rollup
     """Overwrite locked rollup rows (see lock_rollups) with merged values."""
     if not values:
         return
-    params = [
+    items = sorted(values.items())
+    if _is_postgres(session):
+        params = _pg_keys(org_id, [k for k, _ in items])
+        for name in _VALUE_NAMES:
+            params[name] = [getattr(v, name) for _, v in items]
+        driver = session.connection().connection.driver_connection
+        assert driver is not None
+        with driver.cursor() as cur:
+            cur.execute(_PG_UPDATE_ROLLUPS, params)
+        return
+    params_list = [
         {
             "k_org_id": org_id,
             "k_model_id": m,
@@ -449,9 +546,9 @@ def update_rollups(session: Session, org_id: str, values: dict[RollupKey, Rollup
             "k_hour": h,
             **{c.key: getattr(val, c.key) for c in _VALUE_COLUMNS},
         }
-        for (m, v, dt, h), val in sorted(values.items())
+        for (m, v, dt, h), val in items
     ]
-    session.execute(_UPDATE_ROLLUP, params)
+    session.execute(_UPDATE_ROLLUP, params_list)
 
 
 _PG_ROLLUPS = (
