@@ -14,6 +14,7 @@
 #   make bench-manifest   manifest build/etag-check timings (BENCH_MANIFEST_ARGS)
 #   make bench-convert    conversion of a ~100 MB model: service vs direct (BENCH_CONVERT_ARGS)
 #   make clean            caches and build output (distclean: also .venv and ./var)
+#   make bench-telemetry  TelemetryService ingestion and window queries on PostgreSQL
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -217,6 +218,16 @@ BENCH_CONVERT_ARGS ?=
 .PHONY: bench-convert
 bench-convert: install
 	$(VENV_PY) bench/bench_convert.py $(BENCH_CONVERT_ARGS)
+
+# --- TelemetryService benchmark (bench/telemetry.py; issue 6) ------------------------
+
+# Throwaway PostgreSQL, the server as a subprocess: ingestion rate through
+# ReportInferenceSessions, GetInferenceTelemetry p50/p99 over 30 days of sessions next to
+# an exact percentile_cont. BENCH_TELEMETRY_ARGS=--quick for a smoke run.
+BENCH_TELEMETRY_ARGS ?=
+.PHONY: bench-telemetry
+bench-telemetry: install tools
+	timeout --kill-after=60 5400 $(VENV_PY) bench/telemetry.py $(BENCH_TELEMETRY_ARGS)
 
 # --- cleanup -------------------------------------------------------------------------
 
