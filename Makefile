@@ -148,7 +148,9 @@ test: install tools lint check-generated breaking check-docs interop-build
 # take minutes), so the tests' own timeouts only cover warm builds and the flows.
 interop-build: tools
 	cd tests/interop/go && go vet ./... && go test -c -o /dev/null .
-	mvn -B -q -f tests/interop/kotlin/pom.xml compile exec:java -Dexec.args=--build-only
+	mvn -B -q -f tests/interop/kotlin/pom.xml compile
+	cd tests/interop/kotlin && java -cp "target/classes:$$(cat target/classpath.txt)" \
+	  dev.modelregistry.interop.MainKt --build-only
 
 interop: install tools interop-build
 	pytest tests/interop
