@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import certifi
@@ -31,6 +33,9 @@ from storage.objectstore.base import (
 
 log = logging.getLogger(__name__)
 
+# A request header that is never sent: it marks a request whose body goes up with
+# x-amz-content-sha256: UNSIGNED-PAYLOAD (see _Minio).
+UNSIGNED_PAYLOAD_HEADER = "x-modelregistry-unsigned-payload"
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's floor for every part but the last
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 _NOT_FOUND = frozenset({"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"})
@@ -225,6 +230,18 @@ class S3ObjectStore(ObjectStore):
         except Exception:
             return False
 
+    @functools.cached_property
+    def is_minio(self) -> bool:
+        """Whether the service is MinIO (its `Server` header). MinIO verifies a part's
+        x-amz-checksum-crc32 without the algorithm declared when the upload began, which
+        lets multipart parts skip the SHA-256 payload signature (S3Multipart.upload_part)."""
+        try:
+            with _translated():
+                response = self._client._execute("HEAD", self.bucket)
+        except StorageError:
+            return False
+        return "minio" in (response.headers.get("Server") or "").lower()
+
     def _ensure_bucket(self) -> None:
         with _translated():
             if self._client.bucket_exists(self.bucket):
@@ -336,6 +353,43 @@ def _stream(response: BaseHTTPResponse) -> Iterator[bytes]:
         response.release_conn()
 
 
+class _Minio(Minio):
+    """minio.Minio that sends a request marked with UNSIGNED_PAYLOAD_HEADER unsigned.
+
+    Over plain HTTP minio-py signs every request with the SHA-256 of its body: for an
+    upload part that is a second full SHA-256 pass over the bytes (the server already
+    hashes the file) and a third one in MinIO, which verifies it. Marked requests carry
+    x-amz-content-sha256: UNSIGNED-PAYLOAD instead; their caller adds a cheap
+    x-amz-checksum-crc32 that the store verifies. Mirrors Minio._build_headers of the
+    pinned minio 7.2 for marked requests only; everything else is minio-py's own.
+    """
+
+    def _build_headers(
+        self,
+        host: str,
+        headers: dict[str, Any] | None = None,
+        body: bytes | None = None,
+        creds: Any = None,
+    ) -> tuple[dict[str, Any], datetime]:
+        if headers is None or headers.pop(UNSIGNED_PAYLOAD_HEADER, None) is None or not creds:
+            built: tuple[dict[str, Any], datetime] = super()._build_headers(
+                host, headers, body, creds
+            )
+            return built
+        from minio import time as minio_time
+
+        headers["Host"] = host
+        headers["User-Agent"] = self._user_agent
+        if body:
+            headers["Content-Length"] = str(len(body))
+        headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD"
+        if creds.session_token:
+            headers["X-Amz-Security-Token"] = creds.session_token
+        date = minio_time.utcnow()
+        headers["x-amz-date"] = minio_time.to_amz_date(date)
+        return headers, date
+
+
 def _client(
     settings: S3Settings, endpoint: str | None, *, connect: float, read: float, retries: int
 ) -> Minio:
@@ -352,7 +406,7 @@ def _client(
         if retries
         else False,
     )
-    return Minio(
+    return _Minio(
         endpoint,
         access_key=settings.access_key,
         secret_key=settings.secret_key,
