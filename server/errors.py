@@ -17,6 +17,25 @@ from domain import errors as d
 
 ERROR_DOMAIN = "modelregistry.dev"
 
+# Error trailers must stay well under the 8 KiB of metadata gRPC clients accept by default
+# (16 KiB hard): past it the client sees "Stream removed" (RESOURCE_EXHAUSTED) instead of
+# the real status. Messages, metadata values and violation texts echo client input, so
+# they are clipped (UTF-8 bytes; the message travels twice, percent-encoded in
+# grpc-message and inside grpc-status-details-bin) and at most MAX_VIOLATIONS are listed,
+# the message saying how many more there were.
+MAX_MESSAGE_BYTES = 400
+MAX_TEXT_BYTES = 160
+MAX_VIOLATIONS = 12
+TRAILER_BUDGET = 6000
+
+
+def clip(text: str, limit: int = MAX_TEXT_BYTES) -> str:
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode(errors="ignore") + "..."
+
+
 _CODES: list[tuple[type[d.DomainError], int]] = [
     (d.InvalidArgument, code_pb2.INVALID_ARGUMENT),
     (d.NotFound, code_pb2.NOT_FOUND),
@@ -39,11 +58,13 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
-def _details(err: d.DomainError) -> list[any_pb2.Any]:
+def _details(err: d.DomainError, max_violations: int = MAX_VIOLATIONS) -> list[any_pb2.Any]:
     details = [
         _pack(
             error_details_pb2.ErrorInfo(
-                reason=err.reason, domain=ERROR_DOMAIN, metadata=err.metadata
+                reason=err.reason,
+                domain=ERROR_DOMAIN,
+                metadata={clip(k): clip(v) for k, v in err.metadata.items()},
             )
         )
     ]
@@ -53,9 +74,9 @@ def _details(err: d.DomainError) -> list[any_pb2.Any]:
                 error_details_pb2.BadRequest(
                     field_violations=[
                         error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
+                            field=clip(v.field), description=clip(v.description)
                         )
-                        for v in err.violations
+                        for v in err.violations[:max_violations]
                     ]
                 )
             )
@@ -66,9 +87,11 @@ def _details(err: d.DomainError) -> list[any_pb2.Any]:
                 error_details_pb2.PreconditionFailure(
                     violations=[
                         error_details_pb2.PreconditionFailure.Violation(
-                            type=v.type, subject=v.subject, description=v.description
+                            type=clip(v.type),
+                            subject=clip(v.subject),
+                            description=clip(v.description),
                         )
-                        for v in err.violations
+                        for v in err.violations[:max_violations]
                     ]
                 )
             )
@@ -79,9 +102,9 @@ def _details(err: d.DomainError) -> list[any_pb2.Any]:
                 error_details_pb2.QuotaFailure(
                     violations=[
                         error_details_pb2.QuotaFailure.Violation(
-                            subject=v.subject, description=v.description
+                            subject=clip(v.subject), description=clip(v.description)
                         )
-                        for v in err.violations
+                        for v in err.violations[:max_violations]
                     ]
                 )
             )
@@ -94,9 +117,9 @@ def _details(err: d.DomainError) -> list[any_pb2.Any]:
         details.append(
             _pack(
                 error_details_pb2.ResourceInfo(
-                    resource_type=err.resource_type,
-                    resource_name=err.resource_name,
-                    description=err.message,
+                    resource_type=clip(err.resource_type),
+                    resource_name=clip(err.resource_name),
+                    description=clip(err.message),
                 )
             )
         )
@@ -109,8 +132,20 @@ def to_status(exc: BaseException) -> grpc.Status:
     code = next(c for cls, c in _CODES if isinstance(err, cls)) if err else code_pb2.INTERNAL
     if err is None:
         err = d.DomainError("internal error; the server logged the details", reason="INTERNAL")
-    status = status_pb2.Status(code=code, message=err.message, details=_details(err))
-    return rpc_status.to_status(status)
+    violations = len(getattr(err, "violations", ()))
+    limit = MAX_VIOLATIONS
+    while True:
+        message = clip(err.message, MAX_MESSAGE_BYTES)
+        if violations > limit:
+            message = clip(err.message, MAX_MESSAGE_BYTES - 40) + (
+                f" ({violations - limit} more not listed)"
+            )
+        status = status_pb2.Status(code=code, message=message, details=_details(err, limit))
+        # base64 of the details plus the percent-encoded message (3 bytes per non-ASCII byte)
+        size = status.ByteSize() * 4 // 3 + 3 * len(message.encode())
+        if size <= TRAILER_BUDGET or limit == 0:
+            return rpc_status.to_status(status)
+        limit //= 2
 
 
 def as_domain_error(exc: BaseException) -> d.DomainError | None:
@@ -122,6 +157,15 @@ def as_domain_error(exc: BaseException) -> d.DomainError | None:
         return d.Unimplemented("this RPC is not implemented yet")
     if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
         return d.Unavailable("the database is unavailable; retry later")
+    if isinstance(exc, sqlalchemy.exc.DataError):
+        # The database refused a value from the request (PostgreSQL: a NUL character in
+        # text, a number out of a column's range): bad input, not a server fault. The
+        # driver's text is not echoed (it may quote SQL).
+        return d.InvalidArgument(
+            "the request holds a value the database cannot store "
+            "(for example a NUL character in text, or a number out of range)",
+            reason="UNSTORABLE_VALUE",
+        )
     if isinstance(exc, sqlalchemy.exc.TimeoutError):
         return d.Unavailable("the database connection pool is exhausted; retry later")
     if isinstance(exc, (ConnectionError, TimeoutError)) or _is_urllib3_error(exc):

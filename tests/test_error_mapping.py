@@ -88,3 +88,35 @@ def test_details_carry_violations() -> None:
     missing = to_status(d.NotFound("model", "models/m"))
     (res,) = unpack(decode(missing), error_details_pb2.ResourceInfo)
     assert res.resource_name == "models/m"
+
+
+def test_error_trailers_stay_small_whatever_the_input() -> None:
+    """Errors echo client input; trailers past the clients' 8 KiB metadata limit would
+    reach the client as 'Stream removed' instead of the status (found by fuzzing)."""
+    many = d.InvalidArgument(
+        "bad: " + "; ".join(f"spec.targets[{i}]: unknown target ''" for i in range(5000)),
+        [d.FieldViolation(f"spec.targets[{i}]", "\u00e9" * 500) for i in range(5000)],
+    )
+    huge_name = d.NotFound("model", "models/" + "\U0001f600" * 5000)
+    for err in (many, huge_name):
+        status = to_status(err)
+        raw = dict(status.trailing_metadata)["grpc-status-details-bin"]
+        assert len(raw) * 4 // 3 + 3 * len(status.details.encode()) <= 6000
+        proto = decode(status)
+        info = unpack(proto, error_details_pb2.ErrorInfo)[0]
+        assert info.reason
+    (br,) = unpack(decode(to_status(many)), error_details_pb2.BadRequest)
+    assert 1 <= len(br.field_violations) <= 12
+    assert br.field_violations[0].field == "spec.targets[0]"
+    assert "more not listed" in to_status(many).details
+
+
+def test_a_value_the_database_refuses_is_invalid_argument() -> None:
+    """PostgreSQL refuses NUL in text (psycopg DataError): bad input, not INTERNAL; the
+    driver's text (which may quote SQL) is not echoed."""
+    exc = sqlalchemy.exc.DataError("INSERT ...", {}, Exception("cannot contain NUL (0x00)"))
+    status = to_status(exc)
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "INSERT" not in status.details
+    (info,) = unpack(decode(status), error_details_pb2.ErrorInfo)
+    assert info.reason == "UNSTORABLE_VALUE"
