@@ -15,9 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from grpc.aio import AbortError
 
-from domain.errors import DeadlineExceeded, Unauthenticated
+from domain.errors import DeadlineExceeded, Unauthenticated, Violations
 from domain.limits import Limiter
 from domain.principal import ANONYMOUS, Principal
 from server import metrics
@@ -142,6 +144,8 @@ class _Call:
                 streams.inc()
             try:
                 await self._authenticate()
+                if not streaming:
+                    reject_nul_text(request)
                 result = behavior(request, context)
                 return await result if inspect.isawaitable(result) else result
             except BaseException as exc:
@@ -160,6 +164,8 @@ class _Call:
             streams.inc()
             try:
                 await self._authenticate()
+                if isinstance(request, Message):
+                    reject_nul_text(request)
                 result = behavior(request, context)
                 if inspect.isawaitable(result):
                     result = await result
@@ -215,6 +221,49 @@ class _Call:
                 "org": self.principal.org_name or "-",
             },
         )
+
+
+def reject_nul_text(request: Message) -> None:
+    """U+0000 in any string of a unary request is INVALID_ARGUMENT, on every backend alike
+    (PostgreSQL cannot store it in text or JSON; SQLite would). Streamed messages are not
+    walked (telemetry batches are large); a NUL there meets the database's refusal, mapped
+    to INVALID_ARGUMENT too (server/errors.py)."""
+    found: list[str] = []
+    _nul_fields(request, "", found)
+    if found:
+        v = Violations()
+        for path in found[:20]:
+            v.add(path, "must not contain NUL (U+0000) characters")
+        v.raise_if_any()
+
+
+_STRING = FieldDescriptor.TYPE_STRING
+_MESSAGE = FieldDescriptor.TYPE_MESSAGE
+
+
+def _nul_fields(msg: Message, prefix: str, out: list[str]) -> None:
+    for fd, value in msg.ListFields():
+        name = prefix + fd.name
+        if fd.type == _STRING:
+            if fd.is_repeated:
+                out.extend(f"{name}[{i}]" for i, v in enumerate(value) if "\x00" in v)
+            elif "\x00" in value:
+                out.append(name)
+        elif fd.type == _MESSAGE:
+            if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+                for k, v in value.items():
+                    if isinstance(k, str) and "\x00" in k:
+                        out.append(name)
+                    if isinstance(v, str):
+                        if "\x00" in v:
+                            out.append(f"{name}[{k!r}]")
+                    elif isinstance(v, Message):
+                        _nul_fields(v, f"{name}[{k!r}].", out)
+            elif fd.is_repeated:
+                for i, m in enumerate(value):
+                    _nul_fields(m, f"{name}[{i}].", out)
+            else:
+                _nul_fields(value, name + ".", out)
 
 
 async def _counting_uploads(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
