@@ -344,7 +344,10 @@ def child_main() -> int:
             on_output=output,
         )
     except ConversionError as exc:
-        emit({"type": "error", "message": exc.message})
+        message = exc.message
+        if _looks_like_oom(message):
+            message = f"the conversion ran out of memory (limit {limits.memory_mb} MiB): {message}"
+        emit({"type": "error", "message": message})
         return 0
     except MemoryError:
         emit(
