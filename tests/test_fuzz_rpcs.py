@@ -26,6 +26,7 @@ from google.protobuf import descriptor, message_factory, text_format
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
+from test_auth_matrix import METHODS
 
 from modelregistry.v1 import conversion_pb2, models_pb2
 from modelregistry.v1 import model_service_pb2 as mpb
@@ -37,7 +38,6 @@ from support.fixtures import backend_urls
 from support.registry import Client, RunningServer
 from support.status import rich
 from support.uploads import F, store_of, upload
-from test_auth_matrix import METHODS
 
 _EXAMPLES = int(os.environ.get("MODELREGISTRY_FUZZ_EXAMPLES", "0"))
 settings.register_profile(
@@ -135,9 +135,7 @@ INT_RANGES = {
 
 def ints(lo: int, hi: int) -> st.SearchStrategy[int]:
     edges = sorted({lo, hi, 0, 1, -1, 3, 1000, 1001, 2**31 - 1, -(2**31), 2**53 + 1})
-    return st.one_of(
-        st.sampled_from([e for e in edges if lo <= e <= hi]), st.integers(lo, hi)
-    )
+    return st.one_of(st.sampled_from([e for e in edges if lo <= e <= hi]), st.integers(lo, hi))
 
 
 DOUBLES = st.one_of(
@@ -213,9 +211,7 @@ class Builder:
             huge = st.tuples(value).map(lambda v: {f"k{i}": v[0] for i in range(300)})
             return st.one_of(small, small, huge) if key_f.type == FD.TYPE_STRING else small
         one = (
-            self.message(f.message_type, depth + 1)
-            if f.type == FD.TYPE_MESSAGE
-            else self.scalar(f)
+            self.message(f.message_type, depth + 1) if f.type == FD.TYPE_MESSAGE else self.scalar(f)
         )
         if not f.is_repeated:
             return one
