@@ -31,6 +31,9 @@ class LoadResult:
     p99_ms: float
     mean_ms: float
     error_detail: dict[str, Any]
+    # The machine's 1-minute load average when the measured run ended (other work on a
+    # shared machine shows here).
+    load_avg: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +120,7 @@ def run_ghz(
         p99_ms=_ghz_latency(doc, 99),
         mean_ms=float(doc.get("average", 0)) / 1e6,
         error_detail=detail,
+        load_avg=os.getloadavg()[0],
     )
 
 
@@ -177,4 +181,5 @@ def run_wrk(
         p99_ms=float(doc["p99_us"]) / 1e3,
         mean_ms=float(doc["mean_us"]) / 1e3,
         error_detail=detail,
+        load_avg=os.getloadavg()[0],
     )

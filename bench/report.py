@@ -17,6 +17,27 @@ def _goal(doc: dict[str, Any]) -> str:
     return "; ".join(f"{g['text']}: **{'met' if g['met'] else 'missed'}**" for g in goals)
 
 
+def _ghz(v: str) -> str:
+    return v if v != "dev" else "github.com/bojand/ghz/cmd/ghz@v0.120.0"
+
+
+def _load_note(sc: dict[str, Any]) -> str:
+    loads = [
+        d[k]["load_avg"]
+        for d in sc.values()
+        for k in ("ours", "mlflow", "ours_c1", "mlflow_c1")
+        if isinstance(d.get(k), dict) and d[k].get("load_avg")
+    ]
+    if not loads:
+        return ""
+    return (
+        f"The machine was shared with other work: its 1-minute load average was "
+        f"{min(loads):.1f}-{max(loads):.1f} at the end of the loads (2 cores), so absolute "
+        "figures are well below what an idle machine gives, and each registry's load ran "
+        "against whatever else was running at that moment (the two run back to back)."
+    )
+
+
 def table(summary: dict[str, Any]) -> str:
     run, sc = summary["run"], summary["scenarios"]
     m, sw = run["machine"], run["software"]
@@ -26,8 +47,10 @@ def table(summary: dict[str, Any]) -> str:
         f"everything on 127.0.0.1 on this one machine. {run['models']:,} models in each "
         f"registry (the filtered list matches {run['list_matches']:,}); concurrency "
         f"{run['concurrency']}, {run['duration_s']:g} s per load after {run['warmup_s']:g} s "
-        f"of warm-up; MLflow {sw['mlflow']} with {run['mlflow_workers']} workers; "
-        f"{sw['postgresql']}; MinIO `{sw['minio']}`; {sw['ghz']}; {sw['wrk']}.",
+        f"of warm-up; MLflow {sw['mlflow'].rsplit(' ', 1)[-1]} with {run['mlflow_workers']} "
+        f"workers; {sw['postgresql']}; MinIO `{sw['minio']}`; ghz `{_ghz(sw['ghz'])}`; "
+        f"{sw['wrk'].split(' [')[0]}.",
+        _load_note(sc),
         "",
         "| scenario | modelregistry req/s | p50 ms | p99 ms | MLflow req/s | p50 ms | p99 ms "
         "| throughput ratio | goal |",

@@ -98,12 +98,14 @@ def software(stack: Stack, ghz: str, wrk: str) -> dict[str, str]:
     for name in ("minio", "ghz"):
         pin = tools_bin_dir() / f".{name}.pin"
         pins[name] = pin.read_text().strip() if pin.exists() else "?"
+    mlflow = _version([str(BENCH_VENV_BIN / "mlflow"), "--version"])  # "mlflow, version X"
+    wrk_version = _version([wrk, "--version"]).split(" [")[0]  # "wrk debian/4.1.0-3+b2"
     return {
         "postgresql": _version([str(stack.pg.bindir / "postgres"), "--version"]),
         "minio": pins["minio"],
-        "mlflow": _version([str(BENCH_VENV_BIN / "mlflow"), "--version"]),
-        "ghz": _version([ghz, "--version"]),
-        "wrk": _version([wrk, "--version"]),
+        "mlflow": mlflow.rsplit(" ", 1)[-1],
+        "ghz": pins["ghz"],
+        "wrk": wrk_version,
         "commit": _version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
     }
 
