@@ -11,6 +11,7 @@
 #   make docs             regenerate docs/API.md from the proto comments (check-docs: stale?)
 #   make run              migrate, print a dev key, serve on 127.0.0.1:50051
 #   make bench            this service vs MLflow on loopback (bench/; BENCH_ARGS=--quick)
+#   make bench-upload     1 GiB upload via the server vs straight to MinIO; server RSS
 #   make bench-manifest   manifest build/etag-check timings (BENCH_MANIFEST_ARGS)
 #   make bench-convert    conversion of a ~100 MB model: service vs direct (BENCH_CONVERT_ARGS)
 #   make clean            caches and build output (distclean: also .venv and ./var)
@@ -230,6 +231,16 @@ BENCH_TELEMETRY_ARGS ?=
 .PHONY: bench-telemetry
 bench-telemetry: install tools
 	timeout --kill-after=60 5400 $(VENV_PY) bench/telemetry.py $(BENCH_TELEMETRY_ARGS)
+
+# --- upload benchmark (issue 3) -----------------------------------------------------
+
+# A 1 GiB file through UploadArtifacts vs a direct minio fput_object to the same MinIO
+# (ratio), and the server's peak RSS growth for 1 GiB and 4 GiB files; throwaway
+# PostgreSQL + MinIO (make tools), the server as a subprocess. Needs ~12 GiB in /tmp.
+BENCH_UPLOAD_ARGS ?=
+.PHONY: bench-upload
+bench-upload: install tools
+	$(VENV_PY) bench/bench_upload.py $(BENCH_UPLOAD_ARGS)
 
 # --- cleanup -------------------------------------------------------------------------
 
