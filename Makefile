@@ -2,7 +2,7 @@
 #
 #   make install          .venv with python3.11 and `pip install -e '.[dev]'`
 #   make tools            pinned minio/buf/grpcurl + PostgreSQL (.ci/tools.sh)
-#   make generate         regenerate generated/python and generated/go from protos/
+#   make generate         regenerate generated/python, generated/go and docs/API.md from protos/
 #   make check-generated  fail if generated/python or generated/go is stale
 #   make lint             buf lint, ruff check, mypy
 #   make test             install + tools + lint + check-generated + breaking + pytest
@@ -113,7 +113,8 @@ endef
 generate: install tools
 	@$(call protoc_into,$(GEN_DIR))
 	@$(call protoc_go_into,$(GO_GEN_DIR))
-	@echo "generated $(words $(PROTOS)) protos into $(GEN_DIR) and $(GO_GEN_DIR)"
+	@$(VENV_PY) docs/gen_api_md.py docs/API.md
+	@echo "generated $(words $(PROTOS)) protos into $(GEN_DIR), $(GO_GEN_DIR) and docs/API.md"
 
 check-generated: install tools
 	@tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
