@@ -3,7 +3,7 @@
 #   .venv-bench   a separate venv with MLflow and the charting/profiling tools pinned in
 #                 bench/requirements.txt (never the project's .venv; not a project dependency)
 #   ghz           gRPC load generator, `go install` at a pinned version into the tools cache
-#   wrk           HTTP load generator, from Debian's packages
+#   wrk, curl     HTTP load generator and client, from Debian's packages
 set -euo pipefail
 
 GHZ_PKG=github.com/bojand/ghz/cmd/ghz
@@ -35,11 +35,14 @@ if [ ! -x "$BIN/ghz" ] || [ "$(cat "$BIN/.ghz.pin" 2>/dev/null)" != "$GHZ_PKG@$G
   echo "$GHZ_PKG@$GHZ_VERSION" >"$BIN/.ghz.pin"
 fi
 
-# wrk from Debian.
-if ! command -v wrk >/dev/null 2>&1; then
+# wrk (and curl, for the artifact transfers) from Debian.
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ "${#missing[@]}" -gt 0 ]; then
   SUDO=()
   [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
-  say "installing wrk from Debian's packages"
+  say "installing ${missing[*]} from Debian's packages"
   DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq wrk >/dev/null
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
