@@ -14,6 +14,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from domain import errors as d
+from storage.objectstore.base import StorageUnavailable
 
 ERROR_DOMAIN = "modelregistry.dev"
 
@@ -168,6 +169,8 @@ def as_domain_error(exc: BaseException) -> d.DomainError | None:
         )
     if isinstance(exc, sqlalchemy.exc.TimeoutError):
         return d.Unavailable("the database connection pool is exhausted; retry later")
+    if isinstance(exc, StorageUnavailable):
+        return d.Unavailable("the object store is unavailable; retry later")
     if isinstance(exc, (ConnectionError, TimeoutError)) or _is_urllib3_error(exc):
         return d.Unavailable("the object store is unavailable; retry later")
     return None

@@ -18,6 +18,7 @@ from storage.objectstore.base import (
     ObjectWriter,
     PresignUnsupported,
     StorageError,
+    StorageUnavailable,
     check_key,
 )
 from storage.objectstore.factory import open_store
@@ -33,6 +34,7 @@ __all__ = [
     "ObjectWriter",
     "PresignUnsupported",
     "StorageError",
+    "StorageUnavailable",
     "check_key",
     "open_store",
 ]

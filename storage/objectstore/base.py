@@ -17,6 +17,11 @@ class StorageError(Exception):
     """Base class of errors raised by object stores."""
 
 
+class StorageUnavailable(StorageError):
+    """The store did not answer (connection refused, reset or cut) or said it is
+    overloaded or starting: retryable."""
+
+
 class ObjectNotFound(StorageError):
     def __init__(self, key: str) -> None:
         super().__init__(f"object not found: {key}")

@@ -28,6 +28,7 @@ from storage.objectstore.base import (
     ObjectStore,
     ObjectWriter,
     StorageError,
+    StorageUnavailable,
     check_key,
 )
 
@@ -339,9 +340,23 @@ def _translated() -> Iterator[None]:
             raise _NotFoundError(str(exc)) from exc
         if exc.code == "InvalidRange":
             raise _InvalidRangeError(str(exc)) from exc
+        if exc.code in _RETRYABLE:
+            raise StorageUnavailable(f"object store busy: {exc.code}: {exc.message}") from exc
         raise StorageError(f"object store error: {exc.code}: {exc.message}") from exc
     except (MinioException, HTTPError) as exc:
-        raise StorageError(f"object store unavailable: {exc}") from exc
+        raise StorageUnavailable(f"object store unavailable: {exc}") from exc
+
+
+# S3 error codes that mean "try again" (overload, a server starting or failing over).
+_RETRYABLE = frozenset(
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "XMinioServerNotInitialized",
+    }
+)
 
 
 def _stream(response: BaseHTTPResponse) -> Iterator[bytes]:
