@@ -8,6 +8,8 @@
 #   grpcurl  command-line gRPC client for poking at a running server
 #   protoc-gen-go, protoc-gen-go-grpc  Go code generation (generated/go, `make generate`)
 #   grpc_health_probe  the Kubernetes-style health probe (tests/test_health_probe.py)
+#   toxiproxy-server  TCP fault injection between the server and PostgreSQL/MinIO
+#                     (tests/reliability/)
 #   PostgreSQL comes from Debian's packages (tests start throwaway servers from its binaries).
 #
 # A pin is recorded next to each binary in bin/.<name>.pin ("<package>@<version>"); changing
@@ -28,6 +30,9 @@ PROTOC_GEN_GO_GRPC_PKG=google.golang.org/grpc/cmd/protoc-gen-go-grpc
 PROTOC_GEN_GO_GRPC_VERSION=v1.6.2
 HEALTH_PROBE_PKG=github.com/grpc-ecosystem/grpc-health-probe
 HEALTH_PROBE_VERSION=v0.4.62
+# Toxiproxy's server command is the package cmd/server (go install names it `server`).
+TOXIPROXY_PKG=github.com/Shopify/toxiproxy/v2/cmd/server
+TOXIPROXY_VERSION=v2.12.0
 
 TOOLS_DIR="${MODELREGISTRY_TOOLS:-$HOME/.cache/modelregistry}"
 BIN="$TOOLS_DIR/bin"
@@ -59,9 +64,10 @@ wait_for_foreign_build() {
   done
 }
 
-# go_tool NAME PACKAGE VERSION
+# go_tool NAME PACKAGE VERSION [BUILT]: BUILT is the name `go install` gives the binary
+# when it differs from NAME (the package's last path element).
 go_tool() {
-  local name=$1 pkg=$2 version=$3
+  local name=$1 pkg=$2 version=$3 built=${4:-$1}
   local want="${pkg}@${version}" exe="$BIN/$name" pin="$BIN/.$name.pin"
   if [ -x "$exe" ] && [ -f "$pin" ] && [ "$(cat "$pin")" = "$want" ]; then
     return 0
@@ -76,7 +82,15 @@ go_tool() {
     die "Go is needed to build $name ($want) but 'go' is not on PATH"
   say "building $name: go install $want (this takes a while the first time)"
   rm -f "$pin"
-  GOBIN="$BIN" go install "$want"
+  if [ "$built" = "$name" ]; then
+    GOBIN="$BIN" go install "$want"
+  else
+    local tmp
+    tmp="$(mktemp -d)"
+    GOBIN="$tmp" go install "$want"
+    mv -f "$tmp/$built" "$exe"
+    rm -rf "$tmp"
+  fi
   [ -x "$exe" ] || die "go install $want did not produce $exe"
   echo "$want" >"$pin"
 }
@@ -88,6 +102,7 @@ go_tool grpcurl "$GRPCURL_PKG" "$GRPCURL_VERSION"
 go_tool protoc-gen-go "$PROTOC_GEN_GO_PKG" "$PROTOC_GEN_GO_VERSION"
 go_tool protoc-gen-go-grpc "$PROTOC_GEN_GO_GRPC_PKG" "$PROTOC_GEN_GO_GRPC_VERSION"
 go_tool grpc-health-probe "$HEALTH_PROBE_PKG" "$HEALTH_PROBE_VERSION"
+go_tool toxiproxy-server "$TOXIPROXY_PKG" "$TOXIPROXY_VERSION" server
 
 # PostgreSQL from Debian's packages. Only the binaries are needed: tests run their own
 # throwaway servers, so no cluster is created and nothing is left running.
