@@ -49,7 +49,7 @@ from modelregistry.v1 import telemetry_service_pb2_grpc  # noqa: E402
 from storage.db import create_engine_for, session_factory, transaction  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
 from storage.orm import InferenceRollup, Model, ModelVersion  # noqa: E402
-from support.services import PostgresServer, free_port  # noqa: E402
+from support.services import PostgresServer, free_port, install_sigterm_handler  # noqa: E402
 
 VERSIONS = ["1.0", "2.0"]
 DEVICE_TYPES = ["pixel-8", "iphone-15", "galaxy-s24", "jetson-orin", "rpi-5"]
@@ -554,6 +554,7 @@ def main() -> int:
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--exact-runs", type=int, default=3)
     args = p.parse_args()
+    install_sigterm_handler()  # SIGTERM -> KeyboardInterrupt: the servers get stopped
     if args.quick:
         args.ingest_events, args.sessions, args.queries, args.exact_runs = (
             100_000,

@@ -536,29 +536,29 @@ def inference_telemetry(
             v.add("device_type", problem)
     v.raise_if_any()
     assert start is not None and end is not None
-    if not repo.model_exists(session, org_id, model_id):
-        raise NotFound("model", names.model_name(model_id))
-
     first_hour, last_hour = _ceil_hour(start), _floor_hour(end)
     if first_hour < last_hour:
-        rows = repo.rollups(
-            session,
-            org_id,
-            model_id,
-            version or ALL,
-            device_type or ALL,
-            first_hour,
-            last_hour,
-        )
+        hours: tuple[datetime, datetime] | None = (first_hour, last_hour)
         edges = [(a, b) for a, b in ((start, first_hour), (last_hour, end)) if a < b]
     else:
-        rows = []
-        edges = [(start, end)]
-    raw = repo.raw_aggregate(
-        session, org_id, model_id, edges, version or None, device_type or None, LOG_GAMMA
+        hours, edges = None, [(start, end)]
+    data = repo.window(
+        session,
+        repo.WindowQuery(
+            org_id=org_id,
+            model_id=model_id,
+            version=version or None,
+            device_type=device_type or None,
+            hours=hours,
+            edges=edges,
+            online_since=now - ONLINE_WITHIN,
+            log_gamma=LOG_GAMMA,
+        ),
     )
-    rows.append(_raw_rollup(raw))
-    fleet = repo.fleet_counts(session, org_id, now - ONLINE_WITHIN)
+    if not data.model_exists:
+        raise NotFound("model", names.model_name(model_id))
+    rows = [*data.rollups, _raw_rollup(data.raw)]
+    fleet = data.fleet
     latency = Sketch.merge_bytes(r.latency_sketch for r in rows)
     ttft = Sketch.merge_bytes(r.ttft_sketch for r in rows)
     tps = Sketch.merge_bytes(r.tps_sketch for r in rows)

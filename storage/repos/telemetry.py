@@ -247,7 +247,15 @@ def raw_aggregate(
     if not ranges:
         return empty
     if _is_postgres(session):
-        return _raw_aggregate_pg(session, org_id, model_id, ranges, version, device_type, log_gamma)
+        sql, params = _raw_sql_pg(org_id, model_id, ranges, version, device_type, log_gamma)
+        driver = session.connection().connection.driver_connection
+        assert driver is not None
+        with driver.pipeline(), driver.cursor() as cur:
+            cur.execute(_PG_EDGE_PLAN)
+            cur.execute(sql, params, prepare=False)
+            rows = cur.fetchall()
+            cur.execute(_PG_EDGE_RESET)
+        return _parse_raw_pg(rows)
     S = InferenceSession
     conds = [
         S.org_id == org_id,
@@ -323,18 +331,33 @@ GROUP BY GROUPING SETS ((), (kl), (kt), (kp))
 """
 
 
-def _raw_aggregate_pg(
-    session: Session,
+_PG_EDGE_SETTINGS = {"enable_seqscan": "off", "max_parallel_workers_per_gather": "0", "jit": "off"}
+# The edge ranges are the partial hours at a window's edges, so an index range scan is
+# always the plan; the planner does not know that. It multiplies selectivities as if model
+# and time were independent, so the newest hour of a busy table, full of other models'
+# sessions, looks huge: it picks a parallel sequential scan and JIT-compiles it (seconds
+# instead of milliseconds). Hence the edge query is never prepared (a generic plan cannot
+# see the ranges at all) and runs with these settings, set and reset around it.
+_PG_EDGE_PLAN = "SELECT " + ", ".join(
+    f"set_config('{name}', '{value}', true)" for name, value in _PG_EDGE_SETTINGS.items()
+)
+_PG_EDGE_RESET = (
+    "SELECT set_config(name, reset_val, true) FROM pg_settings WHERE name IN ("
+    + ", ".join(f"'{name}'" for name in _PG_EDGE_SETTINGS)
+    + ")"
+)
+
+
+def _raw_sql_pg(
     org_id: str,
     model_id: str,
     ranges: Sequence[tuple[datetime, datetime]],
     version: str | None,
     device_type: str | None,
     log_gamma: float,
-) -> RawAggregate:
+) -> tuple[str, dict[str, Any]]:
     """PostgreSQL: totals and all three histograms in one pass (GROUPING SETS) over one
-    index range scan per range. Not prepared: a generic plan cannot see how narrow the
-    ranges are and may pick a sequential scan of the whole table."""
+    index range scan per range; run it with _PG_EDGE_PLAN (see there)."""
     filters = ""
     params: dict[str, Any] = {"org": org_id, "model": model_id, "lg": log_gamma}
     if version is not None:
@@ -347,22 +370,21 @@ def _raw_aggregate_pg(
     for i, (a, b) in enumerate(ranges):
         params[f"a{i}"], params[f"b{i}"] = a, b
         scans.append(_PG_RAW_SCAN.format(i=i, filters=filters))
-    sql = _PG_RAW_AGGREGATE.format(scans=" UNION ALL ".join(scans))
-    driver = session.connection().connection.driver_connection
-    assert driver is not None
+    return _PG_RAW_AGGREGATE.format(scans=" UNION ALL ".join(scans)), params
+
+
+def _parse_raw_pg(rows: Iterable[Sequence[Any]]) -> RawAggregate:
     buckets: dict[str, list[tuple[int | None, int]]] = {"latency": [], "ttft": [], "tps": []}
     totals: Sequence[Any] = (0, 0, 0.0, 0, 0.0, 0, 0.0)
-    with driver.cursor() as cur:
-        cur.execute(sql, params, prepare=False)
-        for g, kl, kt, kp, n, *rest in cur.fetchall():
-            if g == 0b111:
-                totals = (n, *rest)
-            elif g == 0b011:
-                buckets["latency"].append((kl, int(n)))
-            elif g == 0b101 and kt is not None:
-                buckets["ttft"].append((int(kt), int(n)))
-            elif g == 0b110 and kp is not None:
-                buckets["tps"].append((int(kp), int(n)))
+    for g, kl, kt, kp, n, *rest in rows:
+        if g == 0b111:
+            totals = (n, *rest)
+        elif g == 0b011:
+            buckets["latency"].append((kl, int(n)))
+        elif g == 0b101 and kt is not None:
+            buckets["ttft"].append((int(kt), int(n)))
+        elif g == 0b110 and kp is not None:
+            buckets["tps"].append((int(kp), int(n)))
     return RawAggregate(
         session_count=int(totals[0]),
         error_count=int(totals[1]),
@@ -589,6 +611,88 @@ def rollups(
         )
     )
     return [_values(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class WindowQuery:
+    """What a window query reads: rollup rows of one level for whole hours, raw sessions
+    for the partial hours at the edges, and the org's fleet."""
+
+    org_id: str
+    model_id: str
+    version: str | None  # None: every version
+    device_type: str | None  # None: every device type
+    hours: tuple[datetime, datetime] | None  # [first, last) whole hours from rollups
+    edges: Sequence[tuple[datetime, datetime]]  # [start, end) ranges from raw rows
+    online_since: datetime
+    log_gamma: float
+
+
+@dataclass(frozen=True)
+class WindowData:
+    model_exists: bool
+    rollups: list[RollupValues]
+    raw: RawAggregate
+    fleet: FleetCounts
+
+
+_PG_MODEL_EXISTS = "SELECT EXISTS (SELECT 1 FROM models WHERE org_id = %s AND model_id = %s)"
+_PG_FLEET = """
+SELECT count(*),
+       count(*) FILTER (WHERE last_seen_at >= %(since)s AND health_status = 'healthy'),
+       count(*) FILTER (WHERE last_seen_at >= %(since)s
+                          AND health_status IN ('degraded', 'unhealthy')),
+       count(*) FILTER (WHERE last_seen_at < %(since)s)
+FROM devices WHERE org_id = %(org)s
+"""
+
+
+def window(session: Session, q: WindowQuery) -> WindowData:
+    """Everything a window query needs. On PostgreSQL the statements go out in one
+    pipeline (one round trip); elsewhere one after the other."""
+    level = (q.version or "*", q.device_type or "*")
+    if not _is_postgres(session):
+        return WindowData(
+            model_exists(session, q.org_id, q.model_id),
+            rollups(session, q.org_id, q.model_id, *level, *q.hours) if q.hours else [],
+            raw_aggregate(
+                session, q.org_id, q.model_id, q.edges, q.version, q.device_type, q.log_gamma
+            ),
+            fleet_counts(session, q.org_id, q.online_since),
+        )
+    driver = session.connection().connection.driver_connection
+    assert driver is not None
+    with driver.pipeline():
+        exists_cur = driver.cursor()
+        exists_cur.execute(_PG_MODEL_EXISTS, (q.org_id, q.model_id))
+        rollup_cur = driver.cursor(binary=True)
+        if q.hours:
+            rollup_cur.execute(_PG_ROLLUPS, (q.org_id, q.model_id, *level, *q.hours))
+        fleet_cur = driver.cursor()
+        fleet_cur.execute(_PG_FLEET, {"org": q.org_id, "since": q.online_since})
+        raw_cur = driver.cursor()
+        if q.edges:
+            sql, params = _raw_sql_pg(
+                q.org_id, q.model_id, q.edges, q.version, q.device_type, q.log_gamma
+            )
+            raw_cur.execute(_PG_EDGE_PLAN)
+            raw_cur.execute(sql, params, prepare=False)
+            raw_rows = raw_cur.fetchall()
+            raw_cur.execute(_PG_EDGE_RESET)
+        else:
+            raw_rows = []
+        exists_row = exists_cur.fetchone()
+        rollup_rows = rollup_cur.fetchall() if q.hours else []
+        fleet_row = fleet_cur.fetchone()
+    for cur in (exists_cur, rollup_cur, fleet_cur, raw_cur):
+        cur.close()
+    assert exists_row is not None and fleet_row is not None
+    return WindowData(
+        bool(exists_row[0]),
+        [_values(r) for r in rollup_rows],
+        _parse_raw_pg(raw_rows),
+        FleetCounts(*(int(x or 0) for x in fleet_row)),
+    )
 
 
 # ---------------------------------------------------------------------------------------
