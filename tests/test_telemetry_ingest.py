@@ -31,7 +31,7 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 @pytest.fixture
 def model(registry: RunningServer, client: Client) -> str:
-    model_with_versions(registry, client, "m", ["1.0", "2.0"])
+    model_with_versions(client, "m", ["1.0", "2.0"])
     return "models/m"
 
 
@@ -201,7 +201,7 @@ def test_an_org_reports_only_into_its_own_models(
     assert resp.accepted_count == 0
     assert {r.field for r in resp.rejected} == {"model"}
     # Same event ids in two orgs are independent.
-    model_with_versions(registry, other_client, "m", ["1.0"])
+    model_with_versions(other_client, "m", ["1.0"])
     shared = [session(event_id=f"e{i}") for i in range(4)]
     assert report(client, shared).accepted_count == 4
     assert report(other_client, shared).accepted_count == 4

@@ -15,7 +15,7 @@ from support.telemetry import model_with_versions, now, report, session, stored_
 def test_prune_deletes_what_the_retention_expired(
     registry: RunningServer, client: Client, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model_with_versions(registry, client, "m")
+    model_with_versions(client, "m")
     t = now()
     old_at = t - timedelta(days=20)
     old = [session(at=old_at, latency_ms=100.0) for _ in range(30)]

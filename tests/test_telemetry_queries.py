@@ -77,7 +77,7 @@ def fleet_data(registry: RunningServer) -> FleetData:
     """6000 sessions over the last two days in a fresh org (shared by the read-only tests
     of this module): heavy-tailed latencies, exact zeros, some generative sessions."""
     client = registry.new_org()
-    model_with_versions(registry, client, "m", ["1.0", "2.0"])
+    model_with_versions(client, "m", ["1.0", "2.0"])
     rng = np.random.default_rng(7)
     t0 = now().replace(microsecond=0)
     n = 6000
@@ -156,7 +156,7 @@ def test_whole_hours_come_from_rollups_not_raw_rows(
 ) -> None:
     """Delete the raw rows behind the server's back: hour-aligned windows still answer
     (from rollups), windows with partial hours lose exactly the raw edge rows."""
-    model_with_versions(registry, client, "m")
+    model_with_versions(client, "m")
     hour = now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
     lat = [float(x) for x in range(1, 601)]
     msgs = [session(at=hour + timedelta(seconds=6 * i), latency_ms=lat[i]) for i in range(600)]
@@ -172,7 +172,7 @@ def test_whole_hours_come_from_rollups_not_raw_rows(
 
 
 def test_late_events_land_in_their_own_hour(registry: RunningServer, client: Client) -> None:
-    model_with_versions(registry, client, "m")
+    model_with_versions(client, "m")
     old = now() - timedelta(days=20)
     assert report(client, [session(at=old, latency_ms=42.0)]).accepted_count == 1
     hour = old.replace(minute=0, second=0, microsecond=0)
@@ -183,7 +183,7 @@ def test_late_events_land_in_their_own_hour(registry: RunningServer, client: Cli
 
 
 def test_zero_counts_for_a_model_without_sessions(registry: RunningServer, client: Client) -> None:
-    model_with_versions(registry, client, "quiet")
+    model_with_versions(client, "quiet")
     got = window(client, "models/quiet")
     assert got.session_count == 0 and got.error_count == 0 and got.error_rate == 0
     for dist in (got.latency_ms, got.time_to_first_token_ms, got.tokens_per_second):
@@ -192,7 +192,7 @@ def test_zero_counts_for_a_model_without_sessions(registry: RunningServer, clien
 
 
 def test_window_rules(registry: RunningServer, client: Client) -> None:
-    model_with_versions(registry, client, "m")
+    model_with_versions(client, "m")
     t = now()
 
     def ask(**kw: object) -> pb.GetInferenceTelemetryResponse:
@@ -225,7 +225,7 @@ def test_window_rules(registry: RunningServer, client: Client) -> None:
 def test_unknown_and_foreign_models_are_not_found(
     registry: RunningServer, client: Client, other_client: Client
 ) -> None:
-    model_with_versions(registry, client, "mine")
+    model_with_versions(client, "mine")
     report(client, [session("models/mine", latency_ms=1.0)])
     expect_error(grpc.StatusCode.NOT_FOUND, window, client, "models/nope")
     expect_error(grpc.StatusCode.NOT_FOUND, window, other_client, "models/mine")
@@ -237,7 +237,7 @@ def test_org_isolation_of_aggregates(
     registry: RunningServer, client: Client, other_client: Client
 ) -> None:
     for c, latency, n in ((client, 10.0, 30), (other_client, 500.0, 7)):
-        model_with_versions(registry, c, "m")
+        model_with_versions(c, "m")
         assert report(c, [session(latency_ms=latency) for _ in range(n)]).accepted_count == n
         heartbeat(c, f"{c.org}-device")
     mine, theirs = window(client), window(other_client)
@@ -248,8 +248,8 @@ def test_org_isolation_of_aggregates(
 
 
 def test_fleet_block_by_heartbeat_age(registry: RunningServer, client: Client) -> None:
-    model_with_versions(registry, client, "m")
-    model_with_versions(registry, client, "other")
+    model_with_versions(client, "m")
+    model_with_versions(client, "other")
     H = pb.Device
     devices = {
         "fresh-healthy": (H.HEALTH_HEALTHY, None),

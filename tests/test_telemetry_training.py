@@ -26,7 +26,7 @@ def version_stats(c: Client, name: str) -> pb.GetVersionTrainingStatsResponse:
 
 
 def test_training_stats_per_version(registry: RunningServer, client: Client) -> None:
-    model_with_versions(registry, client, "m", ["1.0", "2.0", "3.0"])
+    model_with_versions(client, "m", ["1.0", "2.0", "3.0"])
     t = now()
     ups = [
         # 1.0: three devices, the newest update (by occur time, not arrival) is dev-2's.
@@ -57,7 +57,7 @@ def test_training_stats_per_version(registry: RunningServer, client: Client) -> 
 def test_training_stats_of_a_model_without_updates_and_unknown_models(
     registry: RunningServer, client: Client, other_client: Client
 ) -> None:
-    model_with_versions(registry, client, "m")
+    model_with_versions(client, "m")
     assert list(stats(client).versions) == []
     expect_error(NOT_FOUND, stats, client, "models/nope")
     expect_error(NOT_FOUND, stats, other_client, "models/m")
@@ -68,7 +68,7 @@ def test_training_stats_of_a_model_without_updates_and_unknown_models(
 def test_version_stats_percentiles_are_exact_and_per_device(
     registry: RunningServer, client: Client
 ) -> None:
-    model_with_versions(registry, client, "m", ["1.0", "2.0"])
+    model_with_versions(client, "m", ["1.0", "2.0"])
     rng = np.random.default_rng(3)
     t = now()
     loss = rng.uniform(0.1, 2.0, 300)
@@ -111,7 +111,7 @@ def test_version_stats_percentiles_are_exact_and_per_device(
 def test_version_without_updates_answers_zero_counts(
     registry: RunningServer, client: Client
 ) -> None:
-    model_with_versions(registry, client, "m", ["1.0"])
+    model_with_versions(client, "m", ["1.0"])
     for name in ("models/m/versions/1.0", "models/m/versions/never-registered"):
         got = version_stats(client, name)
         assert (got.update_count, got.sample_count, got.device_count) == (0, 0, 0)
@@ -121,7 +121,7 @@ def test_version_without_updates_answers_zero_counts(
 def test_version_stats_need_the_model_and_a_valid_name(
     registry: RunningServer, client: Client, other_client: Client
 ) -> None:
-    model_with_versions(registry, client, "m", ["1.0"])
+    model_with_versions(client, "m", ["1.0"])
     report_updates(client, [update_event(metrics={"loss": 1.0})])
     expect_error(NOT_FOUND, version_stats, client, "models/nope/versions/1.0")
     expect_error(NOT_FOUND, version_stats, other_client, "models/m/versions/1.0")

@@ -1,5 +1,6 @@
-"""Helpers for the TelemetryService tests: models and versions to report against, event
-builders, and a way to age devices (heartbeat times are the server's clock)."""
+"""Helpers for the TelemetryService tests: models and versions to report against (through
+ModelService and VersionService), event builders, and a way to age devices (heartbeat
+times are the server's clock, so tests move last_seen_at back in the database)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
-import grpc
 from google.protobuf import timestamp_pb2
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from modelregistry.v1 import model_service_pb2, models_pb2, version_service_pb2
 from modelregistry.v1 import telemetry_service_pb2 as pb
 from storage.db import create_engine_for, session_factory, transaction
-from storage.orm import Device, Model, ModelVersion, Org
+from storage.orm import Device, Org
 from support.registry import Client, RunningServer
 
 
@@ -47,38 +47,16 @@ def make_model(client: Client, model_id: str) -> None:
     )
 
 
-def make_version(registry: RunningServer, client: Client, model_id: str, version: str) -> None:
-    """Register a version through VersionService.CreateVersion.
-
-    Until CreateVersion lands (issue #3) it answers UNIMPLEMENTED; then the row is written
-    through the database directly, as RunningServer does for orgs and keys. Remove the
-    fallback once CreateVersion is implemented.
-    """
-    try:
-        client.versions.CreateVersion(
-            version_service_pb2.CreateVersionRequest(
-                parent=f"models/{model_id}", version_id=version
-            )
-        )
-        return
-    except grpc.RpcError as err:
-        if err.code() != grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
-            raise
-    with transaction(session_factory(_engine(registry.database_url))) as s:
-        model = s.scalars(
-            select(Model)
-            .join(Org, Org.id == Model.org_id)
-            .where(Org.name == client.org, Model.model_id == model_id)
-        ).one()
-        s.add(ModelVersion(model_uid=model.id, version=version))
+def make_version(client: Client, model_id: str, version: str) -> None:
+    client.versions.CreateVersion(
+        version_service_pb2.CreateVersionRequest(parent=f"models/{model_id}", version_id=version)
+    )
 
 
-def model_with_versions(
-    registry: RunningServer, client: Client, model_id: str, versions: Iterable[str] = ("1.0",)
-) -> None:
+def model_with_versions(client: Client, model_id: str, versions: Iterable[str] = ("1.0",)) -> None:
     make_model(client, model_id)
     for v in versions:
-        make_version(registry, client, model_id, v)
+        make_version(client, model_id, v)
 
 
 def session(
