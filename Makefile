@@ -14,6 +14,8 @@
 #   make bench-upload     1 GiB upload via the server vs straight to MinIO; server RSS
 #   make bench-manifest   manifest build/etag-check timings (BENCH_MANIFEST_ARGS)
 #   make bench-convert    conversion of a ~100 MB model: service vs direct (BENCH_CONVERT_ARGS)
+#   make load             60 s of 50 upload streams + 300 unary req/s on loopback, then an
+#                         audit of every acknowledged artifact (LOAD_ARGS; README: Reliability)
 #   make clean            caches and build output (distclean: also .venv and ./var)
 #   make bench-telemetry  TelemetryService ingestion and window queries on PostgreSQL
 
@@ -242,6 +244,15 @@ BENCH_UPLOAD_ARGS ?=
 .PHONY: bench-upload
 bench-upload: install tools
 	$(VENV_PY) bench/bench_upload.py $(BENCH_UPLOAD_ARGS)
+
+# --- load run (issue 9) ---------------------------------------------------------------
+
+# PostgreSQL + MinIO + `modelregistry serve` on 127.0.0.1; stops by itself (the outer
+# timeout only backs up the script's own bounds). LOAD_ARGS="--backend embedded" for SQLite.
+LOAD_ARGS ?=
+.PHONY: load
+load: install tools
+	timeout --kill-after=30 900 $(VENV_PY) tests/reliability/load.py $(LOAD_ARGS)
 
 # --- cleanup -------------------------------------------------------------------------
 
