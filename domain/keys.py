@@ -104,11 +104,13 @@ def authenticate(session: Session, token: str) -> Principal:
     Every failure gives the same message so a caller cannot probe which key ids exist.
     """
     match = _KEY_RE.match(token)
-    key = tenancy.key_by_key_id(session, match.group(1)) if match else None
+    # One query for the key and its org's name; nothing is cached, so a revocation holds
+    # from the next request on.
+    key = tenancy.key_credentials(session, match.group(1)) if match else None
     expected = key.secret_hash if key else _hash("0" * 32, "x")
     actual = _hash(key.salt if key else "0" * 32, match.group(2) if match else "y")
     if key is None or not hmac.compare_digest(expected, actual):
         raise Unauthenticated("invalid API key", reason="API_KEY_INVALID")
     if key.revoked_at is not None:
         raise Unauthenticated("invalid API key", reason="API_KEY_INVALID")
-    return Principal(org_id=key.org_id, org_name=key.org.name, key_id=key.key_id, admin=key.admin)
+    return Principal(org_id=key.org_id, org_name=key.name, key_id=key.key_id, admin=key.admin)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from datetime import datetime
+
+from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
 from storage.orm import ApiKey, Org
@@ -18,6 +20,26 @@ def org_by_id(session: Session, org_id: str) -> Org | None:
 
 def key_by_key_id(session: Session, key_id: str) -> ApiKey | None:
     return session.scalars(select(ApiKey).where(ApiKey.key_id == key_id)).one_or_none()
+
+
+def key_credentials(
+    session: Session, key_id: str
+) -> Row[str, str, str, str, bool, datetime | None, str] | None:
+    """What authenticating a key needs, in one query: (org_id, key_id, salt, secret_hash,
+    admin, revoked_at, org name). Plain columns, no ORM objects (this runs on every request)."""
+    return session.execute(
+        select(
+            ApiKey.org_id,
+            ApiKey.key_id,
+            ApiKey.salt,
+            ApiKey.secret_hash,
+            ApiKey.admin,
+            ApiKey.revoked_at,
+            Org.name,
+        )
+        .join(Org, Org.id == ApiKey.org_id)
+        .where(ApiKey.key_id == key_id)
+    ).one_or_none()
 
 
 def keys_of(session: Session, org_id: str) -> list[ApiKey]:
