@@ -25,7 +25,11 @@ ERROR_DOMAIN = "modelregistry.dev"
 # grpc-message and inside grpc-status-details-bin) and at most MAX_VIOLATIONS are listed,
 # the message saying how many more there were.
 MAX_MESSAGE_BYTES = 400
-MAX_TEXT_BYTES = 160
+MAX_TEXT_BYTES = 256
+# Identifiers (field paths, subjects, resource names) are clipped far later than prose:
+# a client must get a resource name whole (the longest, a resource of a package, is 184
+# bytes) to act on it.
+MAX_NAME_BYTES = 320
 MAX_VIOLATIONS = 12
 TRAILER_BUDGET = 6000
 
@@ -65,7 +69,7 @@ def _details(err: d.DomainError, max_violations: int = MAX_VIOLATIONS) -> list[a
             error_details_pb2.ErrorInfo(
                 reason=err.reason,
                 domain=ERROR_DOMAIN,
-                metadata={clip(k): clip(v) for k, v in err.metadata.items()},
+                metadata={clip(k): clip(v, MAX_NAME_BYTES) for k, v in err.metadata.items()},
             )
         )
     ]
@@ -75,7 +79,7 @@ def _details(err: d.DomainError, max_violations: int = MAX_VIOLATIONS) -> list[a
                 error_details_pb2.BadRequest(
                     field_violations=[
                         error_details_pb2.BadRequest.FieldViolation(
-                            field=clip(v.field), description=clip(v.description)
+                            field=clip(v.field, MAX_NAME_BYTES), description=clip(v.description)
                         )
                         for v in err.violations[:max_violations]
                     ]
@@ -88,8 +92,8 @@ def _details(err: d.DomainError, max_violations: int = MAX_VIOLATIONS) -> list[a
                 error_details_pb2.PreconditionFailure(
                     violations=[
                         error_details_pb2.PreconditionFailure.Violation(
-                            type=clip(v.type),
-                            subject=clip(v.subject),
+                            type=clip(v.type, MAX_NAME_BYTES),
+                            subject=clip(v.subject, MAX_NAME_BYTES),
                             description=clip(v.description),
                         )
                         for v in err.violations[:max_violations]
@@ -103,7 +107,8 @@ def _details(err: d.DomainError, max_violations: int = MAX_VIOLATIONS) -> list[a
                 error_details_pb2.QuotaFailure(
                     violations=[
                         error_details_pb2.QuotaFailure.Violation(
-                            subject=clip(v.subject), description=clip(v.description)
+                            subject=clip(v.subject, MAX_NAME_BYTES),
+                            description=clip(v.description),
                         )
                         for v in err.violations[:max_violations]
                     ]
@@ -118,8 +123,8 @@ def _details(err: d.DomainError, max_violations: int = MAX_VIOLATIONS) -> list[a
         details.append(
             _pack(
                 error_details_pb2.ResourceInfo(
-                    resource_type=clip(err.resource_type),
-                    resource_name=clip(err.resource_name),
+                    resource_type=clip(err.resource_type, MAX_NAME_BYTES),
+                    resource_name=clip(err.resource_name, MAX_NAME_BYTES),
                     description=clip(err.message),
                 )
             )
