@@ -1,6 +1,6 @@
 """Fault injection: the server reaches PostgreSQL and MinIO through Toxiproxy.
 
-Cases: the database down during CreateModel and during an upload's commit; the object
+Cases: the database down during CreateModel, ConfirmUpload and an upload's commit; the object
 store down mid-upload and mid-download; latency; connection resets; a client vanishing
 mid-stream; the server killed with SIGKILL mid-upload and restarted (tests/reliability/
 test_kill.py). After each: the client got a retryable status (UNAVAILABLE or ABORTED) or
@@ -126,6 +126,52 @@ def test_database_cut_during_an_uploads_commit(faulty: Faulty, cut_after: float)
     r = resp.packages[0].resources[0]
     assert (r.size_bytes, r.sha256) == (len(data), sha(data))
     assert retry(download, c, r.name)[1][1] == data
+    check_invariants(faulty)
+
+
+@pytest.mark.parametrize("cut_after", [0.1, 0.4, 0.9])
+def test_database_cut_during_confirm_upload(faulty: Faulty, cut_after: float) -> None:
+    """A presigned PUT went through; the database goes away while ConfirmUpload records
+    it. Success or retryable; a retry records it, or says it already was
+    (FAILED_PRECONDITION UPLOAD_COMMITTED): exactly one resource, its bytes intact."""
+    import urllib.request
+
+    c = faulty.server.new_org()
+    data = random_bytes(MiB + 17)
+    spec = vpb.FileSpec(file_name="model.onnx", size_bytes=len(data), sha256=sha(data))
+    got = c.versions.GetUploadUrl(
+        vpb.GetUploadUrlRequest(parent="models/m/versions/1", format="onnx", file=spec)
+    )
+    put = urllib.request.Request(got.url, data=data, method="PUT")
+    with urllib.request.urlopen(put, timeout=60) as resp:
+        assert resp.status == 200
+    req = vpb.ConfirmUploadRequest(
+        parent="models/m/versions/1", storage_key=got.storage_key, format="onnx", file=spec
+    )
+    with faulty.pg.toxic("latency", latency=150):
+        result: list[object] = []
+        t = threading.Thread(
+            target=lambda: result.append(outcome(c.versions.ConfirmUpload, req, timeout=60))
+        )
+        t.start()
+        time.sleep(cut_after)
+        faulty.pg.disable()
+        t.join(90)
+        code, resp = result[0]  # type: ignore[misc]
+        assert code == OK or code in RETRYABLE, (code, resp)
+    faulty.pg.enable()
+    if code != OK:
+        code, resp = retry(c.versions.ConfirmUpload, req, timeout=60)
+        if code != OK:
+            assert code == grpc.StatusCode.FAILED_PRECONDITION, resp
+            assert rich(resp).reason == "UPLOAD_COMMITTED", rich(resp)
+    code, listed = retry(
+        c.models.ListModelArtifactPackages, mpb.ListModelArtifactPackagesRequest(name="models/m")
+    )
+    assert code == OK, listed
+    resources = [r for p in listed.packages for r in p.resources]
+    assert len(resources) == 1
+    assert download(c, resources[0].name)[1] == data
     check_invariants(faulty)
 
 
