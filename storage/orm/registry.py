@@ -70,6 +70,9 @@ class ModelVersion(UuidPk, Timestamps, Base):
     __table_args__ = (
         UniqueConstraint("model_uid", "version"),
         CheckConstraint("lifecycle_status IN ('draft', 'published')", name="lifecycle_status"),
+        # The monthly quota count (storage.repos.versions.created_since): this month's rows
+        # only, model_uid included so the count never reads the table.
+        Index("ix_model_versions_created_at", "created_at", "model_uid"),
     )
 
     # Named *_uid because `model_id` means the slug everywhere else in the schema.
