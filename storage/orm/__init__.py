@@ -22,6 +22,7 @@ from storage.orm.telemetry import (
     Device,
     DeviceProfileOverride,
     InferenceRollup,
+    InferenceRollup10m,
     InferenceSession,
     TrainingUpdate,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "Device",
     "DeviceProfileOverride",
     "InferenceRollup",
+    "InferenceRollup10m",
     "InferenceSession",
     "Model",
     "ModelVersion",

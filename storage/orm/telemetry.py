@@ -76,7 +76,22 @@ class InferenceSession(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class InferenceRollup(Base):
+class _RollupValues:
+    """The aggregate columns every rollup table has."""
+
+    session_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    error_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    latency_sum: Mapped[float] = mapped_column(default=0.0)
+    latency_sketch: Mapped[bytes] = mapped_column(LargeBinary)
+    ttft_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    ttft_sum: Mapped[float] = mapped_column(default=0.0)
+    ttft_sketch: Mapped[bytes] = mapped_column(LargeBinary)
+    tps_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    tps_sum: Mapped[float] = mapped_column(default=0.0)
+    tps_sketch: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class InferenceRollup(_RollupValues, Base):
     """Mergeable aggregate of one hour of a model's inference sessions.
 
     One row per (org, model, version, device type, hour), plus rows with version and/or
@@ -98,16 +113,24 @@ class InferenceRollup(Base):
     device_type: Mapped[str] = mapped_column(String(SLUG_LENGTH))
     # Start of the hour (UTC) the sessions occurred in.
     hour: Mapped[datetime]
-    session_count: Mapped[int] = mapped_column(BigInteger, default=0)
-    error_count: Mapped[int] = mapped_column(BigInteger, default=0)
-    latency_sum: Mapped[float] = mapped_column(default=0.0)
-    latency_sketch: Mapped[bytes] = mapped_column(LargeBinary)
-    ttft_count: Mapped[int] = mapped_column(BigInteger, default=0)
-    ttft_sum: Mapped[float] = mapped_column(default=0.0)
-    ttft_sketch: Mapped[bytes] = mapped_column(LargeBinary)
-    tps_count: Mapped[int] = mapped_column(BigInteger, default=0)
-    tps_sum: Mapped[float] = mapped_column(default=0.0)
-    tps_sketch: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class InferenceRollup10m(_RollupValues, Base):
+    """The same aggregates per 10 minutes: a window's partial hours at its edges read
+    these, so at most 10 minutes at each edge come from raw sessions."""
+
+    __tablename__ = "inference_rollups_10m"
+    __table_args__ = (
+        PrimaryKeyConstraint("org_id", "model_id", "version", "device_type", "bucket"),
+        Index(None, "bucket"),
+    )
+
+    org_id: Mapped[str] = org_fk(index=False)
+    model_id: Mapped[str] = mapped_column(String(SLUG_LENGTH))
+    version: Mapped[str] = mapped_column(String(SLUG_LENGTH))
+    device_type: Mapped[str] = mapped_column(String(SLUG_LENGTH))
+    # Start of the 10 minutes (UTC) the sessions occurred in.
+    bucket: Mapped[datetime]
 
 
 class TrainingUpdate(UuidPk, Base):
