@@ -48,12 +48,13 @@ from modelregistry.v1 import telemetry_service_pb2 as pb  # noqa: E402
 from modelregistry.v1 import telemetry_service_pb2_grpc  # noqa: E402
 from storage.db import create_engine_for, session_factory, transaction  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
-from storage.orm import InferenceRollup, Model, ModelVersion  # noqa: E402
+from storage.orm import InferenceRollup, InferenceRollup10m, Model, ModelVersion  # noqa: E402
 from support.services import PostgresServer, free_port, install_sigterm_handler  # noqa: E402
 
 VERSIONS = ["1.0", "2.0"]
 DEVICE_TYPES = ["pixel-8", "iphone-15", "galaxy-s24", "jetson-orin", "rpi-5"]
 REPORT = "/modelregistry.v1.TelemetryService/ReportInferenceSessions"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def log(msg: str) -> None:
@@ -337,12 +338,12 @@ SELECT gen_random_uuid()::text, :org, 'd' || g,
        (ARRAY['pixel-8', 'iphone-15', 'galaxy-s24', 'jetson-orin', 'rpi-5'])[1 + g % 5],
        'android', '15', 'onnxruntime-1.20',
        (ARRAY['healthy', 'healthy', 'healthy', 'degraded', 'unhealthy'])[1 + g % 5],
-       now() - random() * interval '20 minutes', now() - interval '40 days'
+       clock_timestamp() - random() * interval '20 minutes', now() - interval '40 days'
 FROM generate_series(0, 19999) AS g
 """
 
 _TOTALS_SQL = """
-SELECT date_trunc('hour', occurred_at), version, device_type,
+SELECT date_bin(interval '10 min', occurred_at, :origin), version, device_type,
        count(*), count(*) FILTER (WHERE status = 'error'), sum(latency_ms),
        count(ttft_ms), coalesce(sum(ttft_ms), 0), count(tokens_per_second),
        coalesce(sum(tokens_per_second), 0)
@@ -352,15 +353,16 @@ GROUP BY 1, 2, 3
 
 _BUCKETS_SQL = """
 SELECT h, version, device_type, metric, k, count(*) FROM (
-    SELECT date_trunc('hour', occurred_at) AS h, version, device_type, 'latency' AS metric,
+    SELECT date_bin(interval '10 min', occurred_at, :origin) AS h, version, device_type,
+           'latency' AS metric,
            CASE WHEN latency_ms > 0 THEN CAST(ceil(ln(latency_ms) / :lg) AS integer) END AS k
     FROM inference_sessions WHERE org_id = :org AND model_id = 'fleet'
     UNION ALL
-    SELECT date_trunc('hour', occurred_at), version, device_type, 'ttft',
+    SELECT date_bin(interval '10 min', occurred_at, :origin), version, device_type, 'ttft',
            CAST(ceil(ln(ttft_ms) / :lg) AS integer)
     FROM inference_sessions WHERE org_id = :org AND model_id = 'fleet' AND ttft_ms > 0
     UNION ALL
-    SELECT date_trunc('hour', occurred_at), version, device_type, 'tps',
+    SELECT date_bin(interval '10 min', occurred_at, :origin), version, device_type, 'tps',
            CAST(ceil(ln(tokens_per_second) / :lg) AS integer)
     FROM inference_sessions WHERE org_id = :org AND model_id = 'fleet'
       AND tokens_per_second > 0
@@ -406,8 +408,9 @@ def seed_fleet(url: str, org_id: str, n_sessions: int, now: datetime) -> None:
 
 
 def build_rollups(engine: object, org_id: str) -> None:
-    """Hourly rollups of model "fleet" at every level, from its raw rows, with the same
-    bucketing as ingestion (the database computes bucket keys, domain.sketch merges)."""
+    """Hourly and 10-minute rollups of model "fleet" at every level, from its raw rows,
+    with the same bucketing as ingestion (the database computes bucket keys per 10
+    minutes, domain.sketch merges them into hours and levels)."""
     from sqlalchemy import Engine
 
     assert isinstance(engine, Engine)
@@ -417,46 +420,56 @@ def build_rollups(engine: object, org_id: str) -> None:
     with engine.connect() as conn:
         conn.exec_driver_sql("SET TimeZone = 'UTC'")
         conn.exec_driver_sql("SET work_mem = '256MB'")
-        for h, v, dt, *vals in conn.execute(text(_TOTALS_SQL), {"org": org_id}):
-            totals[(h, v, dt)] = [float(x) for x in vals]
-        for h, v, dt, metric, k, n in conn.execute(
-            text(_BUCKETS_SQL), {"org": org_id, "lg": LOG_GAMMA}
+        for t, v, dt, *vals in conn.execute(text(_TOTALS_SQL), {"org": org_id, "origin": EPOCH}):
+            totals[(t, v, dt)] = [float(x) for x in vals]
+        for t, v, dt, metric, k, n in conn.execute(
+            text(_BUCKETS_SQL), {"org": org_id, "lg": LOG_GAMMA, "origin": EPOCH}
         ):
-            buckets[((h, v, dt), metric)].append((k, int(n)))
-    levels: dict[Key, list[Key]] = defaultdict(list)
-    for h, v, dt in totals:
-        for key in ((h, v, dt), (h, v, "*"), (h, "*", dt), (h, "*", "*")):
-            levels[key].append((h, v, dt))
-    rows = []
-    for (h, v, dt), members in levels.items():
-        sums = np.sum([totals[m] for m in members], axis=0)
-        sketches = {
-            metric: Sketch.merge(Sketch.from_buckets(buckets[(m, metric)]) for m in members)
-            for metric in ("latency", "ttft", "tps")
-        }
-        rows.append(
-            {
-                "org_id": org_id,
-                "model_id": "fleet",
-                "version": v,
-                "device_type": dt,
-                "hour": h.astimezone(UTC),
-                "session_count": int(sums[0]),
-                "error_count": int(sums[1]),
-                "latency_sum": float(sums[2]),
-                "latency_sketch": sketches["latency"].to_bytes(),
-                "ttft_count": int(sums[3]),
-                "ttft_sum": float(sums[4]),
-                "ttft_sketch": sketches["ttft"].to_bytes(),
-                "tps_count": int(sums[5]),
-                "tps_sum": float(sums[6]),
-                "tps_sketch": sketches["tps"].to_bytes(),
+            buckets[((t, v, dt), metric)].append((k, int(n)))
+    sketches = {
+        (key, metric): Sketch.from_buckets(buckets[(key, metric)])
+        for key in totals
+        for metric in ("latency", "ttft", "tps")
+    }
+    for table, period, truncate in (
+        (InferenceRollup10m.__table__, "bucket", lambda t: t),
+        (InferenceRollup.__table__, "hour", lambda t: t.replace(minute=0)),
+    ):
+        levels: dict[Key, list[Key]] = defaultdict(list)
+        for t, v, dt in totals:
+            p = truncate(t)
+            for key in ((p, v, dt), (p, v, "*"), (p, "*", dt), (p, "*", "*")):
+                levels[key].append((t, v, dt))
+        rows = []
+        for (p, v, dt), members in levels.items():
+            sums = np.sum([totals[m] for m in members], axis=0)
+            merged = {
+                metric: Sketch.merge(sketches[(m, metric)] for m in members)
+                for metric in ("latency", "ttft", "tps")
             }
-        )
-    with engine.begin() as conn:
-        conn.execute(insert(InferenceRollup.__table__), rows)  # type: ignore[arg-type]
-        conn.exec_driver_sql("ANALYZE inference_rollups")
-    log(f"  {len(rows):,} rollup rows")
+            rows.append(
+                {
+                    "org_id": org_id,
+                    "model_id": "fleet",
+                    "version": v,
+                    "device_type": dt,
+                    period: p.astimezone(UTC),
+                    "session_count": int(sums[0]),
+                    "error_count": int(sums[1]),
+                    "latency_sum": float(sums[2]),
+                    "latency_sketch": merged["latency"].to_bytes(),
+                    "ttft_count": int(sums[3]),
+                    "ttft_sum": float(sums[4]),
+                    "ttft_sketch": merged["ttft"].to_bytes(),
+                    "tps_count": int(sums[5]),
+                    "tps_sum": float(sums[6]),
+                    "tps_sketch": merged["tps"].to_bytes(),
+                }
+            )
+        with engine.begin() as conn:
+            conn.execute(insert(table), rows)  # type: ignore[arg-type]
+            conn.exec_driver_sql(f"ANALYZE {table.name}")  # type: ignore[attr-defined]
+        log(f"  {len(rows):,} rows in {table.name}")  # type: ignore[attr-defined]
 
 
 def ts(t: datetime) -> timestamp_pb2.Timestamp:
@@ -466,7 +479,7 @@ def ts(t: datetime) -> timestamp_pb2.Timestamp:
 
 
 def bench_queries(
-    address: str, token: str, url: str, org_id: str, n_queries: int, n_exact: int
+    address: str, token: str, url: str, org_id: str, n_queries: int, n_exact: int, cpu: CpuMeter
 ) -> dict[str, float]:
     metadata = [("authorization", f"Bearer {token}")]
     channel = grpc.insecure_channel(address)
@@ -489,6 +502,8 @@ def bench_queries(
     for _ in range(5):
         ask()
     results: dict[str, float] = {}
+    before = cpu.sample()
+    load_before = load_average()
     for label, kw in (
         ("all", {}),
         ("version", {"version_id": "2.0"}),
@@ -501,6 +516,17 @@ def bench_queries(
             f"GetInferenceTelemetry 30 days ({label}): p50 {results[f'{label}_p50']:.1f} ms, "
             f"p99 {results[f'{label}_p99']:.1f} ms over {n_queries} calls"
         )
+    after = cpu.sample()
+    server_ms, pg_ms, _ = (
+        (a - b) / (3 * n_queries) * 1000 for a, b in zip(after, before, strict=True)
+    )
+    results.update(
+        server_cpu_ms=server_ms, pg_cpu_ms=pg_ms, load=(load_before + load_average()) / 2
+    )
+    log(
+        f"CPU per query: server {server_ms:.1f} ms, PostgreSQL {pg_ms:.1f} ms; machine load "
+        f"average ~{results['load']:.1f}"
+    )
     _, resp = ask()
     channel.close()
 
@@ -576,7 +602,9 @@ def main() -> int:
         ingest = bench_ingestion(server.address, token, args.ingest_events, args.streams, cpu)
         log(f"seeding {args.sessions:,} sessions over 30 days for the window queries")
         seed_fleet(url, org_id, args.sessions, datetime.now(UTC))
-        queries = bench_queries(server.address, token, url, org_id, args.queries, args.exact_runs)
+        queries = bench_queries(
+            server.address, token, url, org_id, args.queries, args.exact_runs, cpu
+        )
     finally:
         if server is not None:
             server.stop()
@@ -600,6 +628,10 @@ def main() -> int:
         f"p50 {queries['all_p50']:.1f} ms, p99 {queries['all_p99']:.1f} ms (goal p99 < 100); "
         f"version filter p99 {queries['version_p99']:.1f} ms; "
         f"device type filter p99 {queries['device_type_p99']:.1f} ms"
+    )
+    print(
+        f"  CPU per query: server {queries['server_cpu_ms']:.1f} ms + PostgreSQL "
+        f"{queries['pg_cpu_ms']:.1f} ms, machine load average ~{queries['load']:.1f}"
     )
     print(
         f"exact SQL percentile_cont on the same rows: {queries['exact_ms']:,.0f} ms "

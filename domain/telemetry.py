@@ -48,6 +48,7 @@ ALL = "*"  # rollup rows summed over every version / device type
 
 _US = 1_000_000
 _HOUR_US = 3600 * _US
+_TEN_MINUTES_US = 600 * _US
 _QUANTILES = (0.5, 0.9, 0.95, 0.99)
 HEALTH_VALUES = ("healthy", "degraded", "unhealthy")
 
@@ -328,11 +329,15 @@ class _Memo:
         return hit
 
 
-def _rollup_deltas(cols: SessionColumns, stored: list[int]) -> dict[RollupKey, RollupValues]:
-    """Per rollup key (every level): the aggregate of the stored sessions it covers.
+Deltas = dict[RollupKey, RollupValues]
 
-    Sessions are grouped once by (model, version, device type, hour); the '*' levels are
-    merged from those groups.
+
+def _rollup_deltas(cols: SessionColumns, stored: list[int]) -> tuple[Deltas, Deltas]:
+    """Per rollup key (every level): the aggregate of the stored sessions it covers, for
+    the hourly and for the 10-minute rollups.
+
+    Sessions are grouped once by (model, version, device type, 10 minutes); hours and the
+    '*' levels are merged from those groups.
     """
     groups: dict[tuple[str, str, str, int], list[int]] = defaultdict(list)
     model_id, version, device_type, occurred = (
@@ -343,20 +348,21 @@ def _rollup_deltas(cols: SessionColumns, stored: list[int]) -> dict[RollupKey, R
     )
     for j in stored:
         us = occurred[j]
-        groups[(model_id[j], version[j], device_type[j], us - us % _HOUR_US)].append(j)
+        groups[(model_id[j], version[j], device_type[j], us - us % _TEN_MINUTES_US)].append(j)
     latency = np.asarray(cols.latency_ms, dtype=np.float64)
     ttft = np.asarray([x or 0.0 for x in cols.ttft_ms], dtype=np.float64)
     tps = np.asarray([x or 0.0 for x in cols.tokens_per_second], dtype=np.float64)
     errors = np.asarray([s == "error" for s in cols.status], dtype=bool)
-    base: dict[tuple[str, str, str, int], _Partial] = {}
-    for key, positions in groups.items():
+    fine: dict[tuple[str, str, str, int], list[_Partial]] = defaultdict(list)
+    hourly: dict[tuple[str, str, str, int], list[_Partial]] = defaultdict(list)
+    for (m, v, dt, bucket), positions in groups.items():
         idx = np.asarray(positions, dtype=np.int64)
         t = ttft[idx]
         t = t[t > 0]
         p = tps[idx]
         p = p[p > 0]
         lat = latency[idx]
-        base[key] = _Partial(
+        part = _Partial(
             len(idx),
             int(errors[idx].sum()),
             float(lat.sum()),
@@ -368,14 +374,18 @@ def _rollup_deltas(cols: SessionColumns, stored: list[int]) -> dict[RollupKey, R
             float(p.sum()),
             Sketch.of(p),
         )
-    levels: dict[tuple[str, str, str, int], list[_Partial]] = defaultdict(list)
-    for (m, v, dt, hour), part in base.items():
-        for key in ((m, v, dt, hour), (m, v, ALL, hour), (m, ALL, dt, hour), (m, ALL, ALL, hour)):
-            levels[key].append(part)
-    return {
-        (m, v, dt, repo.from_micros(hour)): _Partial.combine(parts).values()
-        for (m, v, dt, hour), parts in levels.items()
-    }
+        hour = bucket - bucket % _HOUR_US
+        for vv, dd in ((v, dt), (v, ALL), (ALL, dt), (ALL, ALL)):
+            fine[(m, vv, dd, bucket)].append(part)
+            hourly[(m, vv, dd, hour)].append(part)
+
+    def finish(levels: dict[tuple[str, str, str, int], list[_Partial]]) -> Deltas:
+        return {
+            (m, v, dt, repo.from_micros(t)): _Partial.combine(parts).values()
+            for (m, v, dt, t), parts in levels.items()
+        }
+
+    return finish(hourly), finish(fine)
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,11 +451,12 @@ def _merge(a: RollupValues, b: RollupValues) -> RollupValues:
 
 
 def _merge_rollups(session: Session, org_id: str, cols: SessionColumns, stored: list[int]) -> None:
-    deltas = _rollup_deltas(cols, stored)
-    current = repo.lock_rollups(session, org_id, list(deltas))
-    repo.update_rollups(
-        session, org_id, {key: _merge(current[key], delta) for key, delta in deltas.items()}
-    )
+    hourly, fine = _rollup_deltas(cols, stored)
+    # Hourly rows first, then 10-minute rows, in every transaction (lock order).
+    for table, deltas in ((repo.HOURLY, hourly), (repo.TEN_MINUTES, fine)):
+        current = repo.lock_rollups(session, org_id, list(deltas), table)
+        merged = {key: _merge(current[key], delta) for key, delta in deltas.items()}
+        repo.update_rollups(session, org_id, merged, table)
 
 
 # ---------------------------------------------------------------------------------------
@@ -485,13 +496,20 @@ class InferenceStats:
         return self.error_count / self.session_count if self.session_count else 0.0
 
 
-def _floor_hour(t: datetime) -> datetime:
-    return t.replace(minute=0, second=0, microsecond=0)
+Range = tuple[datetime, datetime]
 
 
-def _ceil_hour(t: datetime) -> datetime:
-    floor = _floor_hour(t)
-    return floor if floor == t else floor + timedelta(hours=1)
+def _split(start: datetime, end: datetime, unit: timedelta) -> tuple[list[Range], list[Range]]:
+    """[start, end) as the whole `unit`s inside it (UTC-aligned, at most one range) and
+    the parts outside them (at most two ranges, each shorter than `unit`)."""
+    step = int(unit.total_seconds()) * _US
+    a, b = to_micros(start), to_micros(end)
+    lo, hi = -(-a // step) * step, b // step * step
+    if lo >= hi:
+        return [], [(start, end)]
+    inner_lo, inner_hi = repo.from_micros(lo), repo.from_micros(hi)
+    outer = [(x, y) for x, y in ((start, inner_lo), (inner_hi, end)) if x < y]
+    return [(inner_lo, inner_hi)], outer
 
 
 def inference_telemetry(
@@ -536,12 +554,13 @@ def inference_telemetry(
             v.add("device_type", problem)
     v.raise_if_any()
     assert start is not None and end is not None
-    first_hour, last_hour = _ceil_hour(start), _floor_hour(end)
-    if first_hour < last_hour:
-        hours: tuple[datetime, datetime] | None = (first_hour, last_hour)
-        edges = [(a, b) for a, b in ((start, first_hour), (last_hour, end)) if a < b]
-    else:
-        hours, edges = None, [(start, end)]
+    hours, rest = _split(start, end, timedelta(hours=1))
+    ten_minutes: list[tuple[datetime, datetime]] = []
+    raw: list[tuple[datetime, datetime]] = []
+    for a, b in rest:
+        inner, outer = _split(a, b, timedelta(minutes=10))
+        ten_minutes += inner
+        raw += outer
     data = repo.window(
         session,
         repo.WindowQuery(
@@ -550,7 +569,8 @@ def inference_telemetry(
             version=version or None,
             device_type=device_type or None,
             hours=hours,
-            edges=edges,
+            ten_minutes=ten_minutes,
+            raw=raw,
             online_since=now - ONLINE_WITHIN,
             log_gamma=LOG_GAMMA,
         ),
@@ -834,5 +854,5 @@ def prune_scope(session: Session, org_id: str, model_id: str, cutoff: datetime) 
 
 
 def prune_rollups(session: Session, cutoff: datetime) -> int:
-    """Delete rollup rows whose hour ended by `cutoff`."""
-    return repo.delete_rollups_before(session, cutoff - timedelta(hours=1) + timedelta.resolution)
+    """Delete rollup rows whose period ended by `cutoff`."""
+    return repo.delete_rollups_before(session, cutoff)

@@ -151,14 +151,16 @@ def test_window_inside_one_hour_reads_raw_rows(fleet_data: FleetData) -> None:
     check(window(client, start=start, end=end), [e for e in events if start <= e.at < end])
 
 
-def test_whole_hours_come_from_rollups_not_raw_rows(
+def test_windows_read_rollups_and_only_the_edges_from_raw_rows(
     registry: RunningServer, client: Client
 ) -> None:
-    """Delete the raw rows behind the server's back: hour-aligned windows still answer
-    (from rollups), windows with partial hours lose exactly the raw edge rows."""
+    """Delete the raw rows behind the server's back: whole hours (hourly rollups) and
+    whole 10 minutes (10-minute rollups) still answer; only the parts of a window under 10
+    minutes at its edges come from raw rows, and those are now gone."""
     model_with_versions(client, "m")
     hour = now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
     lat = [float(x) for x in range(1, 601)]
+    # One session every 6 s through the hour: 100 per 10 minutes.
     msgs = [session(at=hour + timedelta(seconds=6 * i), latency_ms=lat[i]) for i in range(600)]
     assert report(client, msgs).accepted_count == 600
     with transaction(session_factory(_engine(registry.database_url))) as s:
@@ -167,8 +169,16 @@ def test_whole_hours_come_from_rollups_not_raw_rows(
     aligned = window(client, start=hour, end=hour + timedelta(hours=1))
     assert aligned.session_count == 600
     assert_within_bound(aligned.latency_ms, np.array(lat))
-    partial = window(client, start=hour, end=hour + timedelta(minutes=30))
-    assert partial.session_count == 0
+    # 10-minute aligned, not hour aligned: [00:20, 00:50) from 10-minute rollups.
+    got = window(client, start=hour + timedelta(minutes=20), end=hour + timedelta(minutes=50))
+    assert got.session_count == 300
+    assert_within_bound(got.latency_ms, np.array(lat[200:500]))
+    # Hours plus 10-minute rollups plus raw edges: [-00:45, 00:33) loses the raw
+    # [00:30, 00:33).
+    got = window(client, start=hour - timedelta(minutes=45), end=hour + timedelta(minutes=33))
+    assert got.session_count == 300
+    # Under 10 minutes: raw rows only.
+    assert window(client, start=hour, end=hour + timedelta(minutes=9)).session_count == 0
 
 
 def test_late_events_land_in_their_own_hour(registry: RunningServer, client: Client) -> None:

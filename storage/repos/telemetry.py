@@ -17,6 +17,7 @@ from typing import Any, cast
 from sqlalchemy import (
     Integer,
     Row,
+    Table,
     and_,
     bindparam,
     case,
@@ -38,6 +39,7 @@ from storage.orm import (
     Base,
     Device,
     InferenceRollup,
+    InferenceRollup10m,
     InferenceSession,
     Model,
     ModelVersion,
@@ -400,7 +402,8 @@ def _parse_raw_pg(rows: Iterable[Sequence[Any]]) -> RawAggregate:
 # ---------------------------------------------------------------------------------------
 # rollups
 
-RollupKey = tuple[str, str, str, datetime]  # model_id, version, device_type, hour
+RollupKey = tuple[str, str, str, datetime]  # model_id, version, device_type, period start
+Range = tuple[datetime, datetime]  # [start, end)
 
 
 @dataclass
@@ -417,75 +420,79 @@ class RollupValues:
     tps_sketch: bytes = b""
 
 
-_VALUE_COLUMNS = [
-    InferenceRollup.session_count,
-    InferenceRollup.error_count,
-    InferenceRollup.latency_sum,
-    InferenceRollup.latency_sketch,
-    InferenceRollup.ttft_count,
-    InferenceRollup.ttft_sum,
-    InferenceRollup.ttft_sketch,
-    InferenceRollup.tps_count,
-    InferenceRollup.tps_sum,
-    InferenceRollup.tps_sketch,
+_VALUE_NAMES = [
+    "session_count",
+    "error_count",
+    "latency_sum",
+    "latency_sketch",
+    "ttft_count",
+    "ttft_sum",
+    "ttft_sketch",
+    "tps_count",
+    "tps_sum",
+    "tps_sketch",
 ]
-_KEY_COLUMNS = [
-    InferenceRollup.model_id,
-    InferenceRollup.version,
-    InferenceRollup.device_type,
-    InferenceRollup.hour,
-]
-
-
-_ROLLUPS = Base.metadata.tables[InferenceRollup.__tablename__]
-# Executemany UPDATE by primary key (Core, so it compiles once and is cached).
-_UPDATE_ROLLUP = (
-    update(_ROLLUPS)
-    .where(
-        *(
-            _ROLLUPS.c[name] == bindparam(f"k_{name}")
-            for name in ("org_id", "model_id", "version", "device_type", "hour")
-        )
-    )
-    .values({c.key: bindparam(c.key) for c in _VALUE_COLUMNS})
-)
 
 
 def _values(row: Row[Any] | Sequence[Any], offset: int = 0) -> RollupValues:
-    return RollupValues(*(row[offset + i] for i in range(len(_VALUE_COLUMNS))))
+    return RollupValues(*(row[offset + i] for i in range(len(_VALUE_NAMES))))
 
 
-_VALUE_NAMES = [c.key for c in _VALUE_COLUMNS]
-_PG_KEYS = "unnest(%(m)b::text[], %(v)b::text[], %(dt)b::text[], %(h)b::timestamptz[])"
-_PG_ENSURE_ROLLUPS = f"""
-INSERT INTO inference_rollups (
-    org_id, model_id, version, device_type, hour, {", ".join(_VALUE_NAMES)})
+class RollupTable:
+    """One rollup granularity: its table, the column holding the period start, and the
+    statements over it (built once)."""
+
+    def __init__(self, table: Table, period: str) -> None:
+        self.table, self.period = table, period
+        c = table.c
+        self.keys = [c.model_id, c.version, c.device_type, c[period]]
+        self.values = [c[n] for n in _VALUE_NAMES]
+        # Executemany UPDATE by primary key (Core: compiled once, cached).
+        self.update = (
+            update(table)
+            .where(
+                *(
+                    c[name] == bindparam(f"k_{name}")
+                    for name in ("org_id", "model_id", "version", "device_type", period)
+                )
+            )
+            .values({n: bindparam(n) for n in _VALUE_NAMES})
+        )
+        name, cols, keys = table.name, ", ".join(_VALUE_NAMES), _PG_KEYS
+        self.pg_ensure = f"""
+INSERT INTO {name} (org_id, model_id, version, device_type, {period}, {cols})
 SELECT %(org)s, u.m, u.v, u.dt, u.h, 0, 0, 0, '', 0, 0, '', 0, 0, ''
-FROM {_PG_KEYS} AS u(m, v, dt, h)
+FROM {keys} AS u(m, v, dt, h)
 ORDER BY u.m, u.v, u.dt, u.h
-ON CONFLICT DO NOTHING
-"""
-_PG_LOCK_ROLLUPS = f"""
-SELECT r.model_id, r.version, r.device_type, r.hour, {", ".join("r." + n for n in _VALUE_NAMES)}
-FROM inference_rollups AS r
-JOIN {_PG_KEYS} AS u(m, v, dt, h)
-  ON r.model_id = u.m AND r.version = u.v AND r.device_type = u.dt AND r.hour = u.h
+ON CONFLICT DO NOTHING"""
+        self.pg_lock = f"""
+SELECT r.model_id, r.version, r.device_type, r.{period}, {", ".join("r." + n for n in _VALUE_NAMES)}
+FROM {name} AS r
+JOIN {keys} AS u(m, v, dt, h)
+  ON r.model_id = u.m AND r.version = u.v AND r.device_type = u.dt AND r.{period} = u.h
 WHERE r.org_id = %(org)s
-ORDER BY r.model_id, r.version, r.device_type, r.hour
-FOR UPDATE OF r
-"""
-_PG_UPDATE_ROLLUPS = f"""
-UPDATE inference_rollups AS r
+ORDER BY r.model_id, r.version, r.device_type, r.{period}
+FOR UPDATE OF r"""
+        self.pg_update = f"""
+UPDATE {name} AS r
 SET {", ".join(f"{n} = u.{n}" for n in _VALUE_NAMES)}
 FROM unnest(%(m)b::text[], %(v)b::text[], %(dt)b::text[], %(h)b::timestamptz[],
             %(session_count)b::int8[], %(error_count)b::int8[], %(latency_sum)b::float8[],
             %(latency_sketch)b::bytea[], %(ttft_count)b::int8[], %(ttft_sum)b::float8[],
             %(ttft_sketch)b::bytea[], %(tps_count)b::int8[], %(tps_sum)b::float8[],
             %(tps_sketch)b::bytea[])
-     AS u(m, v, dt, h, {", ".join(_VALUE_NAMES)})
+     AS u(m, v, dt, h, {cols})
 WHERE r.org_id = %(org)s AND r.model_id = u.m AND r.version = u.v
-  AND r.device_type = u.dt AND r.hour = u.h
-"""
+  AND r.device_type = u.dt AND r.{period} = u.h"""
+        self.pg_select = (
+            f"SELECT {cols} FROM {name} WHERE org_id = %s AND model_id = %s AND version = %s"
+            f" AND device_type = %s AND {period} >= %s AND {period} < %s"
+        )
+
+
+_PG_KEYS = "unnest(%(m)b::text[], %(v)b::text[], %(dt)b::text[], %(h)b::timestamptz[])"
+HOURLY = RollupTable(Base.metadata.tables[InferenceRollup.__tablename__], "hour")
+TEN_MINUTES = RollupTable(Base.metadata.tables[InferenceRollup10m.__tablename__], "bucket")
 
 
 def _pg_keys(org_id: str, keys: Sequence[RollupKey]) -> dict[str, Any]:
@@ -499,13 +506,14 @@ def _pg_keys(org_id: str, keys: Sequence[RollupKey]) -> dict[str, Any]:
 
 
 def lock_rollups(
-    session: Session, org_id: str, keys: Sequence[RollupKey]
+    session: Session, org_id: str, keys: Sequence[RollupKey], table: RollupTable = HOURLY
 ) -> dict[RollupKey, RollupValues]:
     """Create missing rollup rows (empty), then lock and return all of `keys`.
 
     Both steps go in key order. Creating first means every transaction's row locks are
-    taken on committed or own rows, in one global order: no deadlocks between batches.
-    On SQLite the BEGIN IMMEDIATE write lock already serialises writers.
+    taken on committed or own rows, in one global order: no deadlocks between batches
+    (callers lock HOURLY before TEN_MINUTES). On SQLite the BEGIN IMMEDIATE write lock
+    already serialises writers.
     """
     ordered = sorted(set(keys))
     if not ordered:
@@ -516,36 +524,45 @@ def lock_rollups(
         assert driver is not None
         params = _pg_keys(org_id, ordered)
         with driver.pipeline(), driver.cursor() as cur:
-            cur.execute(_PG_ENSURE_ROLLUPS, params)
-            cur.execute(_PG_LOCK_ROLLUPS, params, binary=True)
+            cur.execute(table.pg_ensure, params)
+            cur.execute(table.pg_lock, params, binary=True)
             rows = cur.fetchall()
         for r in rows:
             out[(r[0], r[1], r[2], r[3])] = _values(r, 4)
         return out
-    empty = {c.key: getattr(RollupValues(), c.key) for c in _VALUE_COLUMNS}
+    empty = {n: getattr(RollupValues(), n) for n in _VALUE_NAMES}
     session.execute(
-        _insert(session, _ROLLUPS).on_conflict_do_nothing(),
+        _insert(session, table.table).on_conflict_do_nothing(),
         [
-            {"org_id": org_id, "model_id": m, "version": v, "device_type": dt, "hour": h, **empty}
+            {
+                "org_id": org_id,
+                "model_id": m,
+                "version": v,
+                "device_type": dt,
+                table.period: h,
+                **empty,
+            }
             for m, v, dt, h in ordered
         ],
     )
     result = session.execute(
-        select(*_KEY_COLUMNS, *_VALUE_COLUMNS)
-        .where(
-            InferenceRollup.org_id == org_id,
-            tuple_(*_KEY_COLUMNS).in_(ordered),
-        )
-        .order_by(*_KEY_COLUMNS)
+        select(*table.keys, *table.values)
+        .where(table.table.c.org_id == org_id, tuple_(*table.keys).in_(ordered))
+        .order_by(*table.keys)
         .with_for_update()
     )
     for r in result:
-        hour = cast(datetime, r[3])
-        out[(str(r[0]), str(r[1]), str(r[2]), hour)] = _values(r, 4)
+        period = cast(datetime, r[3])
+        out[(str(r[0]), str(r[1]), str(r[2]), period)] = _values(r, 4)
     return out
 
 
-def update_rollups(session: Session, org_id: str, values: dict[RollupKey, RollupValues]) -> None:
+def update_rollups(
+    session: Session,
+    org_id: str,
+    values: dict[RollupKey, RollupValues],
+    table: RollupTable = HOURLY,
+) -> None:
     """Overwrite locked rollup rows (see lock_rollups) with merged values."""
     if not values:
         return
@@ -557,7 +574,7 @@ def update_rollups(session: Session, org_id: str, values: dict[RollupKey, Rollup
         driver = session.connection().connection.driver_connection
         assert driver is not None
         with driver.cursor() as cur:
-            cur.execute(_PG_UPDATE_ROLLUPS, params)
+            cur.execute(table.pg_update, params)
         return
     params_list = [
         {
@@ -565,20 +582,12 @@ def update_rollups(session: Session, org_id: str, values: dict[RollupKey, Rollup
             "k_model_id": m,
             "k_version": v,
             "k_device_type": dt,
-            "k_hour": h,
-            **{c.key: getattr(val, c.key) for c in _VALUE_COLUMNS},
+            f"k_{table.period}": h,
+            **{n: getattr(val, n) for n in _VALUE_NAMES},
         }
         for (m, v, dt, h), val in items
     ]
-    session.execute(_UPDATE_ROLLUP, params_list)
-
-
-_PG_ROLLUPS = (
-    "SELECT "
-    + ", ".join(c.key for c in _VALUE_COLUMNS)
-    + " FROM inference_rollups WHERE org_id = %s AND model_id = %s AND version = %s"
-    " AND device_type = %s AND hour >= %s AND hour < %s"
-)
+    session.execute(table.update, params_list)
 
 
 def rollups(
@@ -587,43 +596,49 @@ def rollups(
     model_id: str,
     version: str,
     device_type: str,
-    start_hour: datetime,
-    end_hour: datetime,
+    ranges: Sequence[Range],
+    table: RollupTable = HOURLY,
 ) -> list[RollupValues]:
-    """Rollup rows of one (version, device_type) level with start_hour <= hour < end_hour."""
-    if _is_postgres(session):
-        # A month is ~720 rows of sketches: binary results skip bytea's hex encoding and
-        # SQLAlchemy's row processing, a 3-5x difference at this size.
-        driver = session.connection().connection.driver_connection
-        assert driver is not None
-        with driver.cursor(binary=True) as cur:
-            cur.execute(_PG_ROLLUPS, (org_id, model_id, version, device_type, start_hour, end_hour))
-            return [_values(r) for r in cur.fetchall()]
-    R = InferenceRollup
-    rows = session.execute(
-        select(*_VALUE_COLUMNS).where(
-            R.org_id == org_id,
-            R.model_id == model_id,
-            R.version == version,
-            R.device_type == device_type,
-            R.hour >= start_hour,
-            R.hour < end_hour,
+    """Rollup rows of one (version, device_type) level whose period starts in `ranges`."""
+    out: list[RollupValues] = []
+    for start, end in ranges:
+        if _is_postgres(session):
+            # A month is ~720 rows of sketches: binary results skip bytea's hex encoding
+            # and SQLAlchemy's row processing, a 3-5x difference at this size.
+            driver = session.connection().connection.driver_connection
+            assert driver is not None
+            with driver.cursor(binary=True) as cur:
+                cur.execute(table.pg_select, (org_id, model_id, version, device_type, start, end))
+                out += [_values(r) for r in cur.fetchall()]
+            continue
+        c = table.table.c
+        rows = session.execute(
+            select(*table.values).where(
+                c.org_id == org_id,
+                c.model_id == model_id,
+                c.version == version,
+                c.device_type == device_type,
+                c[table.period] >= start,
+                c[table.period] < end,
+            )
         )
-    )
-    return [_values(r) for r in rows]
+        out += [_values(r) for r in rows]
+    return out
 
 
 @dataclass(frozen=True)
 class WindowQuery:
-    """What a window query reads: rollup rows of one level for whole hours, raw sessions
-    for the partial hours at the edges, and the org's fleet."""
+    """What a window query reads: rollup rows of one level (hourly for whole hours,
+    10-minute ones for whole 10 minutes at the edges), raw sessions for what is left at
+    the edges (under 10 minutes each), and the org's fleet."""
 
     org_id: str
     model_id: str
     version: str | None  # None: every version
     device_type: str | None  # None: every device type
-    hours: tuple[datetime, datetime] | None  # [first, last) whole hours from rollups
-    edges: Sequence[tuple[datetime, datetime]]  # [start, end) ranges from raw rows
+    hours: Sequence[Range]
+    ten_minutes: Sequence[Range]
+    raw: Sequence[Range]
     online_since: datetime
     log_gamma: float
 
@@ -654,9 +669,10 @@ def window(session: Session, q: WindowQuery) -> WindowData:
     if not _is_postgres(session):
         return WindowData(
             model_exists(session, q.org_id, q.model_id),
-            rollups(session, q.org_id, q.model_id, *level, *q.hours) if q.hours else [],
+            rollups(session, q.org_id, q.model_id, *level, q.hours, HOURLY)
+            + rollups(session, q.org_id, q.model_id, *level, q.ten_minutes, TEN_MINUTES),
             raw_aggregate(
-                session, q.org_id, q.model_id, q.edges, q.version, q.device_type, q.log_gamma
+                session, q.org_id, q.model_id, q.raw, q.version, q.device_type, q.log_gamma
             ),
             fleet_counts(session, q.org_id, q.online_since),
         )
@@ -665,26 +681,28 @@ def window(session: Session, q: WindowQuery) -> WindowData:
     with driver.pipeline():
         exists_cur = driver.cursor()
         exists_cur.execute(_PG_MODEL_EXISTS, (q.org_id, q.model_id))
-        rollup_cur = driver.cursor(binary=True)
-        if q.hours:
-            rollup_cur.execute(_PG_ROLLUPS, (q.org_id, q.model_id, *level, *q.hours))
+        rollup_curs = []
+        for table, ranges in ((HOURLY, q.hours), (TEN_MINUTES, q.ten_minutes)):
+            for start, end in ranges:
+                cur = driver.cursor(binary=True)
+                cur.execute(table.pg_select, (q.org_id, q.model_id, *level, start, end))
+                rollup_curs.append(cur)
         fleet_cur = driver.cursor()
         fleet_cur.execute(_PG_FLEET, {"org": q.org_id, "since": q.online_since})
         raw_cur = driver.cursor()
-        if q.edges:
+        raw_rows: list[Any] = []
+        if q.raw:
             sql, params = _raw_sql_pg(
-                q.org_id, q.model_id, q.edges, q.version, q.device_type, q.log_gamma
+                q.org_id, q.model_id, q.raw, q.version, q.device_type, q.log_gamma
             )
             raw_cur.execute(_PG_EDGE_PLAN)
             raw_cur.execute(sql, params, prepare=False)
             raw_rows = raw_cur.fetchall()
             raw_cur.execute(_PG_EDGE_RESET)
-        else:
-            raw_rows = []
         exists_row = exists_cur.fetchone()
-        rollup_rows = rollup_cur.fetchall() if q.hours else []
+        rollup_rows = [r for cur in rollup_curs for r in cur.fetchall()]
         fleet_row = fleet_cur.fetchone()
-    for cur in (exists_cur, rollup_cur, fleet_cur, raw_cur):
+    for cur in (exists_cur, fleet_cur, raw_cur, *rollup_curs):
         cur.close()
     assert exists_row is not None and fleet_row is not None
     return WindowData(
@@ -721,10 +739,14 @@ def delete_sessions_before(session: Session, org_id: str, model_id: str, cutoff:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def delete_rollups_before(session: Session, hour: datetime) -> int:
-    """Rollup rows for hours starting before `hour`."""
-    result = session.execute(delete(InferenceRollup).where(InferenceRollup.hour < hour))
-    return int(getattr(result, "rowcount", 0) or 0)
+def delete_rollups_before(session: Session, cutoff: datetime) -> int:
+    """Rollup rows (both granularities) whose period ended by `cutoff`."""
+    deleted = 0
+    for table, length in ((HOURLY, timedelta(hours=1)), (TEN_MINUTES, timedelta(minutes=10))):
+        column = table.table.c[table.period]
+        result = session.execute(delete(table.table).where(column <= cutoff - length))
+        deleted += int(getattr(result, "rowcount", 0) or 0)
+    return deleted
 
 
 # ---------------------------------------------------------------------------------------
