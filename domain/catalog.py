@@ -104,7 +104,12 @@ class DownloadUrls:
 
 
 def _bump(session: Session, variant_org_id: str | None) -> None:
-    """Mark every manifest the row shows in as changed."""
+    """Mark every manifest the row shows in as changed.
+
+    Writers under a variant bump before they write there: the bump locks the org's (or the
+    catalog's) row, and writing a version, package or resource locks the variant's row
+    (content_revision triggers, migration 0008). Taking them in that one order everywhere
+    (uploads do) keeps concurrent writers on PostgreSQL from deadlocking."""
     if variant_org_id is None:
         repo.bump_catalog_revision(session)
     else:
@@ -249,6 +254,11 @@ def update_variant(
     v = Violations()
     taxonomy = _check_fields(v, "variant", fields, paths)
     v.raise_if_any()
+    seen = repo.get_variant(session, org_id, uid)
+    if seen is None:
+        raise NotFound("variant", names.variant_name(uid))
+    _bump(session, seen.org_id)  # before locking the variant: see _bump
+    session.expire(seen)  # read again under the lock below
     variant = repo.get_variant_for_update(session, org_id, uid)
     if variant is None:
         raise NotFound("variant", names.variant_name(uid))
@@ -265,7 +275,6 @@ def update_variant(
     if "description" in paths:
         variant.description = fields.description
     variant.updated_at = utcnow()
-    _bump(session, variant.org_id)
     session.flush()
     return variant
 
@@ -352,9 +361,9 @@ def deprecate_version(
             reason="NOT_ACTIVE",
             metadata={"resource_name": name, "state": cv.lifecycle},
         )
+    _bump(session, cv.variant.org_id)  # first: see _bump
     cv.lifecycle = "deprecated"
     cv.deprecated_at = utcnow()
-    _bump(session, cv.variant.org_id)
     session.flush()
     return _views(session, [cv])[0]
 

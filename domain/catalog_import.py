@@ -432,6 +432,7 @@ def apply(session: Session, specs: list[VariantSpec]) -> ImportReport:
     """Upsert the specs as blessed rows; bump the blessed catalog's revision once if
     anything changed."""
     report = ImportReport()
+    repo.lock_catalog(session)  # before writing under variants (domain.catalog._bump)
     for spec in specs:
         _apply_variant(session, spec, report)
     if report.changed:

@@ -18,26 +18,50 @@ it changes exactly when the content does: a bump that changed nothing the manife
 another org's writes touch neither its stamp nor its content. ManifestCache maps stamps to
 etags (and keeps the last few built manifests) so an if-none-match check costs the stamp
 read plus a dictionary lookup.
+
+Building (load_index): one row per model name (the org's Model, the variant that resolves)
+plus, for each variant, the key of its content: (id, content_revision, updated_at).
+content_revision is bumped by database triggers on every write of the variant's versions,
+packages or resources, updated_at by every write of its own fields, so equal keys mean an
+equal subtree. The server keeps the serialized subtree per key (server/manifest_pb.py);
+only the subtrees of keys it does not hold are loaded.
+
+Paging (AIP-158): a page token names the etag of the manifest it pages and the caller it
+was issued to; every page of one manifest carries its etag, and a token whose manifest
+changed meanwhile is ABORTED (start again from the first page).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session
 
 from domain import names
-from domain.errors import InvalidArgument, NotFound
+from domain.errors import Aborted, InvalidArgument, NotFound
+from domain.paging import fingerprint
 from storage.repos import catalog as repo
 
 T = TypeVar("T")
 
 Stamp = tuple[str | None, int, int]
+# (variant id, content_revision, updated_at as the driver returns it): equal keys, equal
+# subtrees (see the module docstring).
+VariantKey = tuple[str, int, Any]
 MAX_NAME = 128
+
+# Paging. Entries are ~1 KB (one version, one file) to a few KB; a page also stops before
+# PAGE_BYTES of entries, so responses stay well under gRPC clients' default 4 MiB receive
+# limit whatever the page size (a single entry larger than that is sent alone).
+DEFAULT_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 5000
+PAGE_BYTES = 2 << 20
 
 
 def stamp(session: Session, org_id: str | None) -> Stamp:
@@ -83,6 +107,126 @@ def load(session: Session, org_id: str | None, only: Sequence[str] | None = None
         current, sorted(models.keys() | variants.keys()), models, variants, versions, packages,
         resources,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Subtrees:
+    """Variant rows with their versions, packages and resources (layouts and orders of
+    storage.repos.catalog.manifest_subtrees), grouped for building."""
+
+    variants: dict[str, Any]  # variant id -> row
+    versions: dict[str, list[Any]]  # variant id -> its versions, newest first
+    packages: dict[str, list[Any]]  # catalog version id -> packages
+    resources: dict[str, list[Any]]  # package id -> resources
+
+
+@dataclass(frozen=True)
+class Index:
+    """A caller's manifest as one row per model name, and the subtrees of the variants
+    whose keys the server did not hold."""
+
+    stamp: Stamp
+    names: list[str]  # every model name, sorted
+    models: dict[str, tuple[str, bool]]  # model name -> the Model's (framework, enabled)
+    variants: dict[str, VariantKey]  # model name -> the key of the variant that resolves
+    subtrees: Subtrees
+
+
+def variant_key(row: Any) -> VariantKey:
+    """The content key of a variant row (an index row or a subtree row)."""
+    return row.id, row.content_revision, row.updated_at
+
+
+def load_index(
+    session: Session,
+    org_id: str | None,
+    cached: Callable[[list[VariantKey]], Collection[VariantKey]],
+) -> Index:
+    """The caller's manifest index; `cached(keys)` answers which of the variants' keys the
+    caller already holds built (and keeps them for it), the others' subtrees are loaded.
+    Stamp, index and subtrees come from one snapshot."""
+    repo.manifest_snapshot(session)
+    current = stamp(session, org_id)
+    rows = repo.manifest_index(session, org_id)
+    # rows are (model_id, framework, enabled) and (id, content_revision, updated_at, name)
+    models: dict[str, tuple[str, bool]] = {r[0]: (r[1], r[2]) for r in rows.models}
+    variants: dict[str, VariantKey] = {r[3]: (r[0], r[1], r[2]) for r in rows.variants}
+    have = cached(list(variants.values()))
+    missing = [key[0] for key in variants.values() if key not in have]
+    subtrees = Subtrees({}, {}, {}, {})
+    if missing:
+        # Most of them (a cold cache): one pass over everything beats long id lists.
+        ids = None if len(missing) * 2 > len(variants) else missing
+        subtrees = group_subtrees(repo.manifest_subtrees(session, org_id, ids))
+    return Index(current, sorted(models.keys() | variants.keys()), models, variants, subtrees)
+
+
+def group_subtrees(rows: repo.ManifestRows) -> Subtrees:
+    versions: dict[str, list[Any]] = {}
+    for r in rows.versions:
+        versions.setdefault(r.variant_id, []).append(r)
+    packages: dict[str, list[Any]] = {}
+    for r in rows.packages:
+        packages.setdefault(r.catalog_version_id, []).append(r)
+    resources: dict[str, list[Any]] = {}
+    for r in rows.resources:
+        resources.setdefault(r.package_id, []).append(r)
+    return Subtrees({r.id: r for r in rows.variants}, versions, packages, resources)
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """A GetManifest request's paging: where its page starts, how many entries at most,
+    and the etag of the manifest its token pages (None on a first page)."""
+
+    offset: int
+    size: int
+    etag: str | None
+
+
+def _caller(org_id: str | None) -> str:
+    return fingerprint("manifest", org_id)
+
+
+def page_request(page_size: int, page_token: str, org_id: str | None) -> PageRequest:
+    """Validate the paging fields; a token must come from this caller's GetManifest."""
+    if page_size < 0:
+        raise InvalidArgument.field("page_size", "must not be negative")
+    size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    if not page_token:
+        return PageRequest(0, size, None)
+    try:
+        padded = page_token + "=" * (-len(page_token) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        offset, etag, caller = int(data["o"]), str(data["e"]), str(data["c"])
+    except (ValueError, KeyError, TypeError):
+        raise InvalidArgument.field("page_token", "is not a token this server issued") from None
+    if offset <= 0 or not etag:
+        raise InvalidArgument.field("page_token", "is not a token this server issued")
+    if caller != _caller(org_id):
+        raise InvalidArgument.field("page_token", "was issued to another caller")
+    return PageRequest(offset, size, etag)
+
+
+def next_page_token(etag: str, offset: int, org_id: str | None) -> str:
+    payload = json.dumps({"e": etag, "o": offset, "c": _caller(org_id)}).encode()
+    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+def check_page(request: PageRequest, etag: str, entries: int) -> None:
+    """A token pages the manifest it was issued for: ABORTED once that changed (the etag
+    moved on), INVALID_ARGUMENT when it points past the end."""
+    if request.etag is None:
+        return
+    if request.etag != etag:
+        raise Aborted(
+            "the manifest changed since the first page was read; "
+            "start again from the first page (no page_token)",
+            reason="MANIFEST_CHANGED",
+            metadata={"etag": etag, "page_token_etag": request.etag},
+        )
+    if request.offset > entries:
+        raise InvalidArgument.field("page_token", "is not a token this server issued")
 
 
 def load_entry(session: Session, org_id: str, model_id: str) -> ManifestData:

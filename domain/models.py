@@ -182,8 +182,9 @@ def delete_model(session: Session, org_id: str, model_id: str, etag: str) -> Non
     if model is None:
         raise NotFound("model", names.model_name(model_id))
     check_etag(etag, model.id, model.revision, names.model_name(model_id))
-    session.delete(model)
+    # Before the delete, whose cascade locks the variant rows (see domain.catalog._bump).
     tenancy.bump_org_revision(session, org_id)
+    session.delete(model)
     session.flush()
 
 

@@ -17,13 +17,12 @@ from modelregistry.v1 import (
     catalog_service_pb2,
     catalog_service_pb2_grpc,
     model_service_pb2,
-    model_service_pb2_grpc,
     telemetry_service_pb2,
     telemetry_service_pb2_grpc,
     version_service_pb2,
     version_service_pb2_grpc,
 )
-from server import tls
+from server import model_service, tls
 from server.catalog_service import CatalogService
 from server.conversion_service import conversion_pool
 from server.health import HealthMonitor
@@ -100,7 +99,7 @@ class RegistryServer:
 
     def _add_services(self) -> None:
         rt = self.runtime
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(rt), self.server)
+        model_service.add_to_server(ModelService(rt), self.server)
         version_service_pb2_grpc.add_VersionServiceServicer_to_server(
             VersionService(rt, UploadLimits(self.settings.max_upload_file_bytes)), self.server
         )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import grpc
 from google.protobuf import empty_pb2
 
 from domain import catalog, compatibility, manifest, models, names, optimized_configs
@@ -38,6 +40,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self.rt = runtime
         self.presigned = PresignedRpcs(runtime, max_file_bytes=0)  # downloads only
         self.manifests: manifest.ManifestCache[manifest_pb.Built] = manifest.ManifestCache()
+        # Serialized variant subtrees, shared by every caller's manifest.
+        self.tails = manifest_pb.TailCache()
         # One build per stamp at a time: a fleet polling right after a change waits for
         # the build in progress instead of starting its own.
         self._building: dict[manifest.Stamp, asyncio.Future[manifest_pb.Built]] = {}
@@ -117,22 +121,30 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         data = await self.rt.read(manifest.load_entry, org, request.model_id)
         return manifest_pb.entry(data, request.model_id)
 
-    async def GetManifest(
+    async def GetManifest(  # type: ignore[override]  # pages are bytes, see add_to_server
         self, request: pb.GetManifestRequest, context: Ctx
-    ) -> pb.GetManifestResponse:
+    ) -> pb.GetManifestResponse | bytes:
+        """Answers a page as bytes joined from the built manifest (add_to_server registers
+        a serializer that passes them through)."""
         org = principal().org_id  # None: anonymous, the blessed catalog only
+        page = manifest.page_request(request.page_size, request.page_token, org)
         stamp = await self.rt.read(manifest.stamp, org)
-        wanted = request.if_none_match
+        # if_none_match is for a first page; a token pages the manifest it came from.
+        wanted = request.if_none_match if page.etag is None else ""
         etag = self.manifests.etag(stamp) if wanted else None
-        body = None
-        if etag is None or etag != wanted:
-            body = (await self._manifest(stamp)).response
-            etag = body.etag
-        await self._send_etag(context, etag)
-        if wanted and wanted == etag:
+        if etag is not None and etag == wanted:
+            await self._send_etag(context, etag)
             return pb.GetManifestResponse(etag=etag, not_modified=True)
-        assert body is not None
-        return body
+        built = await self._manifest(stamp)
+        manifest.check_page(page, built.etag, len(built.names))
+        await self._send_etag(context, built.etag)
+        if wanted == built.etag:
+            return pb.GetManifestResponse(etag=built.etag, not_modified=True)
+        return built.page(
+            page.offset,
+            page.size,
+            lambda offset: manifest.next_page_token(built.etag, offset, org),
+        )
 
     async def _manifest(self, stamp: manifest.Stamp) -> manifest_pb.Built:
         """The caller's manifest at `stamp` or later: cached, being built, or built now."""
@@ -145,10 +157,25 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         future: asyncio.Future[manifest_pb.Built] = asyncio.get_running_loop().create_future()
         self._building[stamp] = future
         try:
-            data = await self.rt.read(manifest.load, stamp[0])
             previous = self.manifests.last_body(stamp[0])
-            built = await self.rt.call(manifest_pb.response, data, utcnow(), previous)
-            self.manifests.put(data.stamp, built.etag, built)
+            pinned: dict[manifest.VariantKey, manifest_pb.Tail] = {}
+
+            def cached_tails(keys: list[manifest.VariantKey]) -> dict[manifest.VariantKey, Any]:
+                pinned.update(self.tails.pin(keys, previous))
+                return pinned
+
+            index = await self.rt.read(
+                manifest_pb.gc_paused(manifest.load_index), stamp[0], cached_tails
+            )
+            built = await self.rt.call(
+                manifest_pb.gc_paused(manifest_pb.build),
+                index,
+                pinned,
+                utcnow(),
+                previous,
+                self.tails,
+            )
+            self.manifests.put(index.stamp, built.etag, built)
             future.set_result(built)
         except BaseException as exc:
             future.set_exception(exc)
@@ -222,3 +249,31 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         config = convert.struct_to_dict(oc.config) if oc.HasField("config") else None
         view = await self.rt.write(optimized_configs.put_config, org, oc.name, config)
         return convert.optimized_config(view)
+
+
+def add_to_server(servicer: ModelService, server: grpc.aio.Server) -> None:
+    """add_ModelServiceServicer_to_server, with a GetManifest serializer that also takes
+    the bytes GetManifest answers pages with."""
+    recorder = _Recorder()
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, recorder)  # type: ignore[arg-type]
+    handlers = dict(recorder.handlers)
+    handlers["GetManifest"] = handlers["GetManifest"]._replace(
+        response_serializer=manifest_pb.serialize_response
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(recorder.service, handlers),)
+    )
+    server.add_registered_method_handlers(recorder.service, handlers)  # type: ignore[attr-defined]
+
+
+class _Recorder:
+    """Stands in for the server to capture the generated method handlers."""
+
+    service = ""
+    handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.service, self.handlers = service, handlers

@@ -269,3 +269,81 @@ def test_resolve_model(client: Client, other_client: Client, admin: Client, db: 
         client.models.ResolveModel,
         mpb.ResolveModelRequest(model_id=""),
     )
+
+
+def page(
+    c: Client, page_size: int = 0, page_token: str = "", if_none_match: str = ""
+) -> mpb.GetManifestResponse:
+    resp: mpb.GetManifestResponse
+    resp, call = c.models.GetManifest.with_call(
+        mpb.GetManifestRequest(
+            page_size=page_size, page_token=page_token, if_none_match=if_none_match
+        )
+    )
+    assert dict(call.initial_metadata())["etag"] == resp.etag
+    return resp
+
+
+def test_pages_carry_one_etag_and_add_up_to_the_manifest(client: Client, admin: Client) -> None:
+    for _ in range(5):
+        create_model(client, unique("paged"))
+    create_variant(admin, unique("paged-blessed"), blessed=True)
+    whole = page(client, page_size=5000)
+    assert not whole.next_page_token
+    assert whole.models == manifest(client).models  # the default page holds them all here
+    merged: dict[str, manifest_pb2.ManifestEntry] = {}
+    token, pages = "", 0
+    while True:
+        got = page(client, page_size=2, page_token=token)
+        assert got.etag == whole.etag and got.generate_time == whole.generate_time
+        assert 1 <= len(got.models) <= 2 and not merged.keys() & got.models.keys()
+        merged.update(got.models)
+        pages += 1
+        token = got.next_page_token
+        if not token:
+            break
+    assert merged == dict(whole.models) and pages == (len(whole.models) + 1) // 2
+
+
+def test_page_tokens_belong_to_their_caller_and_manifest(
+    client: Client, other_client: Client, db: CatalogDb
+) -> None:
+    name = unique("tok")
+    for i in range(3):
+        create_model(client, f"{name}-{i}")
+    first = page(client, page_size=1)
+    token = first.next_page_token
+    assert token
+    # if_none_match is for first pages: a token pages on whatever it says
+    second = page(client, page_size=1, page_token=token, if_none_match=first.etag)
+    assert not second.not_modified and second.etag == first.etag and len(second.models) == 1
+    for bad in ["garbage", token[:-3]]:
+        expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            client.models.GetManifest,
+            mpb.GetManifestRequest(page_token=bad),
+        )
+    expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        client.models.GetManifest,
+        mpb.GetManifestRequest(page_size=-1),
+    )
+    for stranger, metadata in [(other_client, None), (client, NO_AUTH)]:
+        expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            stranger.models.GetManifest,
+            mpb.GetManifestRequest(page_token=token),
+            metadata=metadata,
+        )
+    # a write that shows nothing keeps the manifest, and so the token
+    set_model(client, f"{name}-0", description="not in the manifest")
+    assert page(client, page_size=1, page_token=token).etag == first.etag
+    # one that shows: the token's manifest is gone
+    set_model(client, f"{name}-0", enabled=False)
+    err = expect_error(
+        grpc.StatusCode.ABORTED,
+        client.models.GetManifest,
+        mpb.GetManifestRequest(page_token=token),
+    )
+    assert err.reason == "MANIFEST_CHANGED"
+    assert err.metadata["etag"] == manifest(client).etag != first.etag

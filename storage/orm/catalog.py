@@ -66,6 +66,12 @@ class CatalogVariant(UuidPk, Timestamps, Base):
     parameter_count: Mapped[int | None] = mapped_column(BigInteger)
     license: Mapped[str] = mapped_column(String(128), default="")
     description: Mapped[str] = mapped_column(Text, default="")
+    # Bumped by database triggers (migration 0008) in the writing transaction whenever a
+    # catalog version, package or resource of this variant is inserted, updated or deleted,
+    # whoever writes it (cascades included). With updated_at (the variant's own fields) it
+    # keys the manifest's cached bytes of the variant's subtree (server/manifest_pb.py).
+    # Never written by the application.
+    content_revision: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
     versions: Mapped[list[CatalogVersion]] = relationship(
         back_populates="variant", cascade="all, delete-orphan", passive_deletes=True

@@ -44,6 +44,14 @@ def bump_catalog_revision(session: Session) -> None:
         session.execute(insert(CatalogState).values(id=CATALOG_STATE_ID, revision=2))
 
 
+def lock_catalog(session: Session) -> None:
+    """Lock the blessed catalog's revision row until the transaction ends, without bumping
+    it (writers take it before writing under a variant; see domain.catalog._bump)."""
+    session.execute(
+        select(CatalogState.id).where(CatalogState.id == CATALOG_STATE_ID).with_for_update()
+    )
+
+
 def manifest_revisions(session: Session, org_id: str | None) -> tuple[int, int]:
     """(org revision, blessed catalog revision) in one round trip; the org part is 0 for
     anonymous callers. Together they change whenever the caller's manifest may have."""
@@ -296,12 +304,24 @@ def model_enabled(session: Session, org_id: str, model_id: str) -> bool | None:
 # ---------------------------------------------------------------------------------------
 # manifest rows: flat tuples (no ORM identity map), one query per table
 
+# Variant ids per IN (...) list: well under SQLite's bound-parameter limit.
+_ID_CHUNK = 500
+
 
 def _raw(column: Any) -> Any:
     """The column as the driver returns it, skipping SQLAlchemy's per-value processing
     (ten thousands of rows): timestamps are ISO text (naive UTC) on SQLite and datetimes
     on PostgreSQL, JSON is text on SQLite and already decoded on PostgreSQL."""
     return type_coerce(column, String).label(column.key)
+
+
+def manifest_snapshot(session: Session) -> None:
+    """Make the rest of this read transaction see one snapshot: on PostgreSQL, REPEATABLE
+    READ (must run before the transaction's first statement); SQLite's read transactions
+    are snapshots already. So the revisions read first describe exactly the rows read
+    after them."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
 
 
 @dataclass(frozen=True)
@@ -315,6 +335,35 @@ class ManifestRows:
     resources: Sequence[Any]  # id, package_id, kind, file_name, stored, ...
 
 
+@dataclass(frozen=True)
+class ManifestIndexRows:
+    """One row per model name of a caller's manifest, without the variants' subtrees."""
+
+    models: Sequence[Any]  # model_id, framework, enabled
+    variants: Sequence[Any]  # id, content_revision, updated_at (raw), name
+
+
+def manifest_index(session: Session, org_id: str | None) -> ManifestIndexRows:
+    """The org's models and the variants that resolve for it (its overrides beat blessed
+    rows), with what keys a variant's content: its content_revision (bumped by triggers on
+    every write under it) and updated_at (its own fields)."""
+    conn = session.connection()
+    model_rows: Sequence[Any] = []
+    if org_id is not None:
+        model_rows = conn.execute(
+            select(Model.model_id, Model.framework, Model.enabled).where(Model.org_id == org_id)
+        ).all()
+    variant_rows = conn.execute(
+        select(
+            CatalogVariant.id,
+            CatalogVariant.content_revision,
+            _raw(CatalogVariant.updated_at),
+            CatalogVariant.name,
+        ).where(variants.resolved_for(org_id))
+    ).all()
+    return ManifestIndexRows(model_rows, variant_rows)
+
+
 def manifest_rows(
     session: Session, org_id: str | None, names: Sequence[str] | None = None
 ) -> ManifestRows:
@@ -322,8 +371,7 @@ def manifest_rows(
     rows), with their versions (newest first), packages and resources (in load order).
     `names` restricts everything to those model names."""
     conn = session.connection()  # Core results: no ORM row loading for 10,000s of rows
-    resolved = variants.resolved_for(org_id)
-    variant_where: list[ColumnElement[bool]] = [resolved]
+    variant_where: list[ColumnElement[bool]] = [variants.resolved_for(org_id)]
     model_where: list[ColumnElement[bool]] = []
     if names is not None:
         variant_where.append(CatalogVariant.name.in_(list(names)))
@@ -335,6 +383,33 @@ def manifest_rows(
                 Model.org_id == org_id, *model_where
             )
         ).all()
+    subtrees = _subtree_rows(session, variant_where)
+    return ManifestRows(model_rows, *subtrees)
+
+
+def manifest_subtrees(
+    session: Session, org_id: str | None, variant_ids: Sequence[str] | None
+) -> ManifestRows:
+    """The variant rows with their versions, packages and resources (orders as in
+    manifest_rows), for `variant_ids`, or for every variant that resolves for the org
+    when None (cheaper than long id lists when most are wanted). `models` is empty."""
+    if variant_ids is None:
+        return ManifestRows([], *_subtree_rows(session, [variants.resolved_for(org_id)]))
+    parts: list[tuple[Sequence[Any], ...]] = []
+    ids = list(variant_ids)
+    for i in range(0, len(ids), _ID_CHUNK):
+        parts.append(_subtree_rows(session, [CatalogVariant.id.in_(ids[i : i + _ID_CHUNK])]))
+    if len(parts) == 1:
+        return ManifestRows([], *parts[0])
+    # Each chunk keeps its own order, which is all readers rely on (rows are grouped
+    # per variant, version and package).
+    return ManifestRows([], *([row for part in parts for row in part[k]] for k in range(4)))
+
+
+def _subtree_rows(
+    session: Session, variant_where: list[ColumnElement[bool]]
+) -> tuple[Sequence[Any], Sequence[Any], Sequence[Any], Sequence[Any]]:
+    conn = session.connection()
     variant_rows = conn.execute(
         select(
             CatalogVariant.id,
@@ -347,10 +422,11 @@ def manifest_rows(
             CatalogVariant.description,
             _raw(CatalogVariant.created_at),
             _raw(CatalogVariant.updated_at),
+            CatalogVariant.content_revision,
         ).where(*variant_where)
     ).all()
     if not variant_rows:
-        return ManifestRows(model_rows, variant_rows, [], [], [])
+        return variant_rows, [], [], []
     version_rows = conn.execute(
         select(
             CatalogVersion.id,
@@ -399,4 +475,4 @@ def manifest_rows(
         .where(*variant_where)
         .order_by(ArtifactResource.load_order, ArtifactResource.created_at, ArtifactResource.id)
     ).all()
-    return ManifestRows(model_rows, variant_rows, version_rows, package_rows, resource_rows)
+    return variant_rows, version_rows, package_rows, resource_rows

@@ -646,8 +646,18 @@ func (x *ResolveModelRequest) GetModelId() string {
 type GetManifestRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The etag of a manifest the caller already holds. When it equals the
-	// current etag the response is `not_modified` with no entries.
-	IfNoneMatch   string `protobuf:"bytes,1,opt,name=if_none_match,json=ifNoneMatch,proto3" json:"if_none_match,omitempty"`
+	// current etag the response is `not_modified` with no entries. Only read on
+	// a first page (no `page_token`).
+	IfNoneMatch string `protobuf:"bytes,1,opt,name=if_none_match,json=ifNoneMatch,proto3" json:"if_none_match,omitempty"`
+	// The most entries to return; the server may return fewer: a page also
+	// ends before about 2 MiB of entries, so every response stays well under
+	// gRPC clients' default 4 MiB receive limit. Default 1000, at most 5000
+	// (larger values are treated as 5000); negative is INVALID_ARGUMENT.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// `next_page_token` of the previous page; empty for the first page.
+	// INVALID_ARGUMENT when it was not issued by GetManifest to this caller;
+	// ABORTED when the manifest it pages has changed since.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -689,18 +699,36 @@ func (x *GetManifestRequest) GetIfNoneMatch() string {
 	return ""
 }
 
+func (x *GetManifestRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *GetManifestRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 // Response for ModelService.GetManifest.
 type GetManifestResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Strong etag of the manifest as seen by this caller. It changes exactly
-	// when something in the caller's manifest changes.
+	// Strong etag of the manifest as seen by this caller (the whole manifest,
+	// the same on every page). It changes exactly when something in the
+	// caller's manifest changes.
 	Etag string `protobuf:"bytes,1,opt,name=etag,proto3" json:"etag,omitempty"`
 	// True when `if_none_match` matched; `models` is then empty.
 	NotModified bool `protobuf:"varint,2,opt,name=not_modified,json=notModified,proto3" json:"not_modified,omitempty"`
-	// The manifest: one entry per model name.
+	// This page of the manifest: one entry per model name; together, the pages
+	// hold every name once.
 	Models map[string]*ManifestEntry `protobuf:"bytes,3,rep,name=models,proto3" json:"models,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// When the manifest was built.
-	GenerateTime  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=generate_time,json=generateTime,proto3" json:"generate_time,omitempty"`
+	// When the manifest was built (the same on every page).
+	GenerateTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=generate_time,json=generateTime,proto3" json:"generate_time,omitempty"`
+	// Token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,5,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -761,6 +789,13 @@ func (x *GetManifestResponse) GetGenerateTime() *timestamppb.Timestamp {
 		return x.GenerateTime
 	}
 	return nil
+}
+
+func (x *GetManifestResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 // Request for ModelService.CheckCompatibility.
@@ -1407,14 +1442,18 @@ const file_modelregistry_v1_model_service_proto_rawDesc = "" +
 	"\fcapabilities\x18\x02 \x03(\tR\fcapabilities\x12\x12\n" +
 	"\x04tags\x18\x03 \x03(\tR\x04tags\"0\n" +
 	"\x13ResolveModelRequest\x12\x19\n" +
-	"\bmodel_id\x18\x01 \x01(\tR\amodelId\"8\n" +
+	"\bmodel_id\x18\x01 \x01(\tR\amodelId\"t\n" +
 	"\x12GetManifestRequest\x12\"\n" +
-	"\rif_none_match\x18\x01 \x01(\tR\vifNoneMatch\"\xb4\x02\n" +
+	"\rif_none_match\x18\x01 \x01(\tR\vifNoneMatch\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\xdc\x02\n" +
 	"\x13GetManifestResponse\x12\x12\n" +
 	"\x04etag\x18\x01 \x01(\tR\x04etag\x12!\n" +
 	"\fnot_modified\x18\x02 \x01(\bR\vnotModified\x12I\n" +
 	"\x06models\x18\x03 \x03(\v21.modelregistry.v1.GetManifestResponse.ModelsEntryR\x06models\x12?\n" +
-	"\rgenerate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\fgenerateTime\x1aZ\n" +
+	"\rgenerate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\fgenerateTime\x12&\n" +
+	"\x0fnext_page_token\x18\x05 \x01(\tR\rnextPageToken\x1aZ\n" +
 	"\vModelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x125\n" +
 	"\x05value\x18\x02 \x01(\v2\x1f.modelregistry.v1.ManifestEntryR\x05value:\x028\x01\"X\n" +

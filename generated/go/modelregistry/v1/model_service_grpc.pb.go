@@ -72,10 +72,13 @@ type ModelServiceClient interface {
 	// variants visible to it have the name.
 	ResolveModel(ctx context.Context, in *ResolveModelRequest, opts ...grpc.CallOption) (*ManifestEntry, error)
 	// Returns every model visible to the caller as a name-keyed map, with an
-	// etag. Callable without a key, then it shows the blessed catalog only.
-	// A request whose `if_none_match` equals the current etag answers
-	// `not_modified` with no entries, which costs the server next to nothing.
-	// The etag is also sent as the `etag` response header.
+	// etag, in pages (AIP-158) ordered by model name. Callable without a key,
+	// then it shows the blessed catalog only. A first-page request whose
+	// `if_none_match` equals the current etag answers `not_modified` with no
+	// entries, which costs the server next to nothing. Every page of one
+	// manifest carries its etag; a `page_token` whose manifest changed since
+	// it was issued answers ABORTED (reason MANIFEST_CHANGED; start again from
+	// the first page). The etag is also sent as the `etag` response header.
 	GetManifest(ctx context.Context, in *GetManifestRequest, opts ...grpc.CallOption) (*GetManifestResponse, error)
 	// Checks whether the model's latest active catalog version can run on the
 	// given device profiles (all known profiles when none are given), with
@@ -286,10 +289,13 @@ type ModelServiceServer interface {
 	// variants visible to it have the name.
 	ResolveModel(context.Context, *ResolveModelRequest) (*ManifestEntry, error)
 	// Returns every model visible to the caller as a name-keyed map, with an
-	// etag. Callable without a key, then it shows the blessed catalog only.
-	// A request whose `if_none_match` equals the current etag answers
-	// `not_modified` with no entries, which costs the server next to nothing.
-	// The etag is also sent as the `etag` response header.
+	// etag, in pages (AIP-158) ordered by model name. Callable without a key,
+	// then it shows the blessed catalog only. A first-page request whose
+	// `if_none_match` equals the current etag answers `not_modified` with no
+	// entries, which costs the server next to nothing. Every page of one
+	// manifest carries its etag; a `page_token` whose manifest changed since
+	// it was issued answers ABORTED (reason MANIFEST_CHANGED; start again from
+	// the first page). The etag is also sent as the `etag` response header.
 	GetManifest(context.Context, *GetManifestRequest) (*GetManifestResponse, error)
 	// Checks whether the model's latest active catalog version can run on the
 	// given device profiles (all known profiles when none are given), with

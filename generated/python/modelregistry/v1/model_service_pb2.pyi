@@ -361,18 +361,34 @@ class GetManifestRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     IF_NONE_MATCH_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     if_none_match: _builtins.str
     """The etag of a manifest the caller already holds. When it equals the
-    current etag the response is `not_modified` with no entries.
+    current etag the response is `not_modified` with no entries. Only read on
+    a first page (no `page_token`).
+    """
+    page_size: _builtins.int
+    """The most entries to return; the server may return fewer: a page also
+    ends before about 2 MiB of entries, so every response stays well under
+    gRPC clients' default 4 MiB receive limit. Default 1000, at most 5000
+    (larger values are treated as 5000); negative is INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """`next_page_token` of the previous page; empty for the first page.
+    INVALID_ARGUMENT when it was not issued by GetManifest to this caller;
+    ABORTED when the manifest it pages has changed since.
     """
     def __init__(
         self,
         *,
         if_none_match: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["if_none_match", b"if_none_match"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["if_none_match", b"if_none_match", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -409,19 +425,25 @@ class GetManifestResponse(_message.Message):
     NOT_MODIFIED_FIELD_NUMBER: _builtins.int
     MODELS_FIELD_NUMBER: _builtins.int
     GENERATE_TIME_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     etag: _builtins.str
-    """Strong etag of the manifest as seen by this caller. It changes exactly
-    when something in the caller's manifest changes.
+    """Strong etag of the manifest as seen by this caller (the whole manifest,
+    the same on every page). It changes exactly when something in the
+    caller's manifest changes.
     """
     not_modified: _builtins.bool
     """True when `if_none_match` matched; `models` is then empty."""
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
     @_builtins.property
     def models(self) -> _containers.MessageMap[_builtins.str, _manifest_pb2.ManifestEntry]:
-        """The manifest: one entry per model name."""
+        """This page of the manifest: one entry per model name; together, the pages
+        hold every name once.
+        """
 
     @_builtins.property
     def generate_time(self) -> _timestamp_pb2.Timestamp:
-        """When the manifest was built."""
+        """When the manifest was built (the same on every page)."""
 
     def __init__(
         self,
@@ -430,10 +452,11 @@ class GetManifestResponse(_message.Message):
         not_modified: _builtins.bool = ...,
         models: _abc.Mapping[_builtins.str, _manifest_pb2.ManifestEntry] | None = ...,
         generate_time: _timestamp_pb2.Timestamp | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["generate_time", b"generate_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "generate_time", b"generate_time", "models", b"models", "not_modified", b"not_modified"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "generate_time", b"generate_time", "models", b"models", "next_page_token", b"next_page_token", "not_modified", b"not_modified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -185,10 +185,13 @@ class ModelServiceServicer:
 
     def GetManifest(self, request, context):
         """Returns every model visible to the caller as a name-keyed map, with an
-        etag. Callable without a key, then it shows the blessed catalog only.
-        A request whose `if_none_match` equals the current etag answers
-        `not_modified` with no entries, which costs the server next to nothing.
-        The etag is also sent as the `etag` response header.
+        etag, in pages (AIP-158) ordered by model name. Callable without a key,
+        then it shows the blessed catalog only. A first-page request whose
+        `if_none_match` equals the current etag answers `not_modified` with no
+        entries, which costs the server next to nothing. Every page of one
+        manifest carries its etag; a `page_token` whose manifest changed since
+        it was issued answers ABORTED (reason MANIFEST_CHANGED; start again from
+        the first page). The etag is also sent as the `etag` response header.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -75,10 +75,13 @@ class ModelServiceStub:
     """
     GetManifest: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.GetManifestRequest, _model_service_pb2.GetManifestResponse]
     """Returns every model visible to the caller as a name-keyed map, with an
-    etag. Callable without a key, then it shows the blessed catalog only.
-    A request whose `if_none_match` equals the current etag answers
-    `not_modified` with no entries, which costs the server next to nothing.
-    The etag is also sent as the `etag` response header.
+    etag, in pages (AIP-158) ordered by model name. Callable without a key,
+    then it shows the blessed catalog only. A first-page request whose
+    `if_none_match` equals the current etag answers `not_modified` with no
+    entries, which costs the server next to nothing. Every page of one
+    manifest carries its etag; a `page_token` whose manifest changed since
+    it was issued answers ABORTED (reason MANIFEST_CHANGED; start again from
+    the first page). The etag is also sent as the `etag` response header.
     """
     CheckCompatibility: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.CheckCompatibilityRequest, _model_service_pb2.CheckCompatibilityResponse]
     """Checks whether the model's latest active catalog version can run on the
@@ -153,10 +156,13 @@ class ModelServiceAsyncStub(ModelServiceStub):
     """
     GetManifest: _aio.UnaryUnaryMultiCallable[_model_service_pb2.GetManifestRequest, _model_service_pb2.GetManifestResponse]  # type: ignore[assignment]
     """Returns every model visible to the caller as a name-keyed map, with an
-    etag. Callable without a key, then it shows the blessed catalog only.
-    A request whose `if_none_match` equals the current etag answers
-    `not_modified` with no entries, which costs the server next to nothing.
-    The etag is also sent as the `etag` response header.
+    etag, in pages (AIP-158) ordered by model name. Callable without a key,
+    then it shows the blessed catalog only. A first-page request whose
+    `if_none_match` equals the current etag answers `not_modified` with no
+    entries, which costs the server next to nothing. Every page of one
+    manifest carries its etag; a `page_token` whose manifest changed since
+    it was issued answers ABORTED (reason MANIFEST_CHANGED; start again from
+    the first page). The etag is also sent as the `etag` response header.
     """
     CheckCompatibility: _aio.UnaryUnaryMultiCallable[_model_service_pb2.CheckCompatibilityRequest, _model_service_pb2.CheckCompatibilityResponse]  # type: ignore[assignment]
     """Checks whether the model's latest active catalog version can run on the
@@ -276,10 +282,13 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_model_service_pb2.GetManifestResponse, _abc.Awaitable[_model_service_pb2.GetManifestResponse]]:
         """Returns every model visible to the caller as a name-keyed map, with an
-        etag. Callable without a key, then it shows the blessed catalog only.
-        A request whose `if_none_match` equals the current etag answers
-        `not_modified` with no entries, which costs the server next to nothing.
-        The etag is also sent as the `etag` response header.
+        etag, in pages (AIP-158) ordered by model name. Callable without a key,
+        then it shows the blessed catalog only. A first-page request whose
+        `if_none_match` equals the current etag answers `not_modified` with no
+        entries, which costs the server next to nothing. Every page of one
+        manifest carries its etag; a `page_token` whose manifest changed since
+        it was issued answers ABORTED (reason MANIFEST_CHANGED; start again from
+        the first page). The etag is also sent as the `etag` response header.
         """
 
     @_abc_1.abstractmethod

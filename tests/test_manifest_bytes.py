@@ -1,0 +1,314 @@
+"""server.manifest_pb assembles GetManifest responses from pre-serialized bytes; on random
+manifests (both backends' raw row shapes, unicode and long names, large numbers, many
+versions) they must parse to the very message that filling every field gives, with the same
+etag, fresh or reusing a previous build, and split into pages that add up to it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import uuid
+from collections import namedtuple
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from domain import manifest
+from modelregistry.v1 import model_service_pb2 as pb
+from server import manifest_pb
+from storage.repos.catalog import ManifestRows
+
+ModelRow = namedtuple("ModelRow", "id model_id framework enabled")
+VariantRow = namedtuple(
+    "VariantRow",
+    "id org_id name family task_taxonomy parameter_count license description created_at "
+    "updated_at content_revision",
+)
+VersionRow = namedtuple("VersionRow", "id variant_id version lifecycle created_at")
+PackageRow = namedtuple(
+    "PackageRow",
+    "id catalog_version_id format quantization runtime source metrics created_at variant_id",
+)
+ResourceRow = namedtuple(
+    "ResourceRow",
+    "id package_id kind file_name stored size_bytes sha256 required load_order created_at",
+)
+GENERATED = datetime(2026, 11, 26, 12, 0, 0, 123456, tzinfo=UTC)
+STAMP: manifest.Stamp = ("org-1", 1, 1)
+
+
+class World:
+    """Random catalog rows, as SQLite (ISO text, JSON text) or PostgreSQL returns them."""
+
+    def __init__(self, seed: int, postgres: bool) -> None:
+        self.rnd = random.Random(seed)
+        self.postgres = postgres
+        self.clock = datetime(2026, 1, 1, tzinfo=UTC)
+        self.models: dict[str, ModelRow] = {}
+        self.variants: dict[str, VariantRow] = {}
+        self.versions: dict[str, list[VersionRow]] = {}
+        self.packages: dict[str, list[PackageRow]] = {}
+        self.resources: dict[str, list[ResourceRow]] = {}
+        for _ in range(self.rnd.randint(20, 60)):
+            self.add_name()
+
+    def ts(self) -> Any:
+        self.clock += timedelta(microseconds=self.rnd.randint(1, 10**9))
+        return self.clock if self.postgres else self.clock.replace(tzinfo=None).isoformat(" ")
+
+    def js(self, value: Any) -> Any:
+        return value if self.postgres else json.dumps(value)
+
+    def name(self) -> str:
+        r = self.rnd
+        kind = r.randrange(4)
+        if kind == 0:
+            return "m-" + uuid.UUID(int=r.getrandbits(128)).hex[: r.randint(1, 32)]
+        if kind == 1:
+            return "modèle-" + "ü" * r.randint(1, 60)
+        if kind == 2:
+            return "模型" * r.randint(20, 64)  # up to 384 bytes: two-byte length varints
+        return r.choice("abcxyz") + str(r.randint(0, 10**6))
+
+    def add_name(self) -> None:
+        r = self.rnd
+        name = self.name()
+        has_model, has_variant = r.choice([(True, False), (False, True), (True, True)])
+        if has_model:
+            self.models[name] = ModelRow(
+                str(uuid.uuid4()), name, r.choice(["", "onnx", "pytorch"]), r.random() < 0.8
+            )
+        if has_variant:
+            self.new_variant(name)
+
+    def new_variant(self, name: str) -> None:
+        r = self.rnd
+        vid = str(uuid.uuid4())
+        self.variants[name] = VariantRow(
+            vid,
+            None if r.random() < 0.3 else "org-1",
+            name,
+            r.choice(["", "resnet", "llama"]),
+            self.js(r.choice([[], ["vision"], ["text-generation", "chat"]])),
+            r.choice([None, 0, 7, 3 * 10**11]),
+            r.choice(["", "mit", "apache-2.0"]),
+            r.choice(["", "short", "long " * r.randint(30, 400)]),
+            self.ts(),
+            self.ts(),
+            0,
+        )
+        self.versions[vid] = []
+        for _ in range(r.choice([0, 1, 1, 2, 3, 40])):
+            self.add_version(name)
+
+    def add_version(self, name: str) -> None:
+        r = self.rnd
+        variant = self.variants[name]
+        cv = VersionRow(
+            str(uuid.uuid4()),
+            variant.id,
+            f"{r.randint(0, 9)}.{r.randint(0, 99)}",
+            r.choice(["active", "active", "deprecated"]),
+            self.ts(),
+        )
+        self.versions[variant.id].insert(0, cv)  # newest first
+        self.packages[cv.id] = []
+        for _ in range(r.choice([0, 1, 1, 2])):
+            p = PackageRow(
+                str(uuid.uuid4()),
+                cv.id,
+                r.choice(["onnx", "tflite", "gguf"]),
+                r.choice(["none", "int8"]),
+                r.choice(["", "onnxruntime"]),
+                r.choice(["upload", "conversion"]),
+                self.js(r.choice([{}, {"latency_ms": 3.5, "size_ratio": 0.25}])),
+                self.ts(),
+                variant.id,
+            )
+            self.packages[cv.id].append(p)
+            self.resources[p.id] = [
+                ResourceRow(
+                    str(uuid.uuid4()),
+                    p.id,
+                    r.choice(["weights", "vocab", "config"]),
+                    r.choice(["model.onnx", "vocab.txt", "ß.bin"]),
+                    r.random() < 0.7,
+                    r.choice([0, 1, 10**4, 5 * 10**12]),
+                    r.choice([None, hashlib.sha256(str(i).encode()).hexdigest()]),
+                    r.random() < 0.8,
+                    i,
+                    self.ts(),
+                )
+                for i in range(r.choice([0, 1, 2, 3]))
+            ]
+        self.touch(name)
+
+    def touch(self, name: str) -> None:
+        """What the triggers do: a write under the variant bumps its content_revision."""
+        v = self.variants[name]
+        self.variants[name] = v._replace(content_revision=v.content_revision + 1)
+
+    def mutate(self) -> None:
+        r = self.rnd
+        for _ in range(r.randint(1, 6)):
+            step = r.randrange(6)
+            if step == 0 and self.models:
+                name = r.choice(sorted(self.models))
+                m = self.models[name]
+                self.models[name] = m._replace(enabled=not m.enabled)
+            elif step == 1 and self.variants:
+                self.add_version(r.choice(sorted(self.variants)))
+            elif step == 2 and self.variants:  # UpdateVariant: own fields and updated_at
+                name = r.choice(sorted(self.variants))
+                v = self.variants[name]
+                self.variants[name] = v._replace(description="changed", updated_at=self.ts())
+            elif step == 3 and self.models:
+                del self.models[r.choice(sorted(self.models))]
+            elif step == 4 and self.variants:  # deprecate the newest version
+                name = r.choice(sorted(self.variants))
+                versions = self.versions[self.variants[name].id]
+                if versions:
+                    versions[0] = versions[0]._replace(lifecycle="deprecated")
+                    self.touch(name)
+            else:
+                self.add_name()
+
+    def rows(self) -> ManifestRows:
+        variants = list(self.variants.values())
+        versions = [cv for v in variants for cv in self.versions[v.id]]
+        packages = [p for cv in versions for p in self.packages[cv.id]]
+        resources = [x for p in packages for x in self.resources[p.id]]
+        return ManifestRows(list(self.models.values()), variants, versions, packages, resources)
+
+    def data(self) -> manifest.ManifestData:
+        rows = self.rows()
+        sub = manifest.group_subtrees(rows)
+        return manifest.ManifestData(
+            STAMP,
+            sorted(self.models.keys() | self.variants.keys()),
+            dict(self.models),
+            dict(self.variants),
+            sub.versions,
+            sub.packages,
+            sub.resources,
+        )
+
+    def index(self, have: set[manifest.VariantKey]) -> manifest.Index:
+        """As domain.manifest.load_index gives it: subtrees only for keys not in `have`."""
+        keys = {name: manifest.variant_key(v) for name, v in self.variants.items()}
+        rows = self.rows()
+        sub = manifest.group_subtrees(
+            ManifestRows(
+                [],
+                [v for v in rows.variants if manifest.variant_key(v) not in have],
+                rows.versions,
+                rows.packages,
+                rows.resources,
+            )
+        )
+        return manifest.Index(
+            STAMP,
+            sorted(self.models.keys() | self.variants.keys()),
+            {name: (m.framework, m.enabled) for name, m in self.models.items()},
+            keys,
+            sub,
+        )
+
+
+def reference(data: manifest.ManifestData) -> pb.GetManifestResponse:
+    """The manifest as it was built before byte assembly: every entry filled field by
+    field, the etag over each name and the sha256 of its deterministic serialization."""
+    out = pb.GetManifestResponse()
+    etag = hashlib.sha256()
+    for name in data.names:
+        target = out.models[name]
+        manifest_pb._fill(target, data, name)
+        digest = hashlib.sha256(target.SerializeToString(deterministic=True)).digest()
+        encoded = name.encode()
+        etag.update(len(encoded).to_bytes(2, "big") + encoded + digest)
+    out.etag = f"m-{etag.hexdigest()[:32]}"
+    manifest_pb._ts(out.generate_time, GENERATED)
+    return out
+
+
+def build(
+    world: World, cache: manifest_pb.TailCache, previous: manifest_pb.Built | None = None
+) -> manifest_pb.Built:
+    keys = [manifest.variant_key(v) for v in world.variants.values()]
+    pinned = cache.pin(keys, previous)
+    return manifest_pb.build(world.index(set(pinned)), pinned, GENERATED, previous, cache)
+
+
+def pages(built: manifest_pb.Built, size: int, budget: int) -> list[pb.GetManifestResponse]:
+    out, offset = [], 0
+    while True:
+        page = pb.GetManifestResponse.FromString(
+            built.page(offset, size, lambda n: f"next:{n}", budget)
+        )
+        out.append(page)
+        if not page.next_page_token:
+            return out
+        offset = int(page.next_page_token.split(":")[1])
+
+
+@pytest.mark.parametrize("postgres", [False, True], ids=["sqlite-rows", "postgres-rows"])
+@pytest.mark.parametrize("seed", range(6))
+def test_bytes_parse_to_the_field_by_field_manifest(seed: int, postgres: bool) -> None:
+    world = World(seed, postgres)
+    shared = manifest_pb.TailCache()
+    built = build(world, shared)
+    expected = reference(world.data())
+    assert built.message() == expected
+    assert built.etag == expected.etag
+    # every entry's bytes are its deterministic serialization
+    for name, e in built.entries.items():
+        entry_bytes = pb.GetManifestResponse.FromString(e[2] + e[3]).models[name]
+        assert entry_bytes == expected.models[name]
+    # a second caller whose tails are all cached, and a rebuild with nothing changed
+    assert build(world, shared).message() == expected
+    assert build(world, manifest_pb.TailCache(), previous=built).etag == expected.etag
+
+    previous = built
+    for _ in range(4):
+        world.mutate()
+        expected = reference(world.data())
+        again = build(world, shared, previous)
+        assert again.message() == expected and again.etag == expected.etag
+        fresh = build(world, manifest_pb.TailCache())
+        assert fresh.response() == again.response()
+        previous = again
+
+
+@pytest.mark.parametrize(("size", "budget"), [(1, 1 << 30), (7, 1 << 30), (1000, 4096), (3, 1)])
+def test_pages_add_up_to_the_manifest(size: int, budget: int) -> None:
+    world = World(42, postgres=False)
+    built = build(world, manifest_pb.TailCache())
+    whole = built.message()
+    got = pages(built, size, budget)
+    merged: dict[str, Any] = {}
+    for page in got:
+        assert page.etag == whole.etag and page.generate_time == whole.generate_time
+        assert 1 <= len(page.models) <= size
+        entry_bytes = sum(
+            pb.GetManifestResponse(models={k: v}).ByteSize() for k, v in page.models.items()
+        )
+        assert len(page.models) == 1 or entry_bytes <= budget
+        assert not merged.keys() & page.models.keys()
+        merged.update(page.models)
+        names = sorted(page.models)
+        assert names == built.names[built.names.index(names[0]) :][: len(names)]
+    assert merged == dict(whole.models)
+    assert not got[-1].next_page_token and all(p.next_page_token for p in got[:-1])
+
+
+def test_tail_cache_is_bounded_and_pinned_tails_survive_eviction() -> None:
+    world = World(7, postgres=True)
+    cache = manifest_pb.TailCache(max_bytes=1)  # keeps at most the newest tail
+    built = build(world, cache)
+    assert len(cache) <= 1
+    keys = [manifest.variant_key(v) for v in world.variants.values()]
+    # the previous build still holds every tail it used
+    assert len(cache.pin(keys, built)) == len(keys)
+    assert build(world, cache, built).message() == reference(world.data())
