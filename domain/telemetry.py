@@ -329,7 +329,7 @@ class _Memo:
         return hit
 
 
-Deltas = dict[RollupKey, RollupValues]
+Deltas = dict[RollupKey, "_Partial"]
 
 
 def _rollup_deltas(cols: SessionColumns, stored: list[int]) -> tuple[Deltas, Deltas]:
@@ -381,7 +381,7 @@ def _rollup_deltas(cols: SessionColumns, stored: list[int]) -> tuple[Deltas, Del
 
     def finish(levels: dict[tuple[str, str, str, int], list[_Partial]]) -> Deltas:
         return {
-            (m, v, dt, repo.from_micros(t)): _Partial.combine(parts).values()
+            (m, v, dt, repo.from_micros(t)): _Partial.combine(parts)
             for (m, v, dt, t), parts in levels.items()
         }
 
@@ -420,33 +420,29 @@ class _Partial:
             Sketch.merge(p.tps for p in parts),
         )
 
-    def values(self) -> RollupValues:
-        return RollupValues(
-            session_count=self.sessions,
-            error_count=self.errors,
-            latency_sum=self.latency_sum,
-            latency_sketch=self.latency.to_bytes(),
-            ttft_count=self.ttft_count,
-            ttft_sum=self.ttft_sum,
-            ttft_sketch=self.ttft.to_bytes(),
-            tps_count=self.tps_count,
-            tps_sum=self.tps_sum,
-            tps_sketch=self.tps.to_bytes(),
-        )
+
+def _add(stored: bytes, delta: Sketch) -> bytes:
+    """A stored sketch plus a delta, serialised (cheap when either side is empty, as the
+    TTFT and tokens/s sketches of non-generative models always are)."""
+    if not delta:
+        return stored
+    if not stored:
+        return delta.to_bytes()
+    return Sketch.merge([Sketch.from_bytes(stored), delta]).to_bytes()
 
 
-def _merge(a: RollupValues, b: RollupValues) -> RollupValues:
+def _merge(a: RollupValues, b: _Partial) -> RollupValues:
     return RollupValues(
-        session_count=a.session_count + b.session_count,
-        error_count=a.error_count + b.error_count,
+        session_count=a.session_count + b.sessions,
+        error_count=a.error_count + b.errors,
         latency_sum=a.latency_sum + b.latency_sum,
-        latency_sketch=Sketch.merge_bytes([a.latency_sketch, b.latency_sketch]).to_bytes(),
+        latency_sketch=_add(a.latency_sketch, b.latency),
         ttft_count=a.ttft_count + b.ttft_count,
         ttft_sum=a.ttft_sum + b.ttft_sum,
-        ttft_sketch=Sketch.merge_bytes([a.ttft_sketch, b.ttft_sketch]).to_bytes(),
+        ttft_sketch=_add(a.ttft_sketch, b.ttft),
         tps_count=a.tps_count + b.tps_count,
         tps_sum=a.tps_sum + b.tps_sum,
-        tps_sketch=Sketch.merge_bytes([a.tps_sketch, b.tps_sketch]).to_bytes(),
+        tps_sketch=_add(a.tps_sketch, b.tps),
     )
 
 
