@@ -8,10 +8,12 @@ call `discard()` (nothing of the upload survives); on cancellation (the client w
 call `detach()` (durable parts stay for a resume).
 
 How bytes flow: chunks are buffered up to the store's part size, then uploaded as one
-multipart part from a worker thread while the next chunks arrive (at most one part in
-flight per upload, so memory stays ~2 parts per upload whatever the file size). Each part
-is recorded in the session row once durable; that is the committed size a client resumes
-from. A buffer not yet flushed when the stream drops is lost; the client resends it.
+multipart part from a worker thread while the next chunks arrive. Up to PARTS_IN_FLIGHT
+(2) parts of one upload go up at once, so memory stays ~3 parts per upload (2 in flight,
+1 filling) whatever the file size. Parts are recorded in the session row in part order,
+each once it and every part before it are durable; the contiguous recorded parts are the
+committed size a client resumes from. A buffer not yet flushed, or a part in flight, when
+the stream drops is lost; the client resends it.
 
 Hashing: an upload that starts a file at offset 0 hashes it on the fly (in the worker
 thread, in part order) and checks the declared sha256 before the object is completed, so
@@ -20,7 +22,7 @@ does not survive a stream) is read back once after completion, and deleted on mi
 
 One stream writes an upload at a time: a stream that resumes an upload takes it over from
 an older stream of this process (which may not have noticed its client is gone), after
-that stream's in-flight part has landed.
+that stream's in-flight parts have landed.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -53,6 +55,9 @@ DEFAULT_MAX_FILE_BYTES = 16 * 1024**3
 # the cancellation reaches the handler a moment later. Before taking the end of a stream
 # as the end of a file of undeclared size, give a cancellation this long to arrive.
 EOF_GRACE_SECONDS = 0.05
+# Parts of one upload sent to the object store at once. One part at a time leaves the
+# pipe idle while each part's request is set up, answered and recorded; two keep it busy.
+PARTS_IN_FLIGHT = 2
 
 
 class UploadIncomplete(InvalidArgument):
@@ -67,10 +72,12 @@ class Lease:
     def __init__(self, upload_id: str) -> None:
         self.upload_id = upload_id
         self.superseded = False
+        # The newest in-flight operation; each part finishes after the one before it, so
+        # this one done means all are.
         self.pending: asyncio.Task[None] | None = None
 
     async def settle(self) -> None:
-        """Wait until the in-flight part (if any) has landed or failed."""
+        """Wait until the in-flight parts (if any) have landed or failed."""
         task = self.pending
         if task is not None and not task.done():
             await asyncio.wait([task])
@@ -203,6 +210,8 @@ class _FileSink:
         self.buffer: list[bytes] = []
         self.buffered = 0
         self.next_number = len(self.parts) + 1
+        self.in_flight: list[asyncio.Task[None]] = []  # this stream's parts, oldest first
+        self.hashed: asyncio.Task[None] | None = None  # the newest part's hash
 
     @property
     def uploads(self) -> Uploads:
@@ -236,65 +245,121 @@ class _FileSink:
             await self._flush()
 
     async def _flush(self) -> None:
-        """Upload the buffer as the next part; returns once the previous part landed."""
+        """Start uploading the buffer as the next part; returns once fewer than
+        PARTS_IN_FLIGHT parts are in flight (raising the error of one that failed)."""
         data = b"".join(self.buffer)
         self.buffer.clear()
         self.buffered = 0
+        while len(self.in_flight) >= PARTS_IN_FLIGHT:
+            oldest = self.in_flight.pop(0)
+            await asyncio.shield(oldest)  # if this stream is cancelled, the part still lands
+        self._check_lease()
+        if self.multipart_id is None:
+            await self._begin()
         number = self.next_number
         self.next_number += 1
         offset = self.received - len(data)
-        await self._dispatch(self._put, data, number, offset)
+        hashed = self._hash_after(self.hashed, data) if self.hasher is not None else None
+        self.hashed = hashed
+        part = self._spawn(self._part(data, number, offset, self.owner.lease.pending, hashed))
+        self.in_flight.append(part)
 
-    async def _dispatch(self, fn: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> None:
-        """Run `fn` in a worker thread as the upload's one in-flight operation, after the
-        previous one landed; refused once a newer stream has taken the upload over."""
+    def _check_lease(self) -> None:
         lease = self.owner.lease
-        await self._wait_pending()
         if lease.superseded:
             raise Aborted(
                 f"upload {lease.upload_id} was taken over by a newer stream",
                 reason="UPLOAD_SUPERSEDED",
             )
-        task = asyncio.ensure_future(self.uploads.rt.call(fn, *args, **kwargs))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run `coro` as the upload's newest in-flight operation (not cancelled with the
+        stream: what it uploads is still recorded)."""
+        task = asyncio.ensure_future(coro)
         # Retrieved here too, so an operation failing after its stream was cancelled is not
         # reported as "never retrieved".
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        lease.pending = task
+        self.owner.lease.pending = task
+        return task
 
-    async def _wait_pending(self) -> None:
-        task = self.owner.lease.pending
-        if task is not None:
-            # Shielded: if this stream is cancelled, the part still lands and is recorded.
-            await asyncio.shield(task)
+    async def _begin(self) -> None:
+        """Start the multipart upload; its id is kept even if this stream is cancelled
+        meanwhile (so a discard can abort it)."""
 
-    def _put(self, data: bytes, number: int, offset: int) -> None:
-        """Worker thread: hash, upload and record one part (in part order). The hash runs
-        on its own thread meanwhile (hashlib and socket writes both release the GIL)."""
-        mp = self.uploads.multipart
-        hashed = (
-            self.uploads.hash_pool.submit(self.hasher.update, data)
-            if self.hasher is not None
-            else None
-        )
+        def keep(t: asyncio.Task[str]) -> None:
+            if not t.cancelled() and t.exception() is None:
+                self.multipart_id = t.result()
+
+        task = asyncio.ensure_future(self.uploads.rt.call(self.uploads.multipart.begin, self.key))
+        task.add_done_callback(keep)
+        await asyncio.shield(task)
+        keep(task)
+
+    def _hash_after(self, previous: asyncio.Task[None] | None, data: bytes) -> asyncio.Task[None]:
+        """Hash `data` on the hash pool once the previous part's bytes are hashed (parts hash
+        in order; hashlib releases the GIL, so this overlaps the uploads)."""
+        hasher = self.hasher
+        assert hasher is not None
+        pool = self.uploads.hash_pool
+
+        async def run() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            await asyncio.get_running_loop().run_in_executor(pool, hasher.update, data)
+
+        task = asyncio.ensure_future(run())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return task
+
+    async def _part(
+        self,
+        data: bytes,
+        number: int,
+        offset: int,
+        previous: asyncio.Task[None] | None,
+        hashed: asyncio.Task[None] | None,
+    ) -> None:
+        """Upload one part (alongside the previous one), then, once the previous part is
+        recorded, record this one: parts are recorded in order, so the committed size only
+        counts contiguous durable parts. A part whose predecessor failed is not recorded."""
+        mp, multipart_id = self.uploads.multipart, self.multipart_id
+        assert multipart_id is not None
         try:
-            if self.multipart_id is None:
-                self.multipart_id = mp.begin(self.key)
-            part = mp.upload_part(self.key, self.multipart_id, number, data)
+            part = await self.uploads.rt.call(mp.upload_part, self.key, multipart_id, number, data)
         finally:
             if hashed is not None:
-                hashed.result()  # parts hash in order: the next waits for this one
-        self.uploads.write_sync(
+                await asyncio.wait([hashed])
+        del data
+        if previous is not None:
+            await asyncio.wait([previous])
+            previous.result()  # its error is this part's error: nothing after a gap is recorded
+        await self.uploads.rt.call(
+            self.uploads.write_sync,
             uploads.record_part,
             self.owner.org_id,
             self.owner.lease.upload_id,
             self.index,
-            self.multipart_id,
+            multipart_id,
             part,
             offset,
             model_uid=self.owner.model_uid,
         )
         self.parts.append(part)
         self.committed += part.size
+
+    async def _wait_pending(self) -> None:
+        task = self.owner.lease.pending
+        if task is not None:
+            # Shielded: if this stream is cancelled, the parts still land and are recorded.
+            await asyncio.shield(task)
+
+    async def _dispatch(self, fn: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> None:
+        """Run `fn` in a worker thread as the upload's one in-flight operation, after every
+        part landed; refused once a newer stream has taken the upload over."""
+        await self._wait_pending()
+        self.in_flight.clear()
+        self._check_lease()
+        self._spawn(self.uploads.rt.call(fn, *args, **kwargs))
 
     async def finish(self) -> StoredFile:
         """Flush the last part, verify size and sha256, complete the object."""
