@@ -23,6 +23,11 @@ def _configure(connection: Connection | None = None, url: str | None = None) -> 
         render_as_batch=dialect == "sqlite" or (url or "").startswith("sqlite"),
         compare_type=True,
         literal_binds=connection is None,
+        # SQLite's DDL is transactional, but Alembic assumes it is not and would commit
+        # after each migration, releasing the write lock taken at BEGIN: a second process
+        # could then read a half-applied chain and apply a migration twice. One
+        # transaction for the whole upgrade keeps concurrent starts serialised.
+        transactional_ddl=True if dialect == "sqlite" else None,
     )
 
 
