@@ -34,7 +34,7 @@ from server.settings import Settings, normalize_sqlite_url
 from server.telemetry_service import TelemetryService
 from server.uploads import UploadLimits
 from server.version_service import VersionService
-from storage.db import create_engine_for, session_factory, transaction
+from storage.db import create_engine_for, session_factory
 from storage.objectstore import open_store
 
 log = logging.getLogger("modelregistry.server")
@@ -76,6 +76,7 @@ class RegistryServer:
             sessions=session_factory(engine),
             store=open_store(settings.object_store),
             executor=ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="rpc-io"),
+            transfers=ThreadPoolExecutor(settings.transfer_threads, thread_name_prefix="store-io"),
         )
         self.runtime.conversions = conversion_pool(
             settings, self.runtime.sessions, self.runtime.store
@@ -93,9 +94,10 @@ class RegistryServer:
         self.port = 0
         self.metrics: MetricsEndpoint | None = None
 
-    def _authenticate(self, token: str) -> Principal:
-        with transaction(self.runtime.sessions, readonly=True) as session:
-            return keys.authenticate(session, token)
+    async def _authenticate(self, token: str) -> Principal:
+        # On the database pool, like every other query (asyncio's default executor has
+        # only a handful of threads, and every authenticated RPC passes here).
+        return await self.runtime.read(keys.authenticate, token)
 
     def _add_services(self) -> None:
         rt = self.runtime
@@ -162,6 +164,7 @@ class RegistryServer:
             await asyncio.to_thread(self.metrics.close)
             self.metrics = None
         self.runtime.executor.shutdown(wait=False, cancel_futures=True)
+        self.runtime.transfers.shutdown(wait=False, cancel_futures=True)
         self.runtime.engine.dispose()
 
     async def wait(self) -> None:

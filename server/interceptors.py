@@ -28,7 +28,7 @@ from server.errors import as_domain_error, to_status
 
 log = logging.getLogger("modelregistry.rpc")
 
-Authenticate = Callable[[str], Principal]
+Authenticate = Callable[[str], Awaitable[Principal]]
 Behavior = Callable[..., Any]
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
@@ -120,7 +120,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 "malformed authorization header: expected 'Bearer <key>'",
                 reason="API_KEY_MALFORMED",
             )
-        return await asyncio.to_thread(self._authenticate, token)
+        return await self._authenticate(token)
 
 
 class _Call:

@@ -64,7 +64,7 @@ class PresignedRpcs:
             max_file_bytes=self.max_file_bytes,
         )
         plan = await self.rt.read(presigned.check_confirm, org, c)
-        verified = await self.rt.call(presigned.verify_object, store, c, plan)
+        verified = await self.rt.transfer(presigned.verify_object, store, c, plan)
         try:
             rec = await self.rt.write(
                 presigned.record_confirmed, org, c, plan, verified, store.stat

@@ -26,6 +26,9 @@ class Runtime:
     sessions: sessionmaker[Session]
     store: ObjectStore
     executor: ThreadPoolExecutor
+    # Object-store byte transfers (upload parts, download chunks, read-backs) take seconds
+    # each under load; on a pool of their own they cannot queue database work behind them.
+    transfers: ThreadPoolExecutor
     # This server's conversion workers, when it runs any (new jobs wake them at once).
     conversions: ConversionPool | None = None
 
@@ -33,6 +36,11 @@ class Runtime:
         """Run blocking `fn` on the worker pool."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+
+    async def transfer(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run blocking object-store transfer `fn` on the transfer pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.transfers, lambda: fn(*args, **kwargs))
 
     async def write(
         self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs

@@ -41,6 +41,9 @@ class Settings:
     shutdown_grace: float = 10.0
     # Threads running blocking work (database, object store) for the event loop.
     worker_threads: int = 32
+    # Threads moving artifact bytes to and from the object store (2 parts in flight per
+    # upload stream, one chunk read per download).
+    transfer_threads: int = 64
     # Per-org admission control (per server process).
     limits: LimitSettings = field(default_factory=LimitSettings)
     # Seconds a client stream may stay silent before it is closed.

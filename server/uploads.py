@@ -290,7 +290,9 @@ class _FileSink:
             if not t.cancelled() and t.exception() is None:
                 self.multipart_id = t.result()
 
-        task = asyncio.ensure_future(self.uploads.rt.call(self.uploads.multipart.begin, self.key))
+        task = asyncio.ensure_future(
+            self.uploads.rt.transfer(self.uploads.multipart.begin, self.key)
+        )
         task.add_done_callback(keep)
         await asyncio.shield(task)
         keep(task)
@@ -325,7 +327,9 @@ class _FileSink:
         mp, multipart_id = self.uploads.multipart, self.multipart_id
         assert multipart_id is not None
         try:
-            part = await self.uploads.rt.call(mp.upload_part, self.key, multipart_id, number, data)
+            part = await self.uploads.rt.transfer(
+                mp.upload_part, self.key, multipart_id, number, data
+            )
         finally:
             if hashed is not None:
                 await asyncio.wait([hashed])

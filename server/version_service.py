@@ -431,14 +431,14 @@ class VersionService(version_service_pb2_grpc.VersionServiceServicer):
             yield first
             return
         try:
-            chunks = await self.rt.call(self.rt.store.get, dl.storage_key, dl.offset, dl.length)
+            chunks = await self.rt.transfer(self.rt.store.get, dl.storage_key, dl.offset, dl.length)
         except ObjectNotFound:
             raise _object_missing(request.name) from None
         sent = 0
         pending: pb.DownloadArtifactResponse | None = first
         try:
             while sent < dl.length:
-                chunk = await self.rt.call(_next_chunk, chunks)
+                chunk = await self.rt.transfer(_next_chunk, chunks)
                 if chunk is None:
                     break
                 view = memoryview(chunk)
