@@ -26,6 +26,7 @@ from domain.errors import (
     Violations,
 )
 from domain.etags import check_etag
+from domain.masks import mask_paths
 from domain.paging import page_of
 from domain.validation import check_description, normalize_tags
 from storage.objectstore import ObjectStore
@@ -222,24 +223,6 @@ def list_variants(
     return VariantPage(rows, page.next_token(len(rows), total))
 
 
-def _mask_paths(mask: list[str]) -> set[str]:
-    if not mask:
-        raise InvalidArgument.field(
-            "update_mask", f"is required; mutable fields: {', '.join(MUTABLE_FIELDS)}"
-        )
-    if mask == ["*"]:
-        return set(MUTABLE_FIELDS)
-    v = Violations()
-    for path in mask:
-        if path not in MUTABLE_FIELDS:
-            v.add(
-                "update_mask",
-                f"unknown or immutable field {path!r}; mutable: {', '.join(MUTABLE_FIELDS)}",
-            )
-    v.raise_if_any()
-    return set(mask)
-
-
 def update_variant(
     session: Session,
     org_id: str,
@@ -250,7 +233,7 @@ def update_variant(
     *,
     admin: bool,
 ) -> CatalogVariant:
-    paths = _mask_paths(mask)
+    paths = mask_paths(mask, MUTABLE_FIELDS)
     v = Violations()
     taxonomy = _check_fields(v, "variant", fields, paths)
     v.raise_if_any()

@@ -8,8 +8,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from domain import names
-from domain.errors import AlreadyExists, InvalidArgument, NotFound, Violations
+from domain.errors import AlreadyExists, NotFound, Violations
 from domain.etags import check_etag
+from domain.masks import mask_paths
 from domain.paging import page_of
 from domain.validation import check_description, check_framework, normalize_tags
 from storage.orm import Model, utcnow
@@ -131,7 +132,7 @@ def update_model(
     mask: list[str],
     etag: str,
 ) -> ModelView:
-    paths = _mask_paths(mask)
+    paths = mask_paths(mask, MUTABLE_FIELDS)
     v = Violations()
     if "framework" in paths:
         check_framework(v, "model.framework", fields.framework, required=True)
@@ -155,24 +156,6 @@ def update_model(
     tenancy.bump_org_revision(session, org_id)
     session.flush()
     return view(session, model)
-
-
-def _mask_paths(mask: list[str]) -> set[str]:
-    if not mask:
-        raise InvalidArgument.field(
-            "update_mask", f"is required; mutable fields: {', '.join(MUTABLE_FIELDS)}"
-        )
-    if mask == ["*"]:
-        return set(MUTABLE_FIELDS)
-    v = Violations()
-    for path in mask:
-        if path not in MUTABLE_FIELDS:
-            v.add(
-                "update_mask",
-                f"unknown or immutable field {path!r}; mutable: {', '.join(MUTABLE_FIELDS)}",
-            )
-    v.raise_if_any()
-    return set(mask)
 
 
 def delete_model(session: Session, org_id: str, model_id: str, etag: str) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, and_, func, insert, select, type_coerce, update
+from sqlalchemy import ColumnElement, String, func, insert, select, type_coerce, update
 from sqlalchemy.orm import Session, selectinload
 
 from storage.orm import (
@@ -26,6 +26,7 @@ from storage.orm import (
 )
 from storage.orm.catalog import CatalogState
 from storage.repos import json_ops, variants
+from storage.repos.paging import page_and_total
 
 CATALOG_STATE_ID = 1
 
@@ -130,17 +131,10 @@ def list_variants(
 ) -> tuple[list[CatalogVariant], int]:
     """A page of variants by name, the org's override before the blessed row; and the
     number of matches."""
-    conds = and_(*_variant_conditions(session, org_id, f))
+    base = select(CatalogVariant).where(*_variant_conditions(session, org_id, f))
     blessed_last = CatalogVariant.org_id.is_(None)
-    rows = session.scalars(
-        select(CatalogVariant)
-        .where(conds)
-        .order_by(CatalogVariant.name, blessed_last, CatalogVariant.id)
-        .offset(offset)
-        .limit(limit)
-    )
-    total = session.scalar(select(func.count()).select_from(CatalogVariant).where(conds)) or 0
-    return list(rows), total
+    order = (CatalogVariant.name, blessed_last, CatalogVariant.id)
+    return page_and_total(session, base, order, offset, limit)
 
 
 # ---------------------------------------------------------------------------------------
@@ -183,22 +177,8 @@ _NEWEST_FIRST = (CatalogVersion.created_at.desc(), CatalogVersion.id.desc())
 def list_versions(
     session: Session, variant_uid: str, offset: int, limit: int
 ) -> tuple[list[CatalogVersion], int]:
-    rows = session.scalars(
-        select(CatalogVersion)
-        .where(CatalogVersion.variant_id == variant_uid)
-        .order_by(*_NEWEST_FIRST)
-        .offset(offset)
-        .limit(limit)
-    )
-    total = (
-        session.scalar(
-            select(func.count())
-            .select_from(CatalogVersion)
-            .where(CatalogVersion.variant_id == variant_uid)
-        )
-        or 0
-    )
-    return list(rows), total
+    base = select(CatalogVersion).where(CatalogVersion.variant_id == variant_uid)
+    return page_and_total(session, base, _NEWEST_FIRST, offset, limit)
 
 
 def total_sizes(session: Session, version_uids: Sequence[str]) -> dict[str, int]:
@@ -238,49 +218,29 @@ _PACKAGE_ORDER = (ArtifactPackage.created_at, ArtifactPackage.id)
 def packages_of_version(
     session: Session, version_uid: str, offset: int, limit: int
 ) -> tuple[list[ArtifactPackage], int]:
-    rows = session.scalars(
-        select(ArtifactPackage)
-        .where(ArtifactPackage.catalog_version_id == version_uid)
-        .order_by(*_PACKAGE_ORDER)
-        .offset(offset)
-        .limit(limit)
-        .options(selectinload(ArtifactPackage.resources))
+    base = select(ArtifactPackage).where(ArtifactPackage.catalog_version_id == version_uid)
+    return page_and_total(
+        session, base, _PACKAGE_ORDER, offset, limit, selectinload(ArtifactPackage.resources)
     )
-    total = (
-        session.scalar(
-            select(func.count())
-            .select_from(ArtifactPackage)
-            .where(ArtifactPackage.catalog_version_id == version_uid)
-        )
-        or 0
-    )
-    return list(rows), total
 
 
 def packages_of_variant(
     session: Session, variant_uid: str, offset: int, limit: int
 ) -> tuple[list[ArtifactPackage], int]:
     """Packages across every catalog version of the variant, newest version first."""
-    where = CatalogVersion.variant_id == variant_uid
-    rows = session.scalars(
+    base = (
         select(ArtifactPackage)
         .join(CatalogVersion, CatalogVersion.id == ArtifactPackage.catalog_version_id)
-        .where(where)
-        .order_by(*_NEWEST_FIRST, *_PACKAGE_ORDER)
-        .offset(offset)
-        .limit(limit)
-        .options(selectinload(ArtifactPackage.resources))
+        .where(CatalogVersion.variant_id == variant_uid)
     )
-    total = (
-        session.scalar(
-            select(func.count())
-            .select_from(ArtifactPackage)
-            .join(CatalogVersion, CatalogVersion.id == ArtifactPackage.catalog_version_id)
-            .where(where)
-        )
-        or 0
+    return page_and_total(
+        session,
+        base,
+        (*_NEWEST_FIRST, *_PACKAGE_ORDER),
+        offset,
+        limit,
+        selectinload(ArtifactPackage.resources),
     )
-    return list(rows), total
 
 
 def all_packages_of_version(session: Session, version_uid: str) -> list[ArtifactPackage]:

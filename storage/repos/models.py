@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, true
+from sqlalchemy import ColumnElement, exists, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from storage.orm import CatalogVariant, Model, ModelVersion
 from storage.repos import json_ops, variants
+from storage.repos.paging import page_and_total
 
 ORDERINGS = {
     "create_time desc": (Model.created_at.desc(), Model.id.desc()),
@@ -81,12 +82,8 @@ def list_page(
     session: Session, org_id: str, f: ModelFilter, order: str, offset: int, limit: int
 ) -> tuple[list[Model], int]:
     """One page of matching models and the total number of matches."""
-    conds = _conditions(session, org_id, f)
-    query: Select[Model] = (
-        select(Model).where(and_(*conds)).order_by(*ORDERINGS[order]).offset(offset).limit(limit)
-    )
-    total = session.scalar(select(func.count()).select_from(Model).where(and_(*conds))) or 0
-    return list(session.scalars(query)), total
+    base = select(Model).where(*_conditions(session, org_id, f))
+    return page_and_total(session, base, ORDERINGS[order], offset, limit)
 
 
 def version_counts(session: Session, model_uids: Sequence[str]) -> dict[str, int]:

@@ -17,6 +17,7 @@ from storage.orm import (
     ModelVersion,
     UploadSession,
 )
+from storage.repos.paging import page_and_total
 
 NEWEST_FIRST = (ModelVersion.created_at.desc(), ModelVersion.id.desc())
 
@@ -52,22 +53,8 @@ def lock(session: Session, version: ModelVersion) -> ModelVersion:
 def list_page(
     session: Session, model_uid: str, offset: int, limit: int
 ) -> tuple[list[ModelVersion], int]:
-    rows = session.scalars(
-        select(ModelVersion)
-        .where(ModelVersion.model_uid == model_uid)
-        .order_by(*NEWEST_FIRST)
-        .offset(offset)
-        .limit(limit)
-    )
-    total = (
-        session.scalar(
-            select(func.count())
-            .select_from(ModelVersion)
-            .where(ModelVersion.model_uid == model_uid)
-        )
-        or 0
-    )
-    return list(rows), total
+    base = select(ModelVersion).where(ModelVersion.model_uid == model_uid)
+    return page_and_total(session, base, NEWEST_FIRST, offset, limit)
 
 
 def created_since(session: Session, org_id: str, since: datetime) -> int:
