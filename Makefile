@@ -6,7 +6,7 @@
 #   make check-generated  fail if generated/python or generated/go is stale
 #   make lint             buf lint, ruff check, mypy
 #   make test             install + tools + lint + check-generated + breaking + pytest
-#   make breaking         buf breaking against the last released contract (contract/v* tag)
+#   make breaking         buf breaking against the last released contract (protos/released/)
 #   make interop          Go and Kotlin clients against a real server (tests/interop/)
 #   make docs             regenerate docs/API.md from the proto comments (check-docs: stale?)
 #   make run              migrate, print a dev key, serve on 127.0.0.1:50051
@@ -47,7 +47,7 @@ PROTO_DIR := protos
 PROTOS = $(sort $(wildcard $(PROTO_DIR)/modelregistry/v1/*.proto))
 GEN_DIR := generated/python
 
-.PHONY: venv install tools generate check-generated lint breaking docs check-docs interop-build interop test run bench bench-tools clean distclean
+.PHONY: venv install tools generate check-generated lint breaking release-contract docs check-docs interop-build interop test run bench bench-tools clean distclean
 
 # --- Python environment --------------------------------------------------------------
 
@@ -174,19 +174,25 @@ check-docs: install
 
 # --- contract guard ------------------------------------------------------------------
 
-# The last released contract: the newest contract/vX.Y.Z tag (README: "Releasing the
-# contract"). Until one exists, or in a clone without tags, the check is skipped, loudly.
-CONTRACT_TAG ?= $(shell git tag --list 'contract/v*' --sort=-version:refname 2>/dev/null | head -n 1)
+# The last released contract: the newest buf image in protos/released/ (committed, so every
+# clone has it, tags or not; README: "Releasing the contract"). Until one exists the check
+# is skipped, loudly.
+CONTRACT_IMAGE ?= $(shell ls protos/released/modelregistry-v*.binpb 2>/dev/null | sort -V | tail -n 1)
 
 breaking: tools
-	@if [ -z "$(CONTRACT_TAG)" ]; then \
-	  echo "make breaking: SKIPPED: no contract/v* tag, so no released contract to compare with yet (README: Releasing the contract)"; \
-	elif ! git rev-parse -q --verify "refs/tags/$(CONTRACT_TAG)^{commit}" >/dev/null; then \
-	  echo "make breaking: SKIPPED: tag $(CONTRACT_TAG) does not exist in this clone"; \
+	@if [ -z "$(CONTRACT_IMAGE)" ]; then \
+	  echo "make breaking: SKIPPED: no released contract in protos/released/ to compare with yet (README: Releasing the contract)"; \
 	else \
-	  echo "buf breaking --against '.git#tag=$(CONTRACT_TAG)'"; \
-	  buf breaking --against ".git#tag=$(CONTRACT_TAG)"; \
+	  echo "buf breaking --against $(CONTRACT_IMAGE)"; \
+	  buf breaking --against "$(CONTRACT_IMAGE)"; \
 	fi
+
+# make release-contract VERSION=X.Y.Z: freeze the contract as it is now (after make test).
+release-contract: tools
+	@case "$(VERSION)" in [0-9]*.[0-9]*.[0-9]*) ;; *) echo "usage: make release-contract VERSION=X.Y.Z" >&2; exit 2;; esac
+	@mkdir -p protos/released
+	buf build -o protos/released/modelregistry-v$(VERSION).binpb
+	@echo "released protos/released/modelregistry-v$(VERSION).binpb: commit it (and tag contract/v$(VERSION))"
 
 # --- local server --------------------------------------------------------------------
 
