@@ -173,9 +173,9 @@ class ObjectStore(ABC):
         Pick a generous age: an upload still in progress for longer than that is lost too.
         """
 
+    @abstractmethod
     def abort_incomplete_upload(self, upload: IncompleteUpload) -> None:
         """Discard one upload listed by `list_incomplete_uploads`; gone already is fine."""
-        raise NotImplementedError(f"{type(self).__name__} cannot abort single uploads")
 
     def copy(self, src: str, dst: str, *, if_etag: str | None = None) -> ObjectInfo:
         """Copy object `src` to `dst` (server-side where the store can); returns the copy's
