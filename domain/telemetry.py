@@ -175,23 +175,33 @@ class SessionEvent:
     error_code: str = ""
 
 
+def _identity_problem(
+    event_id: str, model: str, version_id: str, device_id: str, r: _Resolver
+) -> tuple[str, str] | None:
+    """What is wrong with the fields every event carries (session or training update)."""
+    p = _text_problem(event_id, MAX_EVENT_ID, True)
+    if p:
+        return "event_id", p
+    if not model:
+        return "model", "is required"
+    if r.model_id(model) is None:
+        return "model", _MODEL_FORMAT
+    if not version_id:
+        return "version_id", "is required"
+    if names.version_id_problem(version_id):
+        return "version_id", "is not a valid version string"
+    p = _text_problem(device_id, MAX_DEVICE_ID, True)
+    if p:
+        return "device_id", p
+    return None
+
+
 def _session_problem(
     e: SessionEvent, r: _Resolver, now_us: int, oldest_us: int, retention: str
 ) -> tuple[str, str] | None:
-    p = _text_problem(e.event_id, MAX_EVENT_ID, True)
-    if p:
-        return "event_id", p
-    if not e.model:
-        return "model", "is required"
-    if r.model_id(e.model) is None:
-        return "model", _MODEL_FORMAT
-    if not e.version_id:
-        return "version_id", "is required"
-    if names.VERSION_ID_RE.match(e.version_id) is None or len(e.version_id) > 64:
-        return "version_id", "is not a valid version string"
-    p = _text_problem(e.device_id, MAX_DEVICE_ID, True)
-    if p:
-        return "device_id", p
+    identity = _identity_problem(e.event_id, e.model, e.version_id, e.device_id, r)
+    if identity:
+        return identity
     p = _text_problem(e.device_type, MAX_DEVICE_TYPE, False)
     if p:
         return "device_type", p
@@ -667,20 +677,9 @@ class TrainingEvent:
 def _training_problem(
     e: TrainingEvent, r: _Resolver, now_us: int, oldest_us: int, retention: str
 ) -> tuple[str, str] | None:
-    p = _text_problem(e.event_id, MAX_EVENT_ID, True)
-    if p:
-        return "event_id", p
-    if not e.model:
-        return "model", "is required"
-    if r.model_id(e.model) is None:
-        return "model", _MODEL_FORMAT
-    if not e.version_id:
-        return "version_id", "is required"
-    if names.VERSION_ID_RE.match(e.version_id) is None or len(e.version_id) > 64:
-        return "version_id", "is not a valid version string"
-    p = _text_problem(e.device_id, MAX_DEVICE_ID, True)
-    if p:
-        return "device_id", p
+    identity = _identity_problem(e.event_id, e.model, e.version_id, e.device_id, r)
+    if identity:
+        return identity
     p = _time_problem(e.occur_us, now_us, oldest_us, retention)
     if p:
         return "occur_time", p
