@@ -182,7 +182,12 @@ def test_push_resumes_after_the_connection_is_cut(server: Server, tmp_path: Path
     notes = [line for line in done.stderr.splitlines() if "resuming at" in line]
     assert len(notes) == 1, done.stderr
     resumed_at = int(notes[0].split("resuming at ")[1].split(" ")[0])
-    assert 8 * MiB <= resumed_at <= 20 * MiB  # durable parts were kept, not resent
+    # The client resumes where the server's durable parts end: a whole number of 8 MiB
+    # parts, never past what went through before the cut. How many parts were durable by
+    # then depends on how far the server had read when the link dropped (bytes still in
+    # gRPC's receive buffers are lost with the connection), so 0 is possible on a busy
+    # machine; tests/test_versions_resume.py pins resuming from a non-zero committed size.
+    assert resumed_at % (8 * MiB) == 0 and resumed_at <= 20 * MiB
     assert "(resumed 1x)" in done.stdout and sha(data) in done.stdout
     out = tmp_path / "back.onnx"
     ok(cli(server, "pull", "--model", "flaky", "--version", "1", "-o", str(out), "-q"))
