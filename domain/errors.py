@@ -154,9 +154,22 @@ class RateLimited(DomainError):
 
 
 class Unavailable(DomainError):
-    """A dependency (database, object store) is unreachable; retryable."""
+    """A dependency (database, object store) is unreachable; retryable (UNAVAILABLE with
+    RetryInfo: `retry_after`)."""
 
     default_reason = "BACKEND_UNAVAILABLE"
+    default_retry_after = timedelta(seconds=1)
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: timedelta | None = None,
+        reason: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after = retry_after or self.default_retry_after
 
 
 class DeadlineExceeded(DomainError):

@@ -251,21 +251,21 @@ class ConversionRpcs:
         expect = await self.rt.read(artifacts.check_target, org, target)
         fmt = "onnx" if kind == "onnx" else "pt"
         fields = artifacts.PackageFields(fmt, "none", artifacts.FORMATS[fmt][1])
-        writer = await ups.start(
-            org,
-            h.upload_id,
-            h.write_offset,
-            target,
-            fmt,
-            [decl],
-            expect,
-            field_prefix="header.",
-            spec_field=lambda _i: "header.file",
-        )
-        await context.send_initial_metadata(((UPLOAD_ID_HEADER, writer.upload_id),))
         total = decl.size or 0
         reported = -1
-        try:
+        async with ups.batch() as batch:
+            writer = await batch.start(
+                org,
+                h.upload_id,
+                h.write_offset,
+                target,
+                fmt,
+                [decl],
+                expect,
+                field_prefix="header.",
+                spec_field=lambda _i: "header.file",
+            )
+            await context.send_initial_metadata(((UPLOAD_ID_HEADER, writer.upload_id),))
             async for msg in stream:
                 what = msg.WhichOneof("payload")
                 if what == "chunk":
@@ -287,21 +287,7 @@ class ConversionRpcs:
                 else:
                     raise InvalidArgument("a message without payload", reason="EMPTY_MESSAGE")
             (stored,) = await writer.close()
-            rec = await self.rt.write(
-                uploads.record_upload,
-                org,
-                target,
-                [artifacts.NewPackage(fields, [stored])],
-                expect,
-                [writer.upload_id],
-            )
-        except (asyncio.CancelledError, GeneratorExit):
-            writer.detach()  # durable parts stay: the client may resume
-            raise
-        except BaseException:
-            await writer.discard()
-            raise
-        writer.release()
+            rec = await batch.record(org, target, [artifacts.NewPackage(fields, [stored])], expect)
         yield pb.UploadAndConvertResponse(
             upload_progress=pb.UploadProgress(committed_bytes=stored.size_bytes, total_bytes=total)
         )

@@ -2,7 +2,7 @@
 
 Every error carries a google.rpc.ErrorInfo (reason, domain, metadata); bad fields add
 BadRequest, unmet preconditions PreconditionFailure, plan limits QuotaFailure, rate
-limits RetryInfo, missing resources ResourceInfo.
+limits and backend outages RetryInfo, missing resources ResourceInfo.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def _details(err: d.DomainError, max_violations: int = MAX_VIOLATIONS) -> list[a
                 )
             )
         )
-    elif isinstance(err, d.RateLimited):
+    elif isinstance(err, (d.RateLimited, d.Unavailable)):
         delay = duration_pb2.Duration()
         delay.FromTimedelta(err.retry_after)
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))

@@ -1,11 +1,15 @@
 """Streaming bytes of uploads into the object store: the async half of the upload path.
 
-`Uploads.start` opens (or resumes) an upload session and returns an `UploadWriter`;
+Every upload RPC runs in one `UploadBatch` (`async with uploads.batch() as batch`):
+`batch.start(...)` opens (or resumes) an upload session and returns an `UploadWriter`;
 feed it the stream's chunks with `write`, then `close()` returns the verified
-`StoredFile`s, ready for `domain.artifacts.record_packages` (commit the session with
-`domain.uploads.commit_uploads` in the same transaction, then `release()`). On any error
-call `discard()` (nothing of the upload survives); on cancellation (the client went away)
-call `detach()` (durable parts stay for a resume).
+`StoredFile`s, and `batch.record(...)` records them as packages and commits the batch's
+sessions in one transaction (`domain.uploads.record_upload`). Leaving the block decides,
+in one place for every upload RPC, what becomes of the uploads (`UploadBatch.__aexit__`):
+recorded -> released; the client went away, the stream ended early (`UploadIncomplete`),
+a backend outage (UNAVAILABLE with RetryInfo and the upload's committed size) or a newer
+stream took the upload over -> detached, durable parts stay for a resume; any other error
+(bad bytes, a refused record) -> discarded, nothing of the uploads survives.
 
 How bytes flow: chunks are buffered up to the store's part size, then uploaded as one
 multipart part from a worker thread while the next chunks arrive. Up to PARTS_IN_FLIGHT
@@ -38,11 +42,12 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from sqlalchemy.orm import Session
 
 from domain import uploads
-from domain.artifacts import StoredFile, Target, TargetState
-from domain.errors import Aborted, FieldViolation, InvalidArgument
+from domain.artifacts import NewPackage, Recorded, StoredFile, Target, TargetState
+from domain.errors import Aborted, FieldViolation, InvalidArgument, Unavailable
+from server.errors import as_domain_error
 from server.runtime import Runtime
 from storage.db import transaction
-from storage.objectstore.multipart import Multipart, PartInfo, multipart_for
+from storage.objectstore.multipart import Multipart, PartInfo, UploadNotFound, multipart_for
 from storage.orm import utcnow
 
 log = logging.getLogger("modelregistry.uploads")
@@ -148,7 +153,11 @@ class Uploads:
                 metadata={"limit_bytes": str(self.limits.max_file_bytes)},
             )
 
-    async def start(
+    def batch(self) -> UploadBatch:
+        """The uploads of one RPC: `async with uploads.batch() as batch: ...`."""
+        return UploadBatch(self)
+
+    async def _open(
         self,
         org_id: str,
         upload_id: str | None,
@@ -425,7 +434,15 @@ class _FileSink:
         mp = self.uploads.multipart
         if self.multipart_id is None:
             self.multipart_id = mp.begin(self.key)
-        mp.complete(self.key, self.multipart_id, self.parts)
+        try:
+            mp.complete(self.key, self.multipart_id, self.parts)
+        except UploadNotFound:
+            # An earlier stream's complete may have gone through without its answer (or
+            # its mark_done) arriving: then the object is there. It is read back below.
+            info = self.uploads.rt.store.stat(self.key)
+            if info is None or info.size != size:
+                raise
+            sha = ""
         self.completed_here = True
         if not sha:
             digest = hashlib.sha256()
@@ -560,6 +577,129 @@ class UploadWriter:
                 multipart.add((sink.key, sink.multipart_id))
         await self.uploads.rt.call(_remove, self.uploads, sorted(keys), sorted(multipart))
         self.release()
+
+
+class UploadBatch:
+    """The uploads of one RPC, recorded together: the one upload-then-record path of
+    UploadArtifacts, UploadBundle and UploadAndConvert.
+
+    ::
+
+        async with uploads.batch() as batch:
+            writer = await batch.start(...)
+            ...  # await writer.write(chunk) for each chunk
+            files = await writer.close()
+            recorded = await batch.record(org_id, target, [NewPackage(fields, files)], expect)
+
+    Leaving the block settles every upload the batch started: see `__aexit__`.
+    """
+
+    def __init__(self, uploads_: Uploads) -> None:
+        self.uploads = uploads_
+        self.writers: list[UploadWriter] = []
+
+    async def start(
+        self,
+        org_id: str,
+        upload_id: str | None,
+        write_offset: int,
+        target: Target,
+        fmt: str,
+        files: Sequence[uploads.FileDecl],
+        expect: TargetState,
+        *,
+        field_prefix: str,
+        spec_field: Callable[[int], str],
+    ) -> UploadWriter:
+        """Open (or resume) an upload of `files`; `spec_field(i)` names file i's FileSpec in
+        the request (for error details)."""
+        writer = await self.uploads._open(
+            org_id,
+            upload_id,
+            write_offset,
+            target,
+            fmt,
+            files,
+            expect,
+            field_prefix=field_prefix,
+            spec_field=spec_field,
+        )
+        self.writers.append(writer)
+        return writer
+
+    async def record(
+        self,
+        org_id: str,
+        target: Target,
+        packages: Sequence[NewPackage],
+        expect: TargetState,
+    ) -> Recorded:
+        """Record the closed uploads as `packages` and commit every upload of the batch, in
+        one transaction."""
+        return await self.uploads.rt.write(
+            uploads.record_upload,
+            org_id,
+            target,
+            packages,
+            expect,
+            [w.upload_id for w in self.writers],
+        )
+
+    async def __aenter__(self) -> UploadBatch:
+        return self
+
+    async def __aexit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        """Released when the block ends normally. On an error the uploads stay resumable
+        (detached: durable parts and the committed size stay, until the upload expires)
+        when the error says nothing against the bytes:
+        - the client went away (cancelled, or the response generator closed);
+        - the stream ended before the declared size (`UploadIncomplete`: may be a drop);
+        - the database or object store failed (answered UNAVAILABLE with RetryInfo, the
+          upload id and its committed size: resume once the backend is back);
+        - a newer stream took the upload over (it is that stream's now).
+        Any other error (bad bytes, a refused record) discards them."""
+        if exc is None:
+            for w in self.writers:
+                w.release()
+            return None
+        outage = as_domain_error(exc) if isinstance(exc, Exception) else None
+        if isinstance(outage, Unavailable) or _keeps_upload(exc):
+            for w in self.writers:
+                w.detach()
+            if isinstance(outage, Unavailable) and self.writers:
+                raise self._resumable(outage) from exc
+            return None
+        for w in self.writers:
+            await w.discard()
+        return None
+
+    def _resumable(self, outage: Unavailable) -> Unavailable:
+        """`outage`, telling where the interrupted upload (the batch's newest) stands: its
+        committed size as this stream knows it (a part still landing may add to it; a
+        client resuming from less is fine, the server skips what it has)."""
+        writer = self.writers[-1]
+        committed = writer.committed_total()
+        return Unavailable(
+            f"{outage.message}; upload {writer.upload_id} keeps at least {committed} "
+            f"committed bytes: resume it with that upload_id from the committed size "
+            "QueryUploadStatus reports",
+            retry_after=outage.retry_after,
+            reason=outage.reason,
+            metadata={
+                **outage.metadata,
+                "upload_id": writer.upload_id,
+                "committed_size": str(committed),
+            },
+        )
+
+
+def _keeps_upload(exc: BaseException) -> bool:
+    """Errors after which an upload stays resumable (besides backend outages)."""
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit, UploadIncomplete)):
+        return True
+    return isinstance(exc, Aborted) and exc.reason == "UPLOAD_SUPERSEDED"
 
 
 def _remove(ups: Uploads, keys: list[str], multipart: list[tuple[str, str]]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 from google.protobuf import empty_pb2
@@ -27,7 +26,7 @@ from server.context import Ctx, principal
 from server.conversion_service import ConversionRpcs
 from server.presigned import PresignedRpcs
 from server.runtime import Runtime
-from server.uploads import UploadIncomplete, UploadLimits, Uploads, UploadWriter
+from server.uploads import UploadBatch, UploadLimits, Uploads, UploadWriter
 from storage.objectstore import ObjectNotFound
 from storage.orm import utcnow
 
@@ -154,9 +153,8 @@ class VersionService(version_service_pb2_grpc.VersionServiceServicer):
         target = artifacts.parse_target(first.target.parent, "target.parent")
         expect = await self.rt.read(artifacts.check_target, org, target)
         done: list[tuple[UploadWriter, artifacts.PackageFields, artifacts.StoredFile]] = []
-        writers: list[UploadWriter] = []
         current: tuple[UploadWriter, artifacts.PackageFields] | None = None
-        try:
+        async with self.uploads.batch() as batch:
             async for msg in stream:
                 kind = msg.WhichOneof("payload")
                 if kind == "chunk":
@@ -172,9 +170,8 @@ class VersionService(version_service_pb2_grpc.VersionServiceServicer):
                         (stored,) = await current[0].close(at_eof=False)
                         done.append((current[0], current[1], stored))
                         current = None
-                    current = await self._start_file(org, target, expect, msg.file, writers)
-                    writers.append(current[0])
-                    if len(writers) == 1:
+                    current = await self._start_file(org, target, expect, msg.file, batch)
+                    if len(batch.writers) == 1:
                         await context.send_initial_metadata(
                             ((UPLOAD_ID_HEADER, current[0].upload_id),)
                         )
@@ -195,24 +192,9 @@ class VersionService(version_service_pb2_grpc.VersionServiceServicer):
                     [FieldViolation("file", "at least one file is required")],
                     reason="HEADER_MISSING",
                 )
-            rec = await self.rt.write(
-                uploads.record_upload,
-                org,
-                target,
-                [artifacts.NewPackage(fields, [f]) for _w, fields, f in done],
-                expect,
-                [w.upload_id for w, _f, _s in done],
+            rec = await batch.record(
+                org, target, [artifacts.NewPackage(fields, [f]) for _w, fields, f in done], expect
             )
-        except (asyncio.CancelledError, UploadIncomplete):
-            for w in writers:
-                w.detach()  # durable parts stay: the client may resume
-            raise
-        except BaseException:
-            for w in writers:
-                await w.discard()
-            raise
-        for w in writers:
-            w.release()
         return pb.UploadArtifactsResponse(
             packages=[_package_pb(rec, p) for p in rec.packages],
             catalog_version=_catalog_version_pb(rec),
@@ -234,19 +216,19 @@ class VersionService(version_service_pb2_grpc.VersionServiceServicer):
         target: artifacts.Target,
         expect: artifacts.TargetState,
         header: pb.UploadFileHeader,
-        writers: list[UploadWriter],
+        batch: UploadBatch,
     ) -> tuple[UploadWriter, artifacts.PackageFields]:
         v = Violations()
         decl = _file_decl(v, "file.file", header.file)
         fields = artifacts.check_package_fields(
             v, "file.", header.format, header.quantization, header.runtime
         )
-        if header.upload_id and any(w.upload_id == header.upload_id for w in writers):
+        if header.upload_id and any(w.upload_id == header.upload_id for w in batch.writers):
             v.add("file.upload_id", "names an upload already sent in this stream")
         v.raise_if_any()
         assert decl is not None
         self.uploads.check_declared_size(decl.size, "file.file.size_bytes")
-        writer = await self.uploads.start(
+        writer = await batch.start(
             org,
             header.upload_id,
             header.write_offset,
@@ -276,18 +258,18 @@ class VersionService(version_service_pb2_grpc.VersionServiceServicer):
         h = first.header
         target, fields, decls = self._bundle_header(h)
         expect = await self.rt.read(artifacts.check_target, org, target)
-        writer = await self.uploads.start(
-            org,
-            h.upload_id,
-            h.write_offset,
-            target,
-            fields.format,
-            decls,
-            expect,
-            field_prefix="header.",
-            spec_field=lambda i: "header.primary" if i == 0 else f"header.extras[{i - 1}]",
-        )
-        try:
+        async with self.uploads.batch() as batch:
+            writer = await batch.start(
+                org,
+                h.upload_id,
+                h.write_offset,
+                target,
+                fields.format,
+                decls,
+                expect,
+                field_prefix="header.",
+                spec_field=lambda i: "header.primary" if i == 0 else f"header.extras[{i - 1}]",
+            )
             await context.send_initial_metadata(((UPLOAD_ID_HEADER, writer.upload_id),))
             async for msg in stream:
                 kind = msg.WhichOneof("payload")
@@ -302,21 +284,7 @@ class VersionService(version_service_pb2_grpc.VersionServiceServicer):
                 else:
                     raise InvalidArgument("a message without payload", reason="EMPTY_MESSAGE")
             files = await writer.close()
-            rec = await self.rt.write(
-                uploads.record_upload,
-                org,
-                target,
-                [artifacts.NewPackage(fields, files)],
-                expect,
-                [writer.upload_id],
-            )
-        except (asyncio.CancelledError, UploadIncomplete):
-            writer.detach()  # durable parts stay: the client may resume
-            raise
-        except BaseException:
-            await writer.discard()
-            raise
-        writer.release()
+            rec = await batch.record(org, target, [artifacts.NewPackage(fields, files)], expect)
         return pb.UploadBundleResponse(
             package=_package_pb(rec, rec.packages[0]),
             catalog_version=_catalog_version_pb(rec),

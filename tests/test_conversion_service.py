@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,17 @@ from modelregistry.v1 import version_service_pb2 as vpb
 from support import onnx_models as models
 from support.registry import Client, RunningServer
 from support.status import expect_error
-from support.uploads import F, chunks, download, objects, row_counts, sha, upload
+from support.uploads import (
+    F,
+    MiB,
+    assert_only_resumable_leftovers,
+    chunks,
+    download,
+    objects,
+    row_counts,
+    sha,
+    upload,
+)
 
 ALL = ["onnx", "onnx-fp16", "onnx-int8", "ort"]
 Job = cpb.ConversionJob
@@ -314,6 +325,53 @@ def test_upload_and_convert(registry: RunningServer, client: Client) -> None:
     assert job.model_version == "models/blocky/versions/1.0"
     assert [r.package.format for r in job.results] == ["onnx", "ort"]
     assert row_counts(registry, client)["packages"] == 3
+
+
+def test_upload_and_convert_resumes_a_cut_stream(registry: RunningServer, client: Client) -> None:
+    """A stream that ends before the declared size keeps its upload, as UploadArtifacts
+    does (UPLOAD_INCOMPLETE with the committed size; nothing recorded, nothing converted):
+    resumed by its upload id from QueryUploadStatus, the upload is recorded and converted."""
+    data = models.wide_mlp(1100, 2)  # over one 8 MiB part
+    assert len(data) > 9 * MiB
+    upload_id = str(uuid.uuid4())
+
+    def requests(offset: int, end: int) -> Iterator[vpb.UploadAndConvertRequest]:
+        yield vpb.UploadAndConvertRequest(
+            header=vpb.UploadAndConvertHeader(
+                parent="models/wide/versions/1",
+                file=vpb.FileSpec(file_name="wide.onnx", size_bytes=len(data), sha256=sha(data)),
+                spec=spec("onnx"),
+                upload_id=upload_id,
+                write_offset=offset,
+            )
+        )
+        for piece in chunks(data[offset:end]):
+            yield vpb.UploadAndConvertRequest(chunk=piece)
+
+    cut = client.versions.UploadAndConvert(requests(0, 9 * MiB), timeout=TIMEOUT)
+    err = expect_error(grpc.StatusCode.INVALID_ARGUMENT, list, cut)
+    assert err.reason == "UPLOAD_INCOMPLETE"
+    assert err.metadata["upload_id"] == upload_id
+    assert err.metadata["committed_size"] == str(8 * MiB)
+    status = client.versions.QueryUploadStatus(vpb.QueryUploadStatusRequest(upload_id=upload_id))
+    assert status.committed_size == 8 * MiB and not status.complete
+    assert_only_resumable_leftovers(registry, client)
+
+    out = list(
+        client.versions.UploadAndConvert(
+            requests(status.committed_size, len(data)), timeout=TIMEOUT
+        )
+    )
+    kinds = [m.WhichOneof("payload") for m in out]
+    source = out[kinds.index("source_package")].source_package
+    assert (source.resources[0].size_bytes, source.resources[0].sha256) == (len(data), sha(data))
+    job = out[-1].job
+    assert job.state == Job.STATE_SUCCEEDED, job.error
+    assert job.source_resource == source.resources[0].name
+    assert download(client, source.resources[0].name)[1] == data
+    assert client.versions.QueryUploadStatus(
+        vpb.QueryUploadStatusRequest(upload_id=upload_id)
+    ).complete
 
 
 def test_upload_and_convert_plan_gate_and_bad_header(registry: RunningServer) -> None:

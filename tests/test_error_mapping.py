@@ -85,6 +85,9 @@ def test_details_carry_violations() -> None:
     slow = to_status(d.RateLimited("x", timedelta(milliseconds=1500)))
     (ri,) = unpack(decode(slow), error_details_pb2.RetryInfo)
     assert ri.retry_delay.ToTimedelta() == timedelta(milliseconds=1500)
+    for outage in (ConnectionResetError(), d.Unavailable("x", retry_after=timedelta(seconds=3))):
+        (ri,) = unpack(decode(to_status(outage)), error_details_pb2.RetryInfo)
+        assert ri.retry_delay.ToTimedelta() > timedelta(0)
     missing = to_status(d.NotFound("model", "models/m"))
     (res,) = unpack(decode(missing), error_details_pb2.ResourceInfo)
     assert res.resource_name == "models/m"

@@ -261,15 +261,20 @@ def _upload_through_an_object_store_outage(faulty: Faulty, *, resume: bool) -> N
     held = Held(c, f, first=PART + MiB)
     wait_committed(c, f.upload_id, PART)
     with faulty.s3.down():
-        code, _ = held.result()
-        assert code in RETRYABLE, code
+        code, err = held.result()
+        assert code == grpc.StatusCode.UNAVAILABLE, code
+        details = rich(err)
+        assert details.retry_delay_s, "UNAVAILABLE carries RetryInfo"
+        assert details.metadata["upload_id"] == f.upload_id
+        # the second part never reached the store: only the first one counts
+        assert details.metadata["committed_size"] == str(PART)
     if resume:
         code, status = retry(
             c.versions.QueryUploadStatus, vpb.QueryUploadStatusRequest(upload_id=f.upload_id)
         )
         assert code == OK, status
         done = status.committed_size
-        assert done >= PART
+        assert done == PART and not status.complete
         again = F("model.onnx", data, upload_id=f.upload_id, write_offset=done)
     else:
         again = F("model.onnx", data)
@@ -285,14 +290,38 @@ def test_object_store_down_mid_upload_then_upload_again(faulty: Faulty) -> None:
     _upload_through_an_object_store_outage(faulty, resume=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server/uploads.py discards an upload whose object-store write failed "
-    "(QueryUploadStatus: FAILED_PRECONDITION 'it failed and was discarded'), although its "
-    "committed parts survive the outage; a blip should leave it resumable",
-)
 def test_object_store_down_mid_upload_then_resume(faulty: Faulty) -> None:
     _upload_through_an_object_store_outage(faulty, resume=True)
+
+
+def test_object_store_down_with_a_part_in_flight_then_resume(faulty: Faulty) -> None:
+    """The store goes away while the second part is on its way (a slow link): that part
+    is lost, so the committed size counts only the first, the part the store confirmed,
+    and the upload resumes from there once the store is back."""
+    c = faulty.server.new_org()
+    data = random_bytes(2 * PART + 777)
+    f = F("model.onnx", data, upload_id=str(uuid.uuid4()))
+    held = Held(c, f, first=PART + MiB)
+    wait_committed(c, f.upload_id, PART)
+    with faulty.s3.toxic("bandwidth", stream="upstream", rate=1024):  # KB/s: 8 s a part
+        held.go.set()
+        time.sleep(1.5)  # the second part is in flight now
+        with faulty.s3.down():
+            code, err = held.result()
+    assert code == grpc.StatusCode.UNAVAILABLE, code
+    details = rich(err)
+    assert details.retry_delay_s and details.metadata["committed_size"] == str(PART)
+    code, status = retry(
+        c.versions.QueryUploadStatus, vpb.QueryUploadStatusRequest(upload_id=f.upload_id)
+    )
+    assert code == OK and status.committed_size == PART, status
+    again = F("model.onnx", data, upload_id=f.upload_id, write_offset=PART)
+    code, resp = retry(upload, c, "models/m/versions/1", again, timeout=120)
+    assert code == OK, resp
+    r = resp.packages[0].resources[0]
+    assert (r.size_bytes, r.sha256) == (len(data), sha(data))
+    assert download(c, r.name)[1] == data
+    check_invariants(faulty)
 
 
 def test_object_store_down_mid_download_then_resume(faulty: Faulty) -> None:
