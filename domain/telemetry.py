@@ -25,7 +25,10 @@ from storage.orm import Device
 from storage.repos import telemetry as repo
 from storage.repos.telemetry import FleetCounts, RollupKey, RollupValues, SessionColumns
 
-MAX_BATCH = 1000
+MAX_BATCH = 1000  # events per message, the contract's limit
+# Events one ingest call (one transaction) takes: the server writes consecutive batches of
+# a stream that are waiting for it together (server/telemetry_service.py).
+MAX_GROUP = 8 * MAX_BATCH
 MAX_EVENT_ID = 128
 MAX_DEVICE_ID = 128
 MAX_DEVICE_TYPE = 128
@@ -242,11 +245,11 @@ def ingest_sessions(
     retention: timedelta = DEFAULT_RETENTION,
     now: datetime | None = None,
 ) -> IngestResult:
-    """Validate, store and roll up one batch; `first_index` numbers its events in the
-    stream. Runs in one transaction."""
-    if len(events) > MAX_BATCH:
+    """Validate, store and roll up one batch (or several consecutive batches of a stream);
+    `first_index` numbers its events in the stream. Runs in one transaction."""
+    if len(events) > MAX_GROUP:
         raise InvalidArgument.field(
-            "events", f"a batch holds at most {MAX_BATCH} events (got {len(events)})"
+            "events", f"one call takes at most {MAX_GROUP} events (got {len(events)})"
         )
     out = IngestResult()
     now_us = to_micros(now or now_utc())
@@ -707,9 +710,9 @@ def ingest_training_updates(
     now: datetime | None = None,
 ) -> IngestResult:
     """Validate and store one batch of training updates (one transaction)."""
-    if len(events) > MAX_BATCH:
+    if len(events) > MAX_GROUP:
         raise InvalidArgument.field(
-            "updates", f"a batch holds at most {MAX_BATCH} updates (got {len(events)})"
+            "updates", f"one call takes at most {MAX_GROUP} updates (got {len(events)})"
         )
     out = IngestResult()
     now_us = to_micros(now or now_utc())

@@ -1,13 +1,18 @@
 """TelemetryService: protobuf <-> domain for fleet telemetry.
 
-Ingestion streams are processed batch by batch, each batch in its own transaction (events
-are idempotent by id, so a stream that fails half way can simply be retried). Converting
-a batch's protobuf events runs in the worker thread together with the write, so the event
-loop only receives messages.
+Ingestion streams are written batch by batch, in order; consecutive batches of one stream
+that are already waiting at the server when a write ends go into the next transaction
+together (at most telemetry.MAX_GROUP events). The reply comes only at the end of the
+stream and events are idempotent by id, so grouping changes no answer: a stream that fails
+half way keeps what was written and can simply be retried. Per-transaction work (rollup
+rows, statements, commit) is then shared by several batches when the server is busy, which
+is exactly when it matters. Converting protobuf events runs in the worker thread together
+with the write, so the event loop only receives messages.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -26,6 +31,10 @@ from server.runtime import Runtime
 from storage.orm import Device
 
 E = TypeVar("E")
+
+# Messages read ahead of the write in progress: enough to fill the next group, bounded so
+# a fast client cannot make the server buffer its whole stream.
+_READ_AHEAD = 8
 
 _HEALTH_IN = {
     pb.Device.HEALTH_HEALTHY: "healthy",
@@ -144,6 +153,13 @@ class _Totals:
         ]
 
 
+class _End:
+    """The end of a stream's messages: normal (error None) or broken."""
+
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+
+
 class TelemetryService(telemetry_service_pb2_grpc.TelemetryServiceServicer):
     def __init__(
         self, runtime: Runtime, retention: timedelta = telemetry.DEFAULT_RETENTION
@@ -159,19 +175,51 @@ class TelemetryService(telemetry_service_pb2_grpc.TelemetryServiceServicer):
     ) -> _Totals:
         org = principal().require_org()
         totals = _Totals()
-        index = 0
-        async for batch in batches:
-            n = len(batch)
-            if n > telemetry.MAX_BATCH:
-                raise InvalidArgument.field(
-                    field,
-                    f"a batch holds at most {telemetry.MAX_BATCH} (got {n} in the batch "
-                    f"starting at index {index}); earlier batches of this stream were stored",
-                )
-            if n:
-                totals.add(await self.rt.write(run_batch, org, batch, index, self.retention))
-            index += n
-        return totals
+        # Reading runs alongside the writes, so the batches that arrive during one write
+        # are waiting in the queue when it ends.
+        queue: asyncio.Queue[Sequence[E] | _End] = asyncio.Queue(_READ_AHEAD)
+
+        async def read() -> None:
+            try:
+                async for batch in batches:
+                    await queue.put(batch)
+            except Exception as exc:  # the stream broke: the handler raises it, in order
+                await queue.put(_End(exc))
+            else:
+                await queue.put(_End(None))
+
+        reader = asyncio.create_task(read())
+        try:
+            index = 0
+            item: Sequence[E] | _End | None = await queue.get()
+            while True:
+                group: list[E] = []
+                while (
+                    item is not None
+                    and not isinstance(item, _End)
+                    and len(item) <= telemetry.MAX_BATCH
+                    and len(group) + len(item) <= telemetry.MAX_GROUP
+                ):
+                    group += item
+                    item = None if queue.empty() else queue.get_nowait()
+                if group:
+                    totals.add(await self.rt.write(run_batch, org, group, index, self.retention))
+                    index += len(group)
+                if item is None:
+                    item = await queue.get()
+                elif isinstance(item, _End):
+                    if item.error is not None:
+                        raise item.error
+                    return totals
+                elif len(item) > telemetry.MAX_BATCH:
+                    raise InvalidArgument.field(
+                        field,
+                        f"a batch holds at most {telemetry.MAX_BATCH} (got {len(item)} in the "
+                        f"batch starting at index {index}); earlier batches of this stream were "
+                        "stored",
+                    )
+        finally:
+            reader.cancel()
 
     async def ReportInferenceSessions(
         self,
