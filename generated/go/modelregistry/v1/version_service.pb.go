@@ -784,7 +784,10 @@ type UploadFileHeader struct {
 	// UPLOAD_INCOMPLETE, metadata `committed_size`) and stays resumable until
 	// it expires: the end of a stream cannot be told apart from a dropped
 	// client. Declare `size_bytes` so a dropped stream is never taken as the
-	// end of the file.
+	// end of the file. A database or object store outage during the upload
+	// answers UNAVAILABLE (RetryInfo, metadata `upload_id` and
+	// `committed_size`) and the upload stays resumable too: once the backend is
+	// back, resume from QueryUploadStatus.
 	WriteOffset   int64 `protobuf:"varint,6,opt,name=write_offset,json=writeOffset,proto3" json:"write_offset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1405,7 +1408,10 @@ type UploadAndConvertHeader struct {
 	Spec *ConversionSpec `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`
 	// Id of the upload, to resume it; see `UploadFileHeader.upload_id`.
 	UploadId string `protobuf:"bytes,4,opt,name=upload_id,json=uploadId,proto3" json:"upload_id,omitempty"`
-	// Offset the following chunks start at; 0 for a new upload.
+	// Offset the following chunks start at; 0 for a new upload, or the
+	// `committed_size` from QueryUploadStatus to resume (an early end of the
+	// stream and backend outages keep the upload resumable; see
+	// `UploadFileHeader.write_offset`).
 	WriteOffset   int64 `protobuf:"varint,5,opt,name=write_offset,json=writeOffset,proto3" json:"write_offset,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -424,7 +424,10 @@ class UploadFileHeader(_message.Message):
     UPLOAD_INCOMPLETE, metadata `committed_size`) and stays resumable until
     it expires: the end of a stream cannot be told apart from a dropped
     client. Declare `size_bytes` so a dropped stream is never taken as the
-    end of the file.
+    end of the file. A database or object store outage during the upload
+    answers UNAVAILABLE (RetryInfo, metadata `upload_id` and
+    `committed_size`) and the upload stays resumable too: once the backend is
+    back, resume from QueryUploadStatus.
     """
     @_builtins.property
     def file(self) -> Global___FileSpec:
@@ -708,7 +711,11 @@ class UploadAndConvertHeader(_message.Message):
     upload_id: _builtins.str
     """Id of the upload, to resume it; see `UploadFileHeader.upload_id`."""
     write_offset: _builtins.int
-    """Offset the following chunks start at; 0 for a new upload."""
+    """Offset the following chunks start at; 0 for a new upload, or the
+    `committed_size` from QueryUploadStatus to resume (an early end of the
+    stream and backend outages keep the upload resumable; see
+    `UploadFileHeader.write_offset`).
+    """
     @_builtins.property
     def file(self) -> Global___FileSpec:
         """Required. The source file: `.onnx`, or TorchScript `.pt` when the
