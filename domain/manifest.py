@@ -24,7 +24,10 @@ plus, for each variant, the key of its content: (id, content_revision, updated_a
 content_revision is bumped by database triggers on every write of the variant's versions,
 packages or resources, updated_at by every write of its own fields, so equal keys mean an
 equal subtree. The server keeps the serialized subtree per key (server/manifest_pb.py);
-only the subtrees of keys it does not hold are loaded.
+only the subtrees of keys it does not hold are loaded: their serialized bytes from the
+manifest_tails table when stored under the current key (written back after each build,
+so a restarted server or a new replica does not re-serialize every variant), else their
+rows.
 
 Paging (AIP-158): a page token names the etag of the manifest it pages and the caller it
 was issued to; every page of one manifest carries its etag, and a token whose manifest
@@ -122,13 +125,14 @@ class Subtrees:
 
 @dataclass(frozen=True)
 class Index:
-    """A caller's manifest as one row per model name, and the subtrees of the variants
-    whose keys the server did not hold."""
+    """A caller's manifest as one row per model name; for the variants whose keys the
+    server did not hold, their stored serialized subtrees, else their subtrees' rows."""
 
     stamp: Stamp
     names: list[str]  # every model name, sorted
     models: dict[str, tuple[str, bool]]  # model name -> the Model's (framework, enabled)
     variants: dict[str, VariantKey]  # model name -> the key of the variant that resolves
+    stored: dict[str, tuple[str, bytes]]  # variant id -> its stored (framework, bytes)
     subtrees: Subtrees
 
 
@@ -143,8 +147,9 @@ def load_index(
     cached: Callable[[list[VariantKey]], Collection[VariantKey]],
 ) -> Index:
     """The caller's manifest index; `cached(keys)` answers which of the variants' keys the
-    caller already holds built (and keeps them for it), the others' subtrees are loaded.
-    Stamp, index and subtrees come from one snapshot."""
+    caller already holds built (and keeps them for it). Of the others, the serialized
+    subtrees stored under their current keys are read, and the rows of the rest. Stamp,
+    index, stored bytes and rows come from one snapshot."""
     repo.manifest_snapshot(session)
     current = stamp(session, org_id)
     rows = repo.manifest_index(session, org_id)
@@ -152,13 +157,30 @@ def load_index(
     models: dict[str, tuple[str, bool]] = {r[0]: (r[1], r[2]) for r in rows.models}
     variants: dict[str, VariantKey] = {r[3]: (r[0], r[1], r[2]) for r in rows.variants}
     have = cached(list(variants.values()))
-    missing = [key[0] for key in variants.values() if key not in have]
-    subtrees = Subtrees({}, {}, {}, {})
+    missing = {key[0] for key in variants.values() if key not in have}
+    stored: dict[str, tuple[str, bytes]] = {}
     if missing:
         # Most of them (a cold cache): one pass over everything beats long id lists.
-        ids = None if len(missing) * 2 > len(variants) else missing
+        wanted = None if len(missing) * 2 > len(variants) else missing
+        for vid, framework, data in repo.manifest_tails(session, org_id, wanted):
+            if vid in missing:
+                stored[vid] = (framework, bytes(data))
+    unbuilt = [vid for vid in missing if vid not in stored]
+    subtrees = Subtrees({}, {}, {}, {})
+    if unbuilt:
+        ids = None if len(unbuilt) * 2 > len(variants) else unbuilt
         subtrees = group_subtrees(repo.manifest_subtrees(session, org_id, ids))
-    return Index(current, sorted(models.keys() | variants.keys()), models, variants, subtrees)
+    return Index(
+        current, sorted(models.keys() | variants.keys()), models, variants, stored, subtrees
+    )
+
+
+def save_built(session: Session, tails: Sequence[tuple[VariantKey, str, bytes]]) -> None:
+    """Store serialized subtrees, each under the key it was built from ((key, framework,
+    bytes)), for every server's next cold build (repo.save_manifest_tails)."""
+    repo.save_manifest_tails(
+        session, [(key[0], key[1], key[2], framework, data) for key, framework, data in tails]
+    )
 
 
 def group_subtrees(rows: repo.ManifestRows) -> Subtrees:

@@ -36,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from google.protobuf import timestamp_pb2
 
@@ -184,18 +184,23 @@ def entry(data: manifest.ManifestData, name: str) -> manifest_pb2.ManifestEntry:
 # ---------------------------------------------------------------------------------------
 # wire format
 
-_BYTE = [bytes((i,)) for i in range(128)]
 
-
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return _BYTE[n]
+def _encode_varint(n: int) -> bytes:
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+# Every one- and two-byte varint (lengths below 16 KiB: names, heads, most entries),
+# looked up rather than computed 40,000 times per build.
+_VARINTS = [_encode_varint(i) for i in range(1 << 14)]
+
+
+def _varint(n: int) -> bytes:
+    return _VARINTS[n] if n < 16384 else _encode_varint(n)
 
 
 def _field(tag: bytes, value: bytes) -> bytes:
@@ -211,9 +216,8 @@ _ETAG, _MODELS, _KEY, _VALUE = b"\x0a", b"\x1a", b"\x0a", b"\x12"
 _GENERATE_TIME, _NEXT_PAGE_TOKEN = b"\x22", b"\x2a"
 
 
-@dataclass(frozen=True)
-class Tail:
-    """A variant's part of an entry, serialized."""
+class Tail(NamedTuple):
+    """A variant's part of an entry, serialized. (A tuple: a cold build makes 10,000s.)"""
 
     data: bytes  # ManifestEntry fields 5-7, deterministic
     framework: str  # the entry's framework when its Model has none (framework_of)
@@ -293,6 +297,12 @@ class Built:
     entries: dict[str, _Entry]
     tails: dict[manifest.VariantKey, Tail]
     generate_time: bytes  # the serialized Timestamp
+    # The tails this build serialized from rows (to be stored: domain.manifest.save_built).
+    fresh: dict[manifest.VariantKey, Tail]
+
+    def unsaved(self) -> list[tuple[manifest.VariantKey, str, bytes]]:
+        """What domain.manifest.save_built stores for this build."""
+        return [(key, t.framework, t.data) for key, t in self.fresh.items()]
 
     def page(
         self, offset: int, size: int, token: Callable[[int], str], budget: int = manifest.PAGE_BYTES
@@ -324,6 +334,18 @@ class Built:
         return pb.GetManifestResponse.FromString(self.response())
 
 
+_framework_fields: dict[str, bytes] = {}  # framework -> its field's bytes (a few distinct)
+
+
+def _framework_field(framework: str) -> bytes:
+    field = _framework_fields.get(framework)
+    if field is None:
+        field = _field(_FRAMEWORK, framework.encode())
+        if len(_framework_fields) < 1024:
+            _framework_fields[framework] = field
+    return field
+
+
 def _entry(
     name: str,
     model: tuple[str, bool] | None,
@@ -331,28 +353,38 @@ def _entry(
     t: Tail | None,
 ) -> _Entry:
     encoded = name.encode()
-    head = _field(_MODEL_ID, encoded)
+    length = _varint(len(encoded))
     framework = ""
     if model is None:
-        head += _ENABLED_TRUE
+        head = b"".join((_MODEL_ID, length, encoded, _ENABLED_TRUE))
     else:
-        head += _field(_MODEL, b"models/" + encoded)
-        if model[1]:
-            head += _ENABLED_TRUE
         framework = model[0]
+        head = b"".join(
+            (
+                _MODEL_ID, length, encoded,
+                _MODEL, _varint(len(encoded) + 7), b"models/", encoded,
+                _ENABLED_TRUE if model[1] else b"",
+            )
+        )  # fmt: skip
     if t is None:
         tail_bytes = b""
     else:
         tail_bytes = t.data
         framework = framework or t.framework
     if framework:
-        head += _field(_FRAMEWORK, framework.encode())
+        head += _framework_field(framework)
     size = len(head) + len(tail_bytes)
-    inner = _field(_KEY, encoded) + _VALUE + _varint(size)
-    prefix = _MODELS + _varint(len(inner) + size) + inner + head
+    inner_size = 1 + len(length) + len(encoded) + 1 + len(_varint(size))
+    prefix = b"".join(
+        (
+            _MODELS, _varint(inner_size + size),
+            _KEY, length, encoded, _VALUE, _varint(size),
+            head,
+        )
+    )  # fmt: skip
     digest = hashlib.sha256(head)
     digest.update(tail_bytes)
-    etag_part = len(encoded).to_bytes(2, "big") + encoded + digest.digest()
+    etag_part = b"".join((len(encoded).to_bytes(2, "big"), encoded, digest.digest()))
     return model, key, prefix, tail_bytes, etag_part
 
 
@@ -370,12 +402,20 @@ def build(
     serialization (generate_time is not part of it)."""
     tails = dict(pinned)
     subtrees = index.subtrees
-    if subtrees.variants:
-        fresh: dict[manifest.VariantKey, Tail] = {}
+    fresh: dict[manifest.VariantKey, Tail] = {}
+    if subtrees.variants or index.stored:
+        loaded: dict[manifest.VariantKey, Tail] = {}
+        stored = index.stored
         for name, vkey in index.variants.items():
             if vkey not in tails:
-                fresh[vkey] = tail(name, subtrees.variants[vkey[0]], subtrees)
+                held = stored.get(vkey[0])
+                if held is not None:
+                    loaded[vkey] = Tail(held[1], held[0])
+                else:
+                    fresh[vkey] = tail(name, subtrees.variants[vkey[0]], subtrees)
+        tails.update(loaded)
         tails.update(fresh)
+        cache.put(loaded)
         cache.put(fresh)
     old_entry = (previous.entries if previous is not None else {}).get
     model_of = index.models.get
@@ -394,7 +434,9 @@ def build(
     etag = hashlib.sha256(b"".join([e[4] for e in order])).hexdigest()
     stamp = timestamp_pb2.Timestamp()
     _ts(stamp, generated)
-    return Built(f"m-{etag[:32]}", index.names, order, entries, tails, stamp.SerializeToString())
+    return Built(
+        f"m-{etag[:32]}", index.names, order, entries, tails, stamp.SerializeToString(), fresh
+    )
 
 
 _gc_lock = threading.Lock()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import grpc
@@ -18,6 +19,8 @@ from server.presigned import PresignedRpcs
 from server.runtime import Runtime
 from storage.orm import utcnow
 from storage.repos.models import ModelFilter
+
+log = logging.getLogger("modelregistry.manifest")
 
 _ORDERS = {
     pb.MODEL_ORDER_UNSPECIFIED: "create_time desc",
@@ -183,7 +186,19 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             raise
         finally:
             del self._building[stamp]
+        if built.fresh:
+            await self._save_built(built)
         return built
+
+    async def _save_built(self, built: manifest_pb.Built) -> None:
+        """Store the subtrees this build serialized, for every server's next cold build.
+        Best effort: they are a cache, and a caller whose manifest is built must get it
+        even if the write fails (SQLite busy with another writer, a variant deleted
+        meanwhile); the next build serializes and tries again."""
+        try:
+            await self.rt.write(manifest.save_built, built.unsaved())
+        except Exception:
+            log.warning("could not store %d manifest subtrees", len(built.fresh), exc_info=True)
 
     @staticmethod
     async def _send_etag(context: Ctx, etag: str) -> None:

@@ -9,10 +9,13 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
+from sqlalchemy import select, update
 
 from modelregistry.v1 import catalog_pb2, manifest_pb2, model_service_pb2_grpc, models_pb2
 from modelregistry.v1 import catalog_service_pb2 as cpb
 from modelregistry.v1 import model_service_pb2 as mpb
+from storage.db import transaction
+from storage.orm import CatalogVariant, ManifestTail
 from support.catalog import CatalogDb, Pkg, Res, create_variant, unique, update_variant
 from support.registry import Client, RunningServer
 from support.status import expect_error
@@ -347,3 +350,48 @@ def test_page_tokens_belong_to_their_caller_and_manifest(
     )
     assert err.reason == "MANIFEST_CHANGED"
     assert err.metadata["etag"] == manifest(client).etag != first.etag
+
+
+def test_a_second_server_builds_from_stored_subtrees(
+    registry: RunningServer, client: Client, db: CatalogDb
+) -> None:
+    """Each variant's serialized subtree is stored under its content key after a build, so
+    a restarted server or another replica does not re-serialize it; a stored subtree whose
+    variant changed since is never served."""
+    name = unique("stored")
+    own = create_variant(client, name)
+    db.add_version(own.uid, "1.0", [Pkg(format="tflite")])
+    first = manifest(client)
+    with transaction(db.sessions) as session:
+        stored = {t.variant_id: t for t in session.scalars(select(ManifestTail)).all()}
+        current = {
+            v.id: (v.content_revision, v.updated_at)
+            for v in session.scalars(select(CatalogVariant)).all()
+        }
+    for entry in first.models.values():
+        if entry.HasField("variant"):
+            t = stored[entry.variant.uid]
+            assert (t.content_revision, t.variant_updated_at) == current[entry.variant.uid]
+    # A marker only the stored row carries: an entry without a Model takes its framework
+    # from the stored subtree, so a second server showing it read the row, not the rows.
+    with transaction(db.sessions) as session:
+        session.execute(
+            update(ManifestTail).where(ManifestTail.variant_id == own.uid).values(framework="x")
+        )
+    replica = RunningServer(registry.database_url, registry.object_store)
+    try:
+        there = Client(replica.channel, client.key, client.org)
+        second = manifest(there)
+        assert second.models[name].framework == "x"
+        second.models[name].framework = "tflite"
+        assert second.models == first.models
+
+        # a change moves the variant's key on: the stale row is rebuilt, not served
+        db.add_version(own.uid, "2.0", [Pkg(format="ort")])
+        third = manifest(there)
+        assert third.models[name].framework == "ort"
+        assert [v.version_id for v in third.models[name].versions] == ["2.0", "1.0"]
+        again = manifest(client)
+        assert (third.etag, third.models) == (again.etag, again.models)
+    finally:
+        replica.stop()

@@ -195,14 +195,28 @@ class World:
             sub.resources,
         )
 
-    def index(self, have: set[manifest.VariantKey]) -> manifest.Index:
-        """As domain.manifest.load_index gives it: subtrees only for keys not in `have`."""
+    def index(
+        self,
+        have: set[manifest.VariantKey],
+        stored: dict[manifest.VariantKey, tuple[str, bytes]] | None = None,
+    ) -> manifest.Index:
+        """As domain.manifest.load_index gives it: the stored bytes of keys not in `have`
+        that `stored` holds (under their current key), subtrees for the others."""
         keys = {name: manifest.variant_key(v) for name, v in self.variants.items()}
+        current = {
+            key[0]: held
+            for key, held in (stored or {}).items()
+            if key in keys.values() and key not in have
+        }
         rows = self.rows()
         sub = manifest.group_subtrees(
             ManifestRows(
                 [],
-                [v for v in rows.variants if manifest.variant_key(v) not in have],
+                [
+                    v
+                    for v in rows.variants
+                    if manifest.variant_key(v) not in have and v.id not in current
+                ],
                 rows.versions,
                 rows.packages,
                 rows.resources,
@@ -213,6 +227,7 @@ class World:
             sorted(self.models.keys() | self.variants.keys()),
             {name: (m.framework, m.enabled) for name, m in self.models.items()},
             keys,
+            current,
             sub,
         )
 
@@ -234,11 +249,15 @@ def reference(data: manifest.ManifestData) -> pb.GetManifestResponse:
 
 
 def build(
-    world: World, cache: manifest_pb.TailCache, previous: manifest_pb.Built | None = None
+    world: World,
+    cache: manifest_pb.TailCache,
+    previous: manifest_pb.Built | None = None,
+    stored: dict[manifest.VariantKey, tuple[str, bytes]] | None = None,
 ) -> manifest_pb.Built:
     keys = [manifest.variant_key(v) for v in world.variants.values()]
     pinned = cache.pin(keys, previous)
-    return manifest_pb.build(world.index(set(pinned)), pinned, GENERATED, previous, cache)
+    index = world.index(set(pinned), stored)
+    return manifest_pb.build(index, pinned, GENERATED, previous, cache)
 
 
 def pages(built: manifest_pb.Built, size: int, budget: int) -> list[pb.GetManifestResponse]:
@@ -279,6 +298,24 @@ def test_bytes_parse_to_the_field_by_field_manifest(seed: int, postgres: bool) -
         fresh = build(world, manifest_pb.TailCache())
         assert fresh.response() == again.response()
         previous = again
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_stored_tails_build_the_same_bytes(seed: int) -> None:
+    """A cold build from stored tails (a restarted server or another replica) answers
+    byte for byte what a build from rows does; only tails serialized from rows are new."""
+    world = World(seed, postgres=seed % 2 == 1)
+    first = build(world, manifest_pb.TailCache())
+    assert {key for key, _, _ in first.unsaved()} == set(first.tails)
+    stored = {key: (framework, data) for key, framework, data in first.unsaved()}
+    for _ in range(3):
+        cold = build(world, manifest_pb.TailCache(), stored=stored)
+        assert cold.response() == build(world, manifest_pb.TailCache()).response()
+        assert cold.message() == reference(world.data())
+        # only variants whose key moved on since their tail was stored are serialized
+        assert set(cold.fresh) == set(cold.tails) - set(stored)
+        stored.update((key, (t.framework, t.data)) for key, t in cold.fresh.items())
+        world.mutate()
 
 
 @pytest.mark.parametrize(("size", "budget"), [(1, 1 << 30), (7, 1 << 30), (1000, 4096), (3, 1)])

@@ -13,6 +13,7 @@ from storage.orm.catalog import (
     ArtifactResource,
     CatalogVariant,
     CatalogVersion,
+    ManifestTail,
 )
 from storage.orm.conversions import JOB_STATES, ConversionEvent, ConversionJob
 from storage.orm.registry import LIFECYCLE_STATUSES, Model, ModelVersion, OptimizedConfig
@@ -50,6 +51,7 @@ __all__ = [
     "InferenceRollup",
     "InferenceRollup10m",
     "InferenceSession",
+    "ManifestTail",
     "Model",
     "ModelVersion",
     "OptimizedConfig",

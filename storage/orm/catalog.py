@@ -10,6 +10,7 @@ from sqlalchemy import (
     CheckConstraint,
     ForeignKey,
     Index,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -143,3 +144,25 @@ class ArtifactResource(UuidPk, CreatedAt, Base):
     load_order: Mapped[int] = mapped_column(default=0)
 
     package: Mapped[ArtifactPackage] = relationship(back_populates="resources")
+
+
+class ManifestTail(Base):
+    """A variant's part of every manifest entry it resolves for (its versions, packages and
+    resources), serialized once and kept where every server process and replica finds it.
+
+    A cache, keyed like server/manifest_pb.py's in-memory one by the variant's
+    (content_revision, updated_at): a row is used only while both still equal the
+    variant's, so a stale row is never served, only rebuilt and overwritten. Written by
+    GetManifest after it serialized a variant; dropped with the variant.
+    """
+
+    __tablename__ = "manifest_tails"
+
+    variant_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("catalog_variants.id", ondelete="CASCADE"), primary_key=True
+    )
+    content_revision: Mapped[int] = mapped_column(BigInteger)
+    variant_updated_at: Mapped[datetime]
+    # The entry's framework when its Model has none (domain.manifest.framework_of).
+    framework: Mapped[str] = mapped_column(String(32))
+    data: Mapped[bytes] = mapped_column(LargeBinary)

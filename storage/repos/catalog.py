@@ -8,8 +8,9 @@ storage.repos.variants (used through domain.resolver).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, String, func, insert, select, type_coerce, update
@@ -20,12 +21,13 @@ from storage.orm import (
     ArtifactResource,
     CatalogVariant,
     CatalogVersion,
+    ManifestTail,
     Model,
     ModelVersion,
     Org,
 )
 from storage.orm.catalog import CatalogState
-from storage.repos import json_ops, variants
+from storage.repos import dialects, json_ops, variants
 from storage.repos.paging import page_and_total
 
 CATALOG_STATE_ID = 1
@@ -303,6 +305,14 @@ class ManifestIndexRows:
     variants: Sequence[Any]  # id, content_revision, updated_at (raw), name
 
 
+# A ManifestTail is current while its key is its variant's.
+_TAIL_CURRENT = (
+    (ManifestTail.variant_id == CatalogVariant.id)
+    & (ManifestTail.content_revision == CatalogVariant.content_revision)
+    & (ManifestTail.variant_updated_at == CatalogVariant.updated_at)
+)
+
+
 def manifest_index(session: Session, org_id: str | None) -> ManifestIndexRows:
     """The org's models and the variants that resolve for it (its overrides beat blessed
     rows), with what keys a variant's content: its content_revision (bumped by triggers on
@@ -322,6 +332,75 @@ def manifest_index(session: Session, org_id: str | None) -> ManifestIndexRows:
         ).where(variants.resolved_for(org_id))
     ).all()
     return ManifestIndexRows(model_rows, variant_rows)
+
+
+def manifest_tails(
+    session: Session, org_id: str | None, variant_ids: Collection[str] | None
+) -> Sequence[Any]:
+    """(variant id, framework, data) of the current ManifestTails of `variant_ids`, or of
+    every variant that resolves for the org when None."""
+    conn = session.connection()
+    query = select(ManifestTail.variant_id, ManifestTail.framework, ManifestTail.data).join(
+        CatalogVariant, _TAIL_CURRENT
+    )
+    if variant_ids is None:
+        return conn.execute(query.where(variants.resolved_for(org_id))).all()
+    ids = list(variant_ids)
+    rows: list[Any] = []
+    for i in range(0, len(ids), _ID_CHUNK):
+        rows.extend(conn.execute(query.where(CatalogVariant.id.in_(ids[i : i + _ID_CHUNK]))))
+    return rows
+
+
+def save_manifest_tails(
+    session: Session, tails: Sequence[tuple[str, int, Any, str, bytes]]
+) -> None:
+    """Store (variant id, content_revision, updated_at as manifest_index read it,
+    framework, data) rows, replacing older ones. A variant deleted meanwhile is skipped;
+    a row whose key is already stale is harmless (never read, see ManifestTail)."""
+    for i in range(0, len(tails), _ID_CHUNK):
+        chunk = tails[i : i + _ID_CHUNK]
+        existing = set(
+            session.scalars(
+                select(CatalogVariant.id).where(CatalogVariant.id.in_([t[0] for t in chunk]))
+            )
+        )
+        rows = [
+            {
+                "variant_id": vid,
+                "content_revision": revision,
+                "variant_updated_at": _from_raw(updated_at),
+                "framework": framework,
+                "data": data,
+            }
+            for vid, revision, updated_at, framework, data in chunk
+            if vid in existing
+        ]
+        if not rows:
+            continue
+        stmt = dialects.insert(session, ManifestTail).values(rows)
+        excluded = stmt.excluded
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[ManifestTail.variant_id],
+                set_={
+                    "content_revision": excluded.content_revision,
+                    "variant_updated_at": excluded.variant_updated_at,
+                    "framework": excluded.framework,
+                    "data": excluded.data,
+                },
+                # Two builders racing: the later key wins, whichever writes last.
+                where=ManifestTail.content_revision <= excluded.content_revision,
+            )
+        )
+
+
+def _from_raw(value: Any) -> datetime:
+    """A timestamp as _raw read it, back as the aware datetime UTCDateTime binds (which
+    stores the same text on SQLite, the same instant on PostgreSQL)."""
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
 def manifest_rows(
