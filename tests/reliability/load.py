@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -312,7 +314,9 @@ async def drive(address: str, db: str, args: Any) -> dict[str, Any]:
         ("grpc.max_send_message_length", 32 * MiB),
     ]
     # a few channels (HTTP/2 connections), as many clients would have
-    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(4)]
+    channels = [
+        grpc.aio.insecure_channel(address, options=options) for _ in range(4 * args.servers)
+    ]
     orgs = [
         Org(n, k, channels[i % len(channels)])
         for i, (n, k) in enumerate(make_orgs(db, args.orgs + 1))
@@ -367,14 +371,24 @@ def report(result: dict[str, Any], invariants: Any, args: Any) -> tuple[str, dic
             errors[f"{kind} {code}"] += n
     uploads_ok = stats.codes.get(("UploadArtifacts", "OK"), 0)
     lines.append(
-        f"load: {args.backend} backend, {elapsed:.1f} s, {args.uploads} upload streams, "
-        f"unary target {args.rate:g}/s"
+        f"load: {args.backend} backend, {args.servers} server process(es), {elapsed:.1f} s, "
+        f"{args.uploads} upload streams, unary target {args.rate:g}/s"
     )
     window = args.duration
     lines.append(
         f"requests: {total}; unary {len(unary_lat)} issued at {len(unary_lat) / window:.0f}/s "
         f"over the {window:g} s window, the last answered {elapsed - window:.1f} s after it; "
         f"uploads {len(up_lat)} ({uploads_ok} acknowledged)"
+    )
+    behind = elapsed - window
+    lines.append(
+        f"throughput: {total / elapsed:.0f} answers/s over the {elapsed:.0f} s"
+        + (
+            f"; the server(s) fell behind the offered load (answers went on {behind:.0f} s "
+            "after the window: requests queued, latencies below are mostly waiting)"
+            if behind > max(5.0, 0.1 * window)
+            else ""
+        )
     )
     lines.append(
         "machine load average (1 min) before / after: "
@@ -423,6 +437,7 @@ def report(result: dict[str, Any], invariants: Any, args: Any) -> tuple[str, dic
     lines.append("RESULT: " + ("PASS" if ok else "FAIL"))
     summary = {
         "backend": args.backend,
+        "servers": args.servers,
         "seconds": round(elapsed, 1),
         "window_seconds": args.duration,
         "loadavg": [round(x, 1) for x in result["loadavg"]],
@@ -460,13 +475,22 @@ def main() -> int:
     )
     p.add_argument("--no-over-cap", dest="over_cap", action="store_false")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument(
+        "--server-log",
+        type=Path,
+        help="keep the server's log here, at INFO (one JSON line per RPC with its duration), "
+        "and report server-side latencies next to the client's",
+    )
+    p.add_argument(
+        "--servers", type=int, default=1, help="server processes sharing the port (replicas)"
+    )
     args = p.parse_args()
     if args.uploads > args.orgs * args.stream_cap:
         p.error("--uploads must fit under --orgs x --stream-cap")
 
     from support.invariants import audit
     from support.serve import ServeProcess
-    from support.services import MinioServer, PostgresServer
+    from support.services import MinioServer, PostgresServer, free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="modelregistry-load-"))
     pg = minio = None
@@ -478,17 +502,37 @@ def main() -> int:
             db, store = f"sqlite:///{tmp / 'registry.db'}", str(tmp / "blobs")
         upgrade(db)
         env = {
-            "MODELREGISTRY_LOG_LEVEL": "WARNING",
+            "MODELREGISTRY_LOG_LEVEL": "INFO" if args.server_log else "WARNING",
             # this checkout's code, whatever the venv's editable install points at
             "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "generated" / "python")]),
         }
-        with ServeProcess(
-            tmp, ["--database-url", db, "--object-store", store], env=env, wait_ready=False
-        ) as srv:
-            wait_port(srv)
-            result = asyncio.run(drive(srv.address, db, args))
+        # --servers N: N processes on one port (gRPC sets SO_REUSEPORT; the kernel spreads
+        # the client's connections over them), as replicas would share a load balancer.
+        port = free_port()
+        with contextlib.ExitStack() as stack:
+            servers = []
+            for i in range(args.servers):
+                cwd = tmp / f"server-{i}"
+                cwd.mkdir()
+                srv = ServeProcess(
+                    cwd,
+                    ["--database-url", db, "--object-store", store],
+                    port=port,
+                    env=env,
+                    wait_ready=False,
+                )
+                servers.append(stack.enter_context(srv))
+                wait_listening(srv)
+                assert srv.proc is not None
+                print(f"load: server pid {srv.proc.pid}", file=sys.stderr, flush=True)
+            result = asyncio.run(drive(servers[0].address, db, args))
         invariants = audit(db, store)
         text, summary, ok = report(result, invariants, args)
+        if args.server_log:
+            with args.server_log.open("wb") as out:
+                for srv in servers:
+                    out.write(srv.log_path.read_bytes())
+            text += "\n" + server_side(args.server_log)
         print(text, flush=True)
         if args.json:
             args.json.write_text(json.dumps(summary, indent=2) + "\n")
@@ -497,24 +541,69 @@ def main() -> int:
         for service in (minio, pg):
             if service is not None:
                 service.stop()
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def wait_port(srv: Any, timeout: float = 60) -> None:
-    import socket
+def server_side(log: Path) -> str:
+    """p50/p99 of the durations the server logged per method (handler entry to answer),
+    to set against the client-observed ones: the difference is time spent before the
+    handler ran (client and server queues, connection flow control) or after it."""
+    durations: dict[str, list[float]] = defaultdict(list)
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("msg") == "rpc" and "duration_ms" in entry:
+            method = str(entry["rpc_method"]).rsplit("/", 1)[-1]
+            durations[method].append(float(entry["duration_ms"]) / 1000)
+    lines = ["server-logged durations (the audit's downloads included):"]
+    for method in sorted(durations):
+        lat = durations[method]
+        lines.append(
+            f"  {method:<22} n={len(lat):<6} p50 {pct(lat, 0.5):8.1f} ms  "
+            f"p99 {pct(lat, 0.99):8.1f} ms"
+        )
+    return "\n".join(lines)
 
+
+def wait_listening(srv: Any, timeout: float = 60) -> None:
+    """Until this server process (not just any process on the shared port) listens."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if srv.proc.poll() is not None:
             raise SystemExit(f"server exited:\n{srv.log()}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", srv.port)) == 0:
-                time.sleep(0.5)
-                return
+        if _listening_inodes(srv.port) & _socket_inodes(srv.proc.pid):
+            time.sleep(0.5)
+            return
         time.sleep(0.1)
     raise SystemExit("server did not listen in time")
+
+
+def _listening_inodes(port: int) -> set[str]:
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                found.add(f[9])
+    return found
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    return inodes
 
 
 if __name__ == "__main__":
