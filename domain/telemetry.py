@@ -310,10 +310,10 @@ def ingest_sessions(
         device_type=[e.device_type for e in rows],
         occurred_us=[e.occur_us or 0 for e in rows],
         latency_ms=[e.latency_ms for e in rows],
-        ttft_ms=[e.ttft_ms or None for e in rows],
-        tokens_per_second=[e.tokens_per_second or None for e in rows],
-        status=["error" if e.error else "ok" for e in rows],
-        error_code=[e.error_code or None for e in rows],
+        ttft_ms=[e.ttft_ms for e in rows],
+        tokens_per_second=[e.tokens_per_second for e in rows],
+        error=[e.error for e in rows],
+        error_code=[e.error_code for e in rows],
     )
     inserted = repo.insert_sessions(session, org_id, cols)
     out.accepted = len(inserted)
@@ -363,9 +363,9 @@ def _rollup_deltas(cols: SessionColumns, stored: list[int]) -> tuple[Deltas, Del
         us = occurred[j]
         groups[(model_id[j], version[j], device_type[j], us - us % _TEN_MINUTES_US)].append(j)
     latency = np.asarray(cols.latency_ms, dtype=np.float64)
-    ttft = np.asarray([x or 0.0 for x in cols.ttft_ms], dtype=np.float64)
-    tps = np.asarray([x or 0.0 for x in cols.tokens_per_second], dtype=np.float64)
-    errors = np.asarray([s == "error" for s in cols.status], dtype=bool)
+    ttft = np.asarray(cols.ttft_ms, dtype=np.float64)
+    tps = np.asarray(cols.tokens_per_second, dtype=np.float64)
+    errors = np.asarray(cols.error, dtype=bool)
     fine: dict[tuple[str, str, str, int], list[_Partial]] = defaultdict(list)
     hourly: dict[tuple[str, str, str, int], list[_Partial]] = defaultdict(list)
     for (m, v, dt, bucket), positions in groups.items():

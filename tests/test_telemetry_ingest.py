@@ -21,6 +21,7 @@ from support.telemetry import (
     report,
     report_updates,
     session,
+    stored_rows,
     stored_sessions,
     update_event,
     window,
@@ -62,6 +63,36 @@ def test_retried_stream_is_not_double_counted(
     assert got.session_count == 1510
     assert got.error_count == 375
     assert got.error_rate == pytest.approx(375 / 1510)
+
+
+def test_stored_rows_keep_every_field(registry: RunningServer, client: Client, model: str) -> None:
+    # Values the bulk paths must carry exactly: text that looks like their separators or
+    # is not ASCII, empty optional fields, a one-event batch with an empty device type.
+    at = now().replace(microsecond=123456) - timedelta(minutes=2)
+    events = [
+        session(event_id="plain", at=at, latency_ms=0.0),
+        session(event_id="énergie-✓", device_id="dév-ü", device_type="", latency_ms=1.5),
+        session(event_id="gen", ttft_ms=120.25, tokens_per_second=33.5, version="2.0"),
+        session(event_id="err", error=True, error_code='E\x1fsplit,{quoted}"x"'),
+        session(event_id="err-empty", error=True),
+    ]
+    resp = report(client, events[:4], events[4:])
+    assert resp.accepted_count == 5
+    alone = session(event_id="alone", device_type="")
+    assert report(client, [alone]).accepted_count == 1
+    rows = stored_rows(registry, client)
+    assert set(rows) == {"plain", "énergie-✓", "gen", "err", "err-empty", "alone"}
+    assert rows["plain"].occurred_at.replace(tzinfo=at.tzinfo) == at
+    assert rows["plain"].latency_ms == 0.0
+    assert (rows["plain"].ttft_ms, rows["plain"].tokens_per_second) == (None, None)
+    assert (rows["plain"].status, rows["plain"].error_code) == ("ok", None)
+    assert (rows["énergie-✓"].device_id, rows["énergie-✓"].device_type) == ("dév-ü", "")
+    assert rows["énergie-✓"].latency_ms == 1.5
+    assert (rows["gen"].ttft_ms, rows["gen"].tokens_per_second) == (120.25, 33.5)
+    assert (rows["gen"].version, rows["gen"].model_id) == ("2.0", "m")
+    assert (rows["err"].status, rows["err"].error_code) == ("error", 'E\x1fsplit,{quoted}"x"')
+    assert (rows["err-empty"].status, rows["err-empty"].error_code) == ("error", None)
+    assert rows["alone"].device_type == ""
 
 
 def test_duplicates_inside_one_batch_and_stream(client: Client, model: str) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from modelregistry.v1 import model_service_pb2, models_pb2, version_service_pb2
 from modelregistry.v1 import telemetry_service_pb2 as pb
 from storage.db import create_engine_for, session_factory, transaction
-from storage.orm import Device, Org
+from storage.orm import Device, InferenceSession, Org
 from support.registry import Client, RunningServer
 
 
@@ -179,3 +179,11 @@ def stored_sessions(registry: RunningServer, client: Client) -> int:
     with _db(registry) as s:
         org_id = s.scalars(select(Org.id).where(Org.name == client.org)).one()
         return session_count(s, org_id)
+
+
+def stored_rows(registry: RunningServer, client: Client) -> dict[str, InferenceSession]:
+    """The org's raw sessions by event id, as the database holds them."""
+    with _db(registry) as s:
+        org_id = s.scalars(select(Org.id).where(Org.name == client.org)).one()
+        rows = s.scalars(select(InferenceSession).where(InferenceSession.org_id == org_id))
+        return {r.event_id: r for r in rows}
