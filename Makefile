@@ -2,7 +2,8 @@
 #
 #   make install          .venv with python3.11 and `pip install -e '.[dev]'`
 #   make tools            pinned minio/buf/grpcurl + PostgreSQL (.ci/tools.sh)
-#   make generate         regenerate generated/python, generated/go and docs/API.md from protos/
+#   make generate         regenerate generated/python (with the descriptor set reflection
+#                         serves), generated/go and docs/API.md from protos/
 #   make check-generated  fail if generated/python or generated/go is stale
 #   make lint             buf lint, ruff check, mypy
 #   make test             install + tools + lint + check-generated + breaking + pytest
@@ -78,17 +79,24 @@ tools:
 
 # --- generated code ------------------------------------------------------------------
 
-# $(call protoc_into,DIR): generate Python, gRPC and mypy stubs for all protos into DIR.
+# The FileDescriptorSet, with source info (the proto comments) and imports, that server
+# reflection serves so `grpcurl describe` prints the comments (server/reflection.py).
+DESCRIPTOR_SET := descriptor_set.binpb
+
+# $(call protoc_into,DIR): generate Python, gRPC and mypy stubs for all protos into DIR,
+# and modelregistry/v1/$(DESCRIPTOR_SET).
 define protoc_into
 set -euo pipefail; \
 out="$(1)"; \
 mkdir -p "$$out/modelregistry/v1"; \
-find "$$out/modelregistry" -name '*_pb2*' -type f -delete; \
+find "$$out/modelregistry" \( -name '*_pb2*' -o -name '$(DESCRIPTOR_SET)' \) -type f -delete; \
 if [ -n "$(PROTOS)" ]; then \
   wkt="$$($(VENV_PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')"; \
   $(VENV_PY) -m grpc_tools.protoc -I $(PROTO_DIR) -I "$$wkt" \
     --python_out="$$out" --grpc_python_out="$$out" \
-    --mypy_out=quiet:"$$out" --mypy_grpc_out=quiet:"$$out" $(PROTOS); \
+    --mypy_out=quiet:"$$out" --mypy_grpc_out=quiet:"$$out" \
+    --include_source_info --include_imports \
+    --descriptor_set_out="$$out/modelregistry/v1/$(DESCRIPTOR_SET)" $(PROTOS); \
 fi; \
 touch "$$out/modelregistry/__init__.py" "$$out/modelregistry/v1/__init__.py" "$$out/modelregistry/py.typed"
 endef

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import grpc
-from grpc_reflection.v1alpha import reflection
 
 from domain import keys
 from domain.limits import Limiter
@@ -22,7 +21,7 @@ from modelregistry.v1 import (
     version_service_pb2,
     version_service_pb2_grpc,
 )
-from server import model_service, tls
+from server import model_service, reflection, tls
 from server.catalog_service import CatalogService
 from server.conversion_service import conversion_pool
 from server.health import HealthMonitor
@@ -115,6 +114,7 @@ class RegistryServer:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
+        # With the protos' doc comments, for `grpcurl describe` (server/reflection.py).
         reflection.enable_server_reflection(
             [
                 *SERVICE_NAMES,
