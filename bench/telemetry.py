@@ -49,6 +49,7 @@ from modelregistry.v1 import telemetry_service_pb2_grpc  # noqa: E402
 from storage.db import create_engine_for, session_factory, transaction  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
 from storage.orm import InferenceRollup, InferenceRollup10m, Model, ModelVersion  # noqa: E402
+from storage.repos.telemetry import session_scope  # noqa: E402
 from support.services import PostgresServer, free_port, install_sigterm_handler  # noqa: E402
 
 VERSIONS = ["1.0", "2.0"]
@@ -316,7 +317,7 @@ def bench_ingestion(
 _SEED_SQL = """
 INSERT INTO inference_sessions (
     org_id, event_id, model_id, version, device_id, device_type, occurred_at,
-    latency_ms, ttft_ms, tokens_per_second, status, error_code, received_at)
+    latency_ms, ttft_ms, tokens_per_second, status, error_code, received_at, scope)
 SELECT :org, 'seed-' || lpad(g::text, 10, '0'), 'fleet',
        CASE WHEN g % 3 = 0 THEN '2.0' ELSE '1.0' END,
        'd' || (g % 20000),
@@ -327,7 +328,7 @@ SELECT :org, 'seed-' || lpad(g::text, 10, '0'), 'fleet',
             THEN exp(4.0 + 0.5 * sqrt(-2 * ln(1 - random())) * cos(2 * pi() * random())) END,
        CASE WHEN g % 10 < 3 THEN 20 + 10 * random() END,
        CASE WHEN random() < 0.02 THEN 'error' ELSE 'ok' END,
-       NULL, now()
+       NULL, now(), :scope
 FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint) - 1) AS g
 """
 
@@ -392,7 +393,14 @@ def seed_fleet(url: str, org_id: str, n_sessions: int, now: datetime) -> None:
                 hi = min(lo + chunk, n_sessions)
                 conn.execute(
                     text(_SEED_SQL),
-                    {"org": org_id, "start": start, "step": step, "lo": lo, "hi": hi},
+                    {
+                        "org": org_id,
+                        "start": start,
+                        "step": step,
+                        "lo": lo,
+                        "hi": hi,
+                        "scope": session_scope(org_id, "fleet"),
+                    },
                 )
                 log(f"  seeded {hi:,}/{n_sessions:,} sessions ({time.perf_counter() - t0:.0f} s)")
             conn.execute(text(_DEVICES_SQL), {"org": org_id})

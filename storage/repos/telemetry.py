@@ -9,6 +9,7 @@ once) is stored once and simply not returned.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,17 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def from_micros(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
+
+
+def session_scope(org_id: str, model_id: str) -> int:
+    """The key of a model's raw sessions in the time index: a 64-bit hash of (org, model).
+
+    An integer compares far faster than the two strings at every step of an index
+    descent. Not unique in principle, so every query filters on org_id and model_id too.
+    Migration 0010 holds a copy of this function.
+    """
+    digest = hashlib.blake2b(f"{org_id}/{model_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def _insert(session: Session, table: Any) -> Any:
@@ -224,7 +236,7 @@ def _joined(values: list[str]) -> str | None:
 _PG_INSERT_COLUMNS = """
 INSERT INTO inference_sessions (
     org_id, event_id, model_id, version, device_id, device_type, occurred_at,
-    latency_ms, ttft_ms, tokens_per_second, status, error_code, received_at)"""
+    latency_ms, ttft_ms, tokens_per_second, status, error_code, received_at, scope)"""
 
 _PG_INSERT_TAIL = """
 ORDER BY u.e
@@ -236,12 +248,13 @@ _PG_INSERT_SESSIONS = (
     _PG_INSERT_COLUMNS
     + """
 SELECT %(org_id)s, u.e, u.m, u.v, u.d, u.dt, u.t, u.l, nullif(u.tt, 0), nullif(u.tp, 0),
-       CASE WHEN u.err THEN 'error' ELSE 'ok' END, nullif(u.ec, ''), now()
+       CASE WHEN u.err THEN 'error' ELSE 'ok' END, nullif(u.ec, ''), now(), s.k
 FROM unnest(string_to_array(%(e)s, %(sep)s), string_to_array(%(m)s, %(sep)s),
             string_to_array(%(v)s, %(sep)s), string_to_array(%(d)s, %(sep)s),
             string_to_array(%(dt)s, %(sep)s), %(t)s, %(l)s, %(tt)s, %(tp)s, %(err)s,
             string_to_array(%(ec)s, %(sep)s))
-     AS u(e, m, v, d, dt, t, l, tt, tp, err, ec)"""
+     AS u(e, m, v, d, dt, t, l, tt, tp, err, ec)
+JOIN unnest(%(sm)s::text[], %(sk)s::int8[]) AS s(m, k) ON s.m = u.m"""
     + _PG_INSERT_TAIL
 )
 
@@ -262,9 +275,12 @@ def insert_sessions(session: Session, org_id: str, cols: SessionColumns) -> set[
     if not len(cols):
         return set()
     if _is_postgres(session):
+        models = sorted(set(cols.model_id))
         params: dict[str, Any] = {
             "org_id": org_id,
             "sep": _SEP,
+            "sm": models,
+            "sk": [session_scope(org_id, m) for m in models],
             "t": _TimestamptzArray(
                 _binary_array(np.asarray(cols.occurred_us, np.int64) - _PG_EPOCH_US, _TIMESTAMPTZ)
             ),
@@ -296,11 +312,13 @@ def insert_sessions(session: Session, org_id: str, cols: SessionColumns) -> set[
             return {r[0] for r in cur.fetchall()}
     now = datetime.now(UTC)
     order = sorted(range(len(cols)), key=cols.event_id.__getitem__)
+    scopes = {m: session_scope(org_id, m) for m in set(cols.model_id)}
     rows = [
         {
             "org_id": org_id,
             "event_id": cols.event_id[i],
             "model_id": cols.model_id[i],
+            "scope": scopes[cols.model_id[i]],
             "version": cols.version[i],
             "device_id": cols.device_id[i],
             "device_type": cols.device_type[i],
@@ -364,6 +382,7 @@ def raw_aggregate(
         return _parse_raw_pg(rows)
     S = InferenceSession
     conds = [
+        S.scope == session_scope(org_id, model_id),
         S.org_id == org_id,
         S.model_id == model_id,
         or_(*(and_(S.occurred_at >= a, S.occurred_at < b) for a, b in ranges)),
@@ -419,7 +438,7 @@ def raw_aggregate(
 
 _PG_RAW_SCAN = """
 SELECT status, latency_ms, ttft_ms, tokens_per_second FROM inference_sessions
-WHERE org_id = %(org)s AND model_id = %(model)s
+WHERE scope = %(scope)s AND org_id = %(org)s AND model_id = %(model)s
   AND occurred_at >= %(a{i})s AND occurred_at < %(b{i})s {filters}"""
 
 _PG_RAW_AGGREGATE = """
@@ -465,7 +484,12 @@ def _raw_sql_pg(
     """PostgreSQL: totals and all three histograms in one pass (GROUPING SETS) over one
     index range scan per range; run it with _PG_EDGE_PLAN (see there)."""
     filters = ""
-    params: dict[str, Any] = {"org": org_id, "model": model_id, "lg": log_gamma}
+    params: dict[str, Any] = {
+        "scope": session_scope(org_id, model_id),
+        "org": org_id,
+        "model": model_id,
+        "lg": log_gamma,
+    }
     if version is not None:
         filters += " AND version = %(version)s"
         params["version"] = version
@@ -835,6 +859,7 @@ def expired_models(session: Session, cutoff: datetime) -> list[tuple[str, str]]:
 def delete_sessions_before(session: Session, org_id: str, model_id: str, cutoff: datetime) -> int:
     result = session.execute(
         delete(InferenceSession).where(
+            InferenceSession.scope == session_scope(org_id, model_id),
             InferenceSession.org_id == org_id,
             InferenceSession.model_id == model_id,
             InferenceSession.occurred_at < cutoff,

@@ -19,12 +19,14 @@ from storage.orm import (
     CatalogVersion,
     ConversionEvent,
     ConversionJob,
+    InferenceSession,
     Model,
     ModelVersion,
     OptimizedConfig,
     Org,
     TrainingUpdate,
 )
+from storage.repos.telemetry import session_scope
 
 
 def count(session: Session, entity: type[Any]) -> int:
@@ -118,6 +120,32 @@ def test_deleting_an_org_removes_all_its_data(factory: sessionmaker[Session]) ->
     with factory() as session:
         for entity in (Model, CatalogVariant, ConversionJob, ConversionEvent, OptimizedConfig):
             assert count(session, entity) == 0, entity.__name__
+
+
+def test_deleting_an_org_removes_its_raw_sessions(factory: sessionmaker[Session]) -> None:
+    # inference_sessions has no foreign key to orgs (migration 0010): a trigger on orgs
+    # deletes them instead.
+    acme, globex = make_org(factory, "acme"), make_org(factory, "globex")
+    with transaction(factory) as session:
+        for org_id in (acme, globex):
+            for i in range(3):
+                session.add(
+                    InferenceSession(
+                        org_id=org_id,
+                        event_id=f"e{i}",
+                        model_id="m",
+                        scope=session_scope(org_id, "m"),
+                        version="1.0",
+                        device_id="d",
+                        occurred_at=datetime.now(UTC),
+                        latency_ms=1.0,
+                    )
+                )
+    with transaction(factory) as session:
+        session.execute(delete(Org).where(Org.id == acme))
+    with factory() as session:
+        left = session.scalars(select(InferenceSession.org_id)).all()
+    assert left == [globex] * 3
 
 
 def test_blessed_variant_names_are_unique(factory: sessionmaker[Session]) -> None:
