@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from support.proto_comments import has_block, leading_comment
 from support.serve import ServeProcess, run_cli
 from support.services import tools_bin_dir
 
@@ -132,11 +133,27 @@ def test_reflection_lists_and_describes(walkthrough: list[Ran]) -> None:
         "modelregistry.v1.TelemetryService",
         "grpc.health.v1.Health",
     }
-    described = one(walkthrough, lambda c: " describe " in c)
+    described = one(walkthrough, lambda c: c.endswith(" describe modelregistry.v1.ModelService"))
     assert described.status == 0, described.output
     assert "modelregistry.v1.ModelService is a service:" in described.output
     assert "rpc CreateModel ( .modelregistry.v1.CreateModelRequest )" in described.output
     assert "rpc GetManifest" in described.output
+    service_comment = leading_comment("model_service.proto", r"^service ModelService \{")
+    assert has_block(described.output, service_comment), described.output
+
+
+def test_describe_prints_the_proto_comments(walkthrough: list[Ran]) -> None:
+    rpc = one(walkthrough, lambda c: c.endswith(" describe modelregistry.v1.ModelService.GetModel"))
+    assert rpc.status == 0, rpc.output
+    assert "modelregistry.v1.ModelService.GetModel is a method:" in rpc.output
+    comment = leading_comment("model_service.proto", r"^\s*rpc GetModel\(")
+    assert has_block(rpc.output, comment), rpc.output
+    message = one(walkthrough, lambda c: c.endswith(" describe modelregistry.v1.ListModelsRequest"))
+    assert message.status == 0, message.output
+    declared = r"^message ListModelsRequest \{"
+    assert has_block(message.output, leading_comment("model_service.proto", declared))
+    page_size = leading_comment("model_service.proto", r"^\s+int32 page_size = ", after=declared)
+    assert has_block(message.output, page_size), message.output
 
 
 def test_health_is_serving(walkthrough: list[Ran]) -> None:
