@@ -227,8 +227,9 @@ bench: install tools bench-tools
 # 10,000 models: full manifest build and not-modified check, p50/p99, server-side.
 BENCH_MANIFEST_ARGS ?=
 .PHONY: bench-manifest
-bench-manifest: install
+bench-manifest: install tools
 	$(VENV_PY) bench/bench_manifest.py $(BENCH_MANIFEST_ARGS)
+	$(VENV_PY) bench/bench_manifest.py --postgres $(BENCH_MANIFEST_ARGS)
 
 # --- conversion benchmark (issue 5) -------------------------------------------------
 

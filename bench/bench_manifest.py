@@ -26,7 +26,11 @@ check < 2 ms at p99.
 Timings are wall-clock, with the CPU time of this process beside them since the machine
 may be shared (the load average is printed too).
 
-    python bench/bench_manifest.py [--models N] [--shape typical|heavy] [--database-url URL]
+    python bench/bench_manifest.py [--models N] [--shape typical|heavy]
+                                   [--postgres | --database-url URL]
+
+`make bench-manifest` runs it on SQLite (the embedded default) and on a throwaway
+PostgreSQL.
 """
 
 from __future__ import annotations
@@ -163,12 +167,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=int, default=10_000)
     ap.add_argument("--shape", choices=("typical", "heavy"), default="typical")
     ap.add_argument("--database-url", default="")
+    ap.add_argument(
+        "--postgres", action="store_true", help="on a throwaway PostgreSQL (tests/support)"
+    )
     ap.add_argument("--builds", type=int, default=30)
     ap.add_argument("--checks", type=int, default=3000)
     args = ap.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-manifest-"))
-    url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
+    if args.postgres:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from support.services import PostgresServer
+
+        pg = PostgresServer().start()
+        try:
+            return run_bench(args, tmp, pg.new_database())
+        finally:
+            pg.stop()
+    return run_bench(args, tmp, args.database_url or f"sqlite:///{tmp / 'bench.db'}")
+
+
+def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
     upgrade(url)
     engine = create_engine_for(url, pool_size=4)
     sessions = session_factory(engine)

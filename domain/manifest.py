@@ -157,13 +157,15 @@ def load_index(
     models: dict[str, tuple[str, bool]] = {r[0]: (r[1], r[2]) for r in rows.models}
     variants: dict[str, VariantKey] = {r[3]: (r[0], r[1], r[2]) for r in rows.variants}
     have = cached(list(variants.values()))
-    missing = {key[0] for key in variants.values() if key not in have}
+    missing = {key[0]: key for key in variants.values() if key not in have}
     stored: dict[str, tuple[str, bytes]] = {}
     if missing:
         # Most of them (a cold cache): one pass over everything beats long id lists.
-        wanted = None if len(missing) * 2 > len(variants) else missing
-        for vid, framework, data in repo.manifest_tails(session, org_id, wanted):
-            if vid in missing:
+        wanted = None if len(missing) * 2 > len(variants) else missing.keys()
+        for vid, revision, updated_at, framework, data in repo.manifest_tails(
+            session, org_id, wanted
+        ):
+            if missing.get(vid) == (vid, revision, updated_at):  # stored under today's key
                 stored[vid] = (framework, bytes(data))
     unbuilt = [vid for vid in missing if vid not in stored]
     subtrees = Subtrees({}, {}, {}, {})

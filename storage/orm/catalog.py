@@ -152,8 +152,9 @@ class ManifestTail(Base):
 
     A cache, keyed like server/manifest_pb.py's in-memory one by the variant's
     (content_revision, updated_at): a row is used only while both still equal the
-    variant's, so a stale row is never served, only rebuilt and overwritten. Written by
-    GetManifest after it serialized a variant; dropped with the variant.
+    variant's (domain.manifest.load_index compares them), so a stale row is never served,
+    only rebuilt and overwritten. Written by GetManifest after it serialized a variant;
+    dropped with the variant.
     """
 
     __tablename__ = "manifest_tails"
@@ -161,6 +162,9 @@ class ManifestTail(Base):
     variant_id: Mapped[str] = mapped_column(
         String(ID_LENGTH), ForeignKey("catalog_variants.id", ondelete="CASCADE"), primary_key=True
     )
+    # The variant's org (NULL: blessed), which never changes: a cold build reads every
+    # row of its org and the blessed ones without joining the variants.
+    org_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), index=True)
     content_revision: Mapped[int] = mapped_column(BigInteger)
     variant_updated_at: Mapped[datetime]
     # The entry's framework when its Model has none (domain.manifest.framework_of).

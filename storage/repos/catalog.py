@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, func, insert, select, type_coerce, update
+from sqlalchemy import ColumnElement, String, func, insert, or_, select, type_coerce, update
 from sqlalchemy.orm import Session, selectinload
 
+from storage.db import BINARY_RESULTS
 from storage.orm import (
     ArtifactPackage,
     ArtifactResource,
@@ -305,14 +306,6 @@ class ManifestIndexRows:
     variants: Sequence[Any]  # id, content_revision, updated_at (raw), name
 
 
-# A ManifestTail is current while its key is its variant's.
-_TAIL_CURRENT = (
-    (ManifestTail.variant_id == CatalogVariant.id)
-    & (ManifestTail.content_revision == CatalogVariant.content_revision)
-    & (ManifestTail.variant_updated_at == CatalogVariant.updated_at)
-)
-
-
 def manifest_index(session: Session, org_id: str | None) -> ManifestIndexRows:
     """The org's models and the variants that resolve for it (its overrides beat blessed
     rows), with what keys a variant's content: its content_revision (bumped by triggers on
@@ -321,7 +314,8 @@ def manifest_index(session: Session, org_id: str | None) -> ManifestIndexRows:
     model_rows: Sequence[Any] = []
     if org_id is not None:
         model_rows = conn.execute(
-            select(Model.model_id, Model.framework, Model.enabled).where(Model.org_id == org_id)
+            select(Model.model_id, Model.framework, Model.enabled).where(Model.org_id == org_id),
+            execution_options=BINARY_RESULTS,
         ).all()
     variant_rows = conn.execute(
         select(
@@ -329,7 +323,8 @@ def manifest_index(session: Session, org_id: str | None) -> ManifestIndexRows:
             CatalogVariant.content_revision,
             _raw(CatalogVariant.updated_at),
             CatalogVariant.name,
-        ).where(variants.resolved_for(org_id))
+        ).where(variants.resolved_for(org_id)),
+        execution_options=BINARY_RESULTS,
     ).all()
     return ManifestIndexRows(model_rows, variant_rows)
 
@@ -337,18 +332,27 @@ def manifest_index(session: Session, org_id: str | None) -> ManifestIndexRows:
 def manifest_tails(
     session: Session, org_id: str | None, variant_ids: Collection[str] | None
 ) -> Sequence[Any]:
-    """(variant id, framework, data) of the current ManifestTails of `variant_ids`, or of
-    every variant that resolves for the org when None."""
+    """(variant id, content_revision, updated_at (raw), framework, data) of the stored
+    subtrees of `variant_ids`, or of every variant the org can see when None. The caller
+    keeps those whose key is still the variant's (manifest_index's)."""
     conn = session.connection()
-    query = select(ManifestTail.variant_id, ManifestTail.framework, ManifestTail.data).join(
-        CatalogVariant, _TAIL_CURRENT
+    query = select(
+        ManifestTail.variant_id,
+        ManifestTail.content_revision,
+        _raw(ManifestTail.variant_updated_at),
+        ManifestTail.framework,
+        ManifestTail.data,
     )
     if variant_ids is None:
-        return conn.execute(query.where(variants.resolved_for(org_id))).all()
+        visible: ColumnElement[bool] = ManifestTail.org_id.is_(None)
+        if org_id is not None:
+            visible = or_(visible, ManifestTail.org_id == org_id)
+        return conn.execute(query.where(visible), execution_options=BINARY_RESULTS).all()
     ids = list(variant_ids)
     rows: list[Any] = []
     for i in range(0, len(ids), _ID_CHUNK):
-        rows.extend(conn.execute(query.where(CatalogVariant.id.in_(ids[i : i + _ID_CHUNK]))))
+        chunk = query.where(ManifestTail.variant_id.in_(ids[i : i + _ID_CHUNK]))
+        rows.extend(conn.execute(chunk, execution_options=BINARY_RESULTS))
     return rows
 
 
@@ -357,24 +361,28 @@ def save_manifest_tails(
 ) -> None:
     """Store (variant id, content_revision, updated_at as manifest_index read it,
     framework, data) rows, replacing older ones. A variant deleted meanwhile is skipped;
-    a row whose key is already stale is harmless (never read, see ManifestTail)."""
+    a row whose key is already stale is harmless (never used, see ManifestTail)."""
     for i in range(0, len(tails), _ID_CHUNK):
         chunk = tails[i : i + _ID_CHUNK]
-        existing = set(
-            session.scalars(
-                select(CatalogVariant.id).where(CatalogVariant.id.in_([t[0] for t in chunk]))
+        orgs = {
+            vid: org
+            for vid, org in session.execute(
+                select(CatalogVariant.id, CatalogVariant.org_id).where(
+                    CatalogVariant.id.in_([t[0] for t in chunk])
+                )
             )
-        )
+        }
         rows = [
             {
                 "variant_id": vid,
+                "org_id": orgs[vid],
                 "content_revision": revision,
                 "variant_updated_at": _from_raw(updated_at),
                 "framework": framework,
                 "data": data,
             }
             for vid, revision, updated_at, framework, data in chunk
-            if vid in existing
+            if vid in orgs
         ]
         if not rows:
             continue

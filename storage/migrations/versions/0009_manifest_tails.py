@@ -26,6 +26,7 @@ def upgrade() -> None:
     op.create_table(
         "manifest_tails",
         sa.Column("variant_id", sa.String(length=36), nullable=False),
+        sa.Column("org_id", sa.String(length=36), nullable=True),
         sa.Column("content_revision", sa.BigInteger(), nullable=False),
         sa.Column("variant_updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("framework", sa.String(length=32), nullable=False),
@@ -38,7 +39,9 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("variant_id", name=op.f("pk_manifest_tails")),
     )
+    op.create_index(op.f("ix_manifest_tails_org_id"), "manifest_tails", ["org_id"])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_manifest_tails_org_id"), table_name="manifest_tails")
     op.drop_table("manifest_tails")
