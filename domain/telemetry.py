@@ -14,8 +14,10 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 from sqlalchemy.orm import Session
 
 from domain import names
@@ -237,92 +239,188 @@ def _references_problem(
     return None
 
 
+@dataclass(slots=True)
+class SessionBatch:
+    """Inference sessions as devices reported them, column by column: the server fills the
+    lists straight from the protobuf messages, and a batch that is entirely valid (the
+    common case) is checked a column at a time instead of an event at a time."""
+
+    event_id: list[str]
+    model: list[str]  # resource names, models/{model}
+    version_id: list[str]
+    device_id: list[str]
+    device_type: list[str]
+    occur_us: list[int | None]  # microseconds since the epoch; None when not given
+    latency_ms: list[float]
+    ttft_ms: list[float]  # 0: not reported
+    tokens_per_second: list[float]  # 0: not reported
+    error: list[bool]
+    error_code: list[str]
+
+    def __len__(self) -> int:
+        return len(self.event_id)
+
+    def event(self, i: int) -> SessionEvent:
+        return SessionEvent(
+            self.event_id[i],
+            self.model[i],
+            self.version_id[i],
+            self.device_id[i],
+            self.device_type[i],
+            self.occur_us[i],
+            self.latency_ms[i],
+            self.ttft_ms[i],
+            self.tokens_per_second[i],
+            self.error[i],
+            self.error_code[i],
+        )
+
+    @classmethod
+    def of(cls, events: Sequence[SessionEvent]) -> SessionBatch:
+        return cls(
+            [e.event_id for e in events],
+            [e.model for e in events],
+            [e.version_id for e in events],
+            [e.device_id for e in events],
+            [e.device_type for e in events],
+            [e.occur_us for e in events],
+            [e.latency_ms for e in events],
+            [e.ttft_ms for e in events],
+            [e.tokens_per_second for e in events],
+            [e.error for e in events],
+            [e.error_code for e in events],
+        )
+
+
+def _in_range(values: npt.NDArray[np.float64], limit: float) -> bool:
+    """Every value within [0, limit] (false for NaN)."""
+    return bool(((values >= 0.0) & (values <= limit)).all())
+
+
+def _texts_ok(values: list[str], limit: int) -> bool:
+    """Every value non-empty, at most `limit` characters, printable."""
+    return (
+        min(map(len, values)) > 0
+        and max(map(len, values)) <= limit
+        and "".join(values).isprintable()  # printable is a property of each character
+    )
+
+
 def ingest_sessions(
     session: Session,
     org_id: str,
-    events: Sequence[SessionEvent],
+    batch: SessionBatch,
     first_index: int,
     retention: timedelta = DEFAULT_RETENTION,
     now: datetime | None = None,
 ) -> IngestResult:
     """Validate, store and roll up one batch (or several consecutive batches of a stream);
     `first_index` numbers its events in the stream. Runs in one transaction."""
-    if len(events) > MAX_GROUP:
+    n = len(batch)
+    if n > MAX_GROUP:
         raise InvalidArgument.field(
-            "events", f"one call takes at most {MAX_GROUP} events (got {len(events)})"
+            "events", f"one call takes at most {MAX_GROUP} events (got {n})"
         )
     out = IngestResult()
+    if not n:
+        return out
     now_us = to_micros(now or now_utc())
     oldest_us = now_us - int(retention.total_seconds()) * _US
     newest_us = now_us + int(FUTURE_SKEW.total_seconds()) * _US
     resolver = _Resolver()
     good_version = _Memo(lambda v: len(v) <= 64 and names.VERSION_ID_RE.match(v) is not None)
     good_type = _Memo(lambda t: _text_problem(t, MAX_DEVICE_TYPE, False) is None and t != ALL)
-    valid: list[int] = []
-    # The common case in one expression per event; an event failing it is examined again
-    # by _session_problem for the precise field and reason.
-    for i, e in enumerate(events):
-        eid, dev, t = e.event_id, e.device_id, e.occur_us
-        if (
-            0 < len(eid) <= MAX_EVENT_ID
-            and eid.isprintable()
-            and resolver.model_id(e.model) is not None
-            and good_version(e.version_id)
-            and 0 < len(dev) <= MAX_DEVICE_ID
-            and dev.isprintable()
-            and good_type(e.device_type)
-            and t is not None
-            and oldest_us <= t <= newest_us
-            and 0.0 <= e.latency_ms <= MAX_LATENCY_MS  # false for NaN
-            and 0.0 <= e.ttft_ms <= MAX_LATENCY_MS
-            and 0.0 <= e.tokens_per_second <= MAX_TOKENS_PER_SECOND
-            and len(e.error_code) <= MAX_ERROR_CODE
-        ):
-            valid.append(i)
-            continue
-        problem = _session_problem(e, resolver, now_us, oldest_us, _retention_text(retention))
-        assert problem is not None, e
-        _reject(out, eid, first_index + i, *problem)
+    latency = np.asarray(batch.latency_ms, dtype=np.float64)
+    ttft = np.asarray(batch.ttft_ms, dtype=np.float64)
+    tps = np.asarray(batch.tokens_per_second, dtype=np.float64)
+    times = batch.occur_us
+    # The common case, a batch without a bad event, is recognised column by column; only
+    # a batch failing that is examined event by event, for each bad event's field and
+    # reason. Both checks are the same conditions.
+    valid: list[int]
+    if (
+        _texts_ok(batch.event_id, MAX_EVENT_ID)
+        and all(resolver.model_id(m) is not None for m in set(batch.model))
+        and all(good_version(v) for v in set(batch.version_id))
+        and _texts_ok(batch.device_id, MAX_DEVICE_ID)
+        and all(good_type(t) for t in set(batch.device_type))
+        and None not in times
+        and oldest_us <= min(cast(list[int], times))
+        and max(cast(list[int], times)) <= newest_us
+        and _in_range(latency, MAX_LATENCY_MS)
+        and _in_range(ttft, MAX_LATENCY_MS)
+        and _in_range(tps, MAX_TOKENS_PER_SECOND)
+        and max(map(len, batch.error_code)) <= MAX_ERROR_CODE
+    ):
+        valid = list(range(n))
+    else:
+        valid = []
+        retention_text = _retention_text(retention)
+        for i in range(n):
+            e = batch.event(i)
+            problem = _session_problem(e, resolver, now_us, oldest_us, retention_text)
+            if problem is None:
+                valid.append(i)
+            else:
+                _reject(out, e.event_id, first_index + i, *problem)
     model_of = resolver.parsed
     models = repo.existing_versions(
-        session, org_id, {model_of[events[i].model] or "" for i in valid}
+        session, org_id, {model_of[m] or "" for m in {batch.model[i] for i in valid}}
     )
     no_versions: set[str] = set()
-    known: list[int] = []
-    for i in valid:
-        e = events[i]
-        model_id = model_of[e.model] or ""
-        if e.version_id in models.get(model_id, no_versions):
-            known.append(i)
-            continue
-        problem = _references_problem(model_id, e.version_id, e.model, models)
-        assert problem is not None
-        _reject(out, e.event_id, first_index + i, *problem)
-    unique, dropped = _dedupe([e.event_id for e in events], known)
-    out.duplicates += dropped
 
-    rows = [events[i] for i in unique]
+    def known_version(model: str, version: str) -> bool:
+        return version in models.get(model_of[model] or "", no_versions)
+
+    known: list[int]
+    if len(valid) == n and all(
+        known_version(m, v) for m, v in set(zip(batch.model, batch.version_id, strict=True))
+    ):
+        known = valid
+    else:
+        known = []
+        for i in valid:
+            model, version = batch.model[i], batch.version_id[i]
+            if known_version(model, version):
+                known.append(i)
+                continue
+            model_id = model_of[model] or ""
+            problem = _references_problem(model_id, version, model, models)
+            assert problem is not None
+            _reject(out, batch.event_id[i], first_index + i, *problem)
+    if len(known) == n and len(set(batch.event_id)) == n:
+        unique: list[int] | None = None  # all of them, in order
+    else:
+        unique, dropped = _dedupe(batch.event_id, known)
+        out.duplicates += dropped
+
+    def column(values: list[Any]) -> list[Any]:
+        return values if unique is None else [values[i] for i in unique]
+
     cols = SessionColumns(
-        event_id=[e.event_id for e in rows],
-        model_id=[model_of[e.model] or "" for e in rows],
-        version=[e.version_id for e in rows],
-        device_id=[e.device_id for e in rows],
-        device_type=[e.device_type for e in rows],
-        occurred_us=[e.occur_us or 0 for e in rows],
-        latency_ms=[e.latency_ms for e in rows],
-        ttft_ms=[e.ttft_ms for e in rows],
-        tokens_per_second=[e.tokens_per_second for e in rows],
-        error=[e.error for e in rows],
-        error_code=[e.error_code for e in rows],
+        event_id=column(batch.event_id),
+        model_id=[model_of[m] or "" for m in column(batch.model)],
+        version=column(batch.version_id),
+        device_id=column(batch.device_id),
+        device_type=column(batch.device_type),
+        occurred_us=column(times),
+        latency_ms=latency if unique is None else latency[unique],
+        ttft_ms=ttft if unique is None else ttft[unique],
+        tokens_per_second=tps if unique is None else tps[unique],
+        error=column(batch.error),
+        error_code=column(batch.error_code),
     )
-    inserted = repo.insert_sessions(session, org_id, cols)
-    out.accepted = len(inserted)
-    out.duplicates += len(unique) - len(inserted)
-    if inserted:
-        if len(inserted) == len(cols):
-            stored = list(range(len(cols)))
+    if not len(cols):
+        out.rejected.sort(key=lambda r: r.index)
+        return out
+    skipped = repo.insert_sessions(session, org_id, cols)
+    out.accepted = len(cols) - len(skipped)
+    out.duplicates += len(skipped)
+    if out.accepted:
+        if skipped:
+            stored = [j for j, eid in enumerate(cols.event_id) if eid not in skipped]
         else:
-            stored = [j for j, eid in enumerate(cols.event_id) if eid in inserted]
+            stored = list(range(len(cols)))
         _merge_rollups(session, org_id, cols, stored)
     out.rejected.sort(key=lambda r: r.index)
     return out

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import psycopg
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
@@ -150,9 +151,9 @@ class SessionColumns:
     device_id: list[str] = field(default_factory=list)
     device_type: list[str] = field(default_factory=list)
     occurred_us: list[int] = field(default_factory=list)  # microseconds since the epoch
-    latency_ms: list[float] = field(default_factory=list)
-    ttft_ms: list[float] = field(default_factory=list)  # 0.0: not reported (stored NULL)
-    tokens_per_second: list[float] = field(default_factory=list)  # 0.0: not reported
+    latency_ms: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
+    ttft_ms: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))  # 0: none
+    tokens_per_second: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
     error: list[bool] = field(default_factory=list)
     error_code: list[str] = field(default_factory=list)  # "": none (stored NULL)
 
@@ -234,14 +235,18 @@ def _joined(values: list[str]) -> str | None:
 
 
 _PG_INSERT_COLUMNS = """
+WITH inserted AS (
 INSERT INTO inference_sessions (
     org_id, event_id, model_id, version, device_id, device_type, occurred_at,
     latency_ms, ttft_ms, tokens_per_second, status, error_code, received_at, scope)"""
 
+# One row back, not one per event: the count, and the ids only when some were not inserted
+# (fetching thousands of rows cost the server more than the rest of the insert).
 _PG_INSERT_TAIL = """
 ORDER BY u.e
 ON CONFLICT (org_id, event_id) DO NOTHING
-RETURNING event_id
+RETURNING event_id)
+SELECT count(*), CASE WHEN count(*) < %(n)s THEN array_agg(event_id) END FROM inserted
 """
 
 _PG_INSERT_SESSIONS = (
@@ -267,7 +272,8 @@ _PG_INSERT_SESSIONS_ARRAYS = (
 
 
 def insert_sessions(session: Session, org_id: str, cols: SessionColumns) -> set[str]:
-    """Store the batch (event ids unique within it); return the ids actually inserted.
+    """Store the batch (event ids unique within it); return the ids NOT inserted (already
+    stored: duplicates), usually none.
 
     Rows go in event-id order, so concurrent batches sharing ids take their row locks in
     the same order and cannot deadlock.
@@ -278,6 +284,7 @@ def insert_sessions(session: Session, org_id: str, cols: SessionColumns) -> set[
         models = sorted(set(cols.model_id))
         params: dict[str, Any] = {
             "org_id": org_id,
+            "n": len(cols),
             "sep": _SEP,
             "sm": models,
             "sk": [session_scope(org_id, m) for m in models],
@@ -309,7 +316,9 @@ def insert_sessions(session: Session, org_id: str, cols: SessionColumns) -> set[
         assert driver is not None
         with driver.cursor() as cur:
             cur.execute(sql, params)
-            return {r[0] for r in cur.fetchall()}
+            row = cur.fetchone()
+        assert row is not None
+        return set() if row[0] == len(cols) else set(cols.event_id).difference(row[1] or ())
     now = datetime.now(UTC)
     order = sorted(range(len(cols)), key=cols.event_id.__getitem__)
     scopes = {m: session_scope(org_id, m) for m in set(cols.model_id)}
@@ -323,9 +332,9 @@ def insert_sessions(session: Session, org_id: str, cols: SessionColumns) -> set[
             "device_id": cols.device_id[i],
             "device_type": cols.device_type[i],
             "occurred_at": from_micros(cols.occurred_us[i]),
-            "latency_ms": cols.latency_ms[i],
-            "ttft_ms": cols.ttft_ms[i] or None,
-            "tokens_per_second": cols.tokens_per_second[i] or None,
+            "latency_ms": float(cols.latency_ms[i]),
+            "ttft_ms": float(cols.ttft_ms[i]) or None,
+            "tokens_per_second": float(cols.tokens_per_second[i]) or None,
             "status": "error" if cols.error[i] else "ok",
             "error_code": cols.error_code[i] or None,
             "received_at": now,
@@ -338,7 +347,7 @@ def insert_sessions(session: Session, org_id: str, cols: SessionColumns) -> set[
         .on_conflict_do_nothing(index_elements=["org_id", "event_id"])
         .returning(table.c.event_id)
     )
-    return set(session.scalars(stmt, rows))
+    return set(cols.event_id).difference(session.scalars(stmt, rows))
 
 
 @dataclass(frozen=True)
