@@ -251,7 +251,7 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
         for name in data.names:
             target = out.models[name]
             manifest_pb._fill(target, data, name)
-            digest = hashlib.sha256(target.SerializeToString(deterministic=True)).digest()
+            digest = manifest_pb.message_digest(target)
             encoded = name.encode()
             etag.update(len(encoded).to_bytes(2, "big") + encoded + digest)
         return f"m-{etag.hexdigest()[:32]}"

@@ -132,7 +132,8 @@ class Index:
     names: list[str]  # every model name, sorted
     models: dict[str, tuple[str, bool]]  # model name -> the Model's (framework, enabled)
     variants: dict[str, VariantKey]  # model name -> the key of the variant that resolves
-    stored: dict[str, tuple[str, bytes]]  # variant id -> its stored (framework, bytes)
+    # variant id -> its stored (framework, bytes, sha256 of the bytes)
+    stored: dict[str, tuple[str, bytes, bytes]]
     subtrees: Subtrees
 
 
@@ -158,15 +159,15 @@ def load_index(
     variants: dict[str, VariantKey] = {r[3]: (r[0], r[1], r[2]) for r in rows.variants}
     have = cached(list(variants.values()))
     missing = {key[0]: key for key in variants.values() if key not in have}
-    stored: dict[str, tuple[str, bytes]] = {}
+    stored: dict[str, tuple[str, bytes, bytes]] = {}
     if missing:
         # Most of them (a cold cache): one pass over everything beats long id lists.
         wanted = None if len(missing) * 2 > len(variants) else missing.keys()
-        for vid, revision, updated_at, framework, data in repo.manifest_tails(
+        for vid, revision, updated_at, framework, data, digest in repo.manifest_tails(
             session, org_id, wanted
         ):
             if missing.get(vid) == (vid, revision, updated_at):  # stored under today's key
-                stored[vid] = (framework, bytes(data))
+                stored[vid] = (framework, bytes(data), bytes(digest))
     unbuilt = [vid for vid in missing if vid not in stored]
     subtrees = Subtrees({}, {}, {}, {})
     if unbuilt:
@@ -177,12 +178,13 @@ def load_index(
     )
 
 
-def save_built(session: Session, tails: Sequence[tuple[VariantKey, str, bytes]]) -> None:
+SAVE_BATCH = 1000  # subtrees stored per transaction
+
+
+def save_built(session: Session, tails: Sequence[tuple[VariantKey, str, bytes, bytes]]) -> None:
     """Store serialized subtrees, each under the key it was built from ((key, framework,
-    bytes)), for every server's next cold build (repo.save_manifest_tails)."""
-    repo.save_manifest_tails(
-        session, [(key[0], key[1], key[2], framework, data) for key, framework, data in tails]
-    )
+    bytes, their sha256)), for every server's next cold build (repo.save_manifest_tails)."""
+    repo.save_manifest_tails(session, [(*key, *rest) for key, *rest in tails])
 
 
 def group_subtrees(rows: repo.ManifestRows) -> Subtrees:

@@ -12,9 +12,11 @@ previous build's are taken from it as they are.
 
 Each entry's bytes are exactly its deterministic serialization (fields in number order,
 the same bytes the protobuf library writes; tests/test_manifest_bytes.py checks it against
-messages filled field by field), so the etag is what it always was: a sha256 over the
-names in order, each with the sha256 of its entry. It is a pure function of the content,
-the same on every server.
+messages filled field by field). The etag is a sha256 over the names in order, each with
+its entry's digest: the sha256 of the entry's fields 1-4 followed by the sha256 of its
+fields 5-7 (entry_digest), so a variant's part is hashed once, when it is serialized, and
+its digest kept beside its bytes. It is a pure function of the content, the same on every
+server.
 
 A page (Built.page, AIP-158 paging of GetManifest) is the etag, a run of consecutive map
 entries' bytes, generate_time and next_page_token, joined; the servicer returns those bytes
@@ -221,6 +223,35 @@ class Tail(NamedTuple):
 
     data: bytes  # ManifestEntry fields 5-7, deterministic
     framework: str  # the entry's framework when its Model has none (framework_of)
+    digest: bytes  # sha256 of data
+
+
+_NO_TAIL_DIGEST = hashlib.sha256(b"").digest()
+
+
+def entry_digest(head: bytes, tail_digest: bytes) -> bytes:
+    """An entry's part of the etag, from its fields 1-4 and the sha256 of its fields 5-7
+    (both deterministic serializations)."""
+    return hashlib.sha256(head + tail_digest).digest()
+
+
+def message_digest(entry: manifest_pb2.ManifestEntry) -> bytes:
+    """entry_digest of an entry message (for checks against messages filled field by
+    field)."""
+    head, rest = manifest_pb2.ManifestEntry(), manifest_pb2.ManifestEntry()
+    head.CopyFrom(entry)
+    rest.CopyFrom(entry)
+    head.ClearField("variant")
+    head.ClearField("latest_version")
+    head.ClearField("versions")
+    rest.ClearField("model_id")
+    rest.ClearField("model")
+    rest.ClearField("enabled")
+    rest.ClearField("framework")
+    tail_bytes = rest.SerializeToString(deterministic=True)
+    return entry_digest(
+        head.SerializeToString(deterministic=True), hashlib.sha256(tail_bytes).digest()
+    )
 
 
 def tail(name: str, variant: Any, subtrees: manifest.Subtrees) -> Tail:
@@ -229,10 +260,9 @@ def tail(name: str, variant: Any, subtrees: manifest.Subtrees) -> Tail:
     versions = subtrees.versions.get(variant.id, [])
     out = manifest_pb2.ManifestEntry()
     _fill_variant(out, name, variant, versions, subtrees.packages, subtrees.resources)
-    return Tail(
-        out.SerializeToString(deterministic=True),
-        manifest.framework_of(None, versions, subtrees.packages),
-    )
+    data = out.SerializeToString(deterministic=True)
+    framework = manifest.framework_of(None, versions, subtrees.packages)
+    return Tail(data, framework, hashlib.sha256(data).digest())
 
 
 class TailCache:
@@ -282,7 +312,7 @@ class TailCache:
 
 # An entry of a build: the rows it came from (the Model's (framework, enabled), the
 # variant's key), its map entry's bytes before the tail, the tail bytes, and its part of
-# the etag (name length, name, sha256 of the entry).
+# the etag (name length, name, entry_digest).
 _Entry = tuple[tuple[str, bool] | None, manifest.VariantKey | None, bytes, bytes, bytes]
 
 
@@ -300,9 +330,9 @@ class Built:
     # The tails this build serialized from rows (to be stored: domain.manifest.save_built).
     fresh: dict[manifest.VariantKey, Tail]
 
-    def unsaved(self) -> list[tuple[manifest.VariantKey, str, bytes]]:
+    def unsaved(self) -> list[tuple[manifest.VariantKey, str, bytes, bytes]]:
         """What domain.manifest.save_built stores for this build."""
-        return [(key, t.framework, t.data) for key, t in self.fresh.items()]
+        return [(key, t.framework, t.data, t.digest) for key, t in self.fresh.items()]
 
     def page(
         self, offset: int, size: int, token: Callable[[int], str], budget: int = manifest.PAGE_BYTES
@@ -367,9 +397,9 @@ def _entry(
             )
         )  # fmt: skip
     if t is None:
-        tail_bytes = b""
+        tail_bytes, tail_digest = b"", _NO_TAIL_DIGEST
     else:
-        tail_bytes = t.data
+        tail_bytes, tail_digest = t.data, t.digest
         framework = framework or t.framework
     if framework:
         head += _framework_field(framework)
@@ -382,9 +412,8 @@ def _entry(
             head,
         )
     )  # fmt: skip
-    digest = hashlib.sha256(head)
-    digest.update(tail_bytes)
-    etag_part = b"".join((len(encoded).to_bytes(2, "big"), encoded, digest.digest()))
+    digest = hashlib.sha256(head + tail_digest).digest()  # entry_digest, inlined
+    etag_part = b"".join((len(encoded).to_bytes(2, "big"), encoded, digest))
     return model, key, prefix, tail_bytes, etag_part
 
 
@@ -398,8 +427,8 @@ def build(
     """The manifest of `index`: tails from `pinned` (TailCache.pin) or serialized from the
     index's subtrees (and cached), entries from `previous` when their rows are unchanged.
 
-    The etag hashes, in name order, each name with the sha256 of its entry's deterministic
-    serialization (generate_time is not part of it)."""
+    The etag hashes, in name order, each name with its entry_digest (generate_time is not
+    part of it)."""
     tails = dict(pinned)
     subtrees = index.subtrees
     fresh: dict[manifest.VariantKey, Tail] = {}
@@ -410,7 +439,7 @@ def build(
             if vkey not in tails:
                 held = stored.get(vkey[0])
                 if held is not None:
-                    loaded[vkey] = Tail(held[1], held[0])
+                    loaded[vkey] = Tail(held[1], held[0], held[2])
                 else:
                     fresh[vkey] = tail(name, subtrees.variants[vkey[0]], subtrees)
         tails.update(loaded)

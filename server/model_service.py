@@ -195,8 +195,11 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         Best effort: they are a cache, and a caller whose manifest is built must get it
         even if the write fails (SQLite busy with another writer, a variant deleted
         meanwhile); the next build serializes and tries again."""
+        unsaved = built.unsaved()
         try:
-            await self.rt.write(manifest.save_built, built.unsaved())
+            # Short transactions: a first build can store 10,000s (SQLite has one writer).
+            for i in range(0, len(unsaved), manifest.SAVE_BATCH):
+                await self.rt.write(manifest.save_built, unsaved[i : i + manifest.SAVE_BATCH])
         except Exception:
             log.warning("could not store %d manifest subtrees", len(built.fresh), exc_info=True)
 

@@ -198,7 +198,7 @@ class World:
     def index(
         self,
         have: set[manifest.VariantKey],
-        stored: dict[manifest.VariantKey, tuple[str, bytes]] | None = None,
+        stored: dict[manifest.VariantKey, tuple[str, bytes, bytes]] | None = None,
     ) -> manifest.Index:
         """As domain.manifest.load_index gives it: the stored bytes of keys not in `have`
         that `stored` holds (under their current key), subtrees for the others."""
@@ -234,13 +234,14 @@ class World:
 
 def reference(data: manifest.ManifestData) -> pb.GetManifestResponse:
     """The manifest as it was built before byte assembly: every entry filled field by
-    field, the etag over each name and the sha256 of its deterministic serialization."""
+    field, the etag over each name and the entry_digest of the message's deterministic
+    serializations."""
     out = pb.GetManifestResponse()
     etag = hashlib.sha256()
     for name in data.names:
         target = out.models[name]
         manifest_pb._fill(target, data, name)
-        digest = hashlib.sha256(target.SerializeToString(deterministic=True)).digest()
+        digest = manifest_pb.message_digest(target)
         encoded = name.encode()
         etag.update(len(encoded).to_bytes(2, "big") + encoded + digest)
     out.etag = f"m-{etag.hexdigest()[:32]}"
@@ -252,7 +253,7 @@ def build(
     world: World,
     cache: manifest_pb.TailCache,
     previous: manifest_pb.Built | None = None,
-    stored: dict[manifest.VariantKey, tuple[str, bytes]] | None = None,
+    stored: dict[manifest.VariantKey, tuple[str, bytes, bytes]] | None = None,
 ) -> manifest_pb.Built:
     keys = [manifest.variant_key(v) for v in world.variants.values()]
     pinned = cache.pin(keys, previous)
@@ -306,15 +307,15 @@ def test_stored_tails_build_the_same_bytes(seed: int) -> None:
     byte for byte what a build from rows does; only tails serialized from rows are new."""
     world = World(seed, postgres=seed % 2 == 1)
     first = build(world, manifest_pb.TailCache())
-    assert {key for key, _, _ in first.unsaved()} == set(first.tails)
-    stored = {key: (framework, data) for key, framework, data in first.unsaved()}
+    assert {key for key, *_ in first.unsaved()} == set(first.tails)
+    stored = {key: (framework, data, digest) for key, framework, data, digest in first.unsaved()}
     for _ in range(3):
         cold = build(world, manifest_pb.TailCache(), stored=stored)
         assert cold.response() == build(world, manifest_pb.TailCache()).response()
         assert cold.message() == reference(world.data())
         # only variants whose key moved on since their tail was stored are serialized
         assert set(cold.fresh) == set(cold.tails) - set(stored)
-        stored.update((key, (t.framework, t.data)) for key, t in cold.fresh.items())
+        stored.update((key, (t.framework, t.data, t.digest)) for key, t in cold.fresh.items())
         world.mutate()
 
 

@@ -170,3 +170,4 @@ class ManifestTail(Base):
     # The entry's framework when its Model has none (domain.manifest.framework_of).
     framework: Mapped[str] = mapped_column(String(32))
     data: Mapped[bytes] = mapped_column(LargeBinary)
+    digest: Mapped[bytes] = mapped_column(LargeBinary)  # sha256 of data, for the etag

@@ -332,7 +332,7 @@ def manifest_index(session: Session, org_id: str | None) -> ManifestIndexRows:
 def manifest_tails(
     session: Session, org_id: str | None, variant_ids: Collection[str] | None
 ) -> Sequence[Any]:
-    """(variant id, content_revision, updated_at (raw), framework, data) of the stored
+    """(variant id, content_revision, updated_at (raw), framework, data, digest) of the stored
     subtrees of `variant_ids`, or of every variant the org can see when None. The caller
     keeps those whose key is still the variant's (manifest_index's)."""
     conn = session.connection()
@@ -342,6 +342,7 @@ def manifest_tails(
         _raw(ManifestTail.variant_updated_at),
         ManifestTail.framework,
         ManifestTail.data,
+        ManifestTail.digest,
     )
     if variant_ids is None:
         visible: ColumnElement[bool] = ManifestTail.org_id.is_(None)
@@ -357,10 +358,10 @@ def manifest_tails(
 
 
 def save_manifest_tails(
-    session: Session, tails: Sequence[tuple[str, int, Any, str, bytes]]
+    session: Session, tails: Sequence[tuple[str, int, Any, str, bytes, bytes]]
 ) -> None:
     """Store (variant id, content_revision, updated_at as manifest_index read it,
-    framework, data) rows, replacing older ones. A variant deleted meanwhile is skipped;
+    framework, data, digest) rows, replacing older ones. A variant deleted meanwhile is skipped;
     a row whose key is already stale is harmless (never used, see ManifestTail)."""
     for i in range(0, len(tails), _ID_CHUNK):
         chunk = tails[i : i + _ID_CHUNK]
@@ -380,8 +381,9 @@ def save_manifest_tails(
                 "variant_updated_at": _from_raw(updated_at),
                 "framework": framework,
                 "data": data,
+                "digest": digest,
             }
-            for vid, revision, updated_at, framework, data in chunk
+            for vid, revision, updated_at, framework, data, digest in chunk
             if vid in orgs
         ]
         if not rows:
@@ -396,6 +398,7 @@ def save_manifest_tails(
                     "variant_updated_at": excluded.variant_updated_at,
                     "framework": excluded.framework,
                     "data": excluded.data,
+                    "digest": excluded.digest,
                 },
                 # Two builders racing: the later key wins, whichever writes last.
                 where=ManifestTail.content_revision <= excluded.content_revision,

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("variant_updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("framework", sa.String(length=32), nullable=False),
         sa.Column("data", sa.LargeBinary(), nullable=False),
+        sa.Column("digest", sa.LargeBinary(), nullable=False),
         sa.ForeignKeyConstraint(
             ["variant_id"],
             ["catalog_variants.id"],
