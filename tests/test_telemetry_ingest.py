@@ -206,6 +206,21 @@ def test_oversized_batch_fails_the_stream_after_keeping_earlier_batches(
     assert window(client).session_count == 10
 
 
+def test_batches_written_together_keep_their_stream_indexes(client: Client, model: str) -> None:
+    # Batches sent back to back are usually waiting at the server together and share one
+    # transaction; indexes, duplicates across batches and the oversized-batch failure are
+    # still per stream, in order.
+    first = [session() for _ in range(300)]
+    bad = session(version="9.9")
+    resp = report(client, first, [session(), bad], first[:5], [session() for _ in range(1000)])
+    assert (resp.accepted_count, resp.duplicate_count, resp.rejected_count) == (1301, 5, 1)
+    assert [(r.index, r.field) for r in resp.rejected] == [(301, "version_id")]
+    ok = [[session() for _ in range(10)] for _ in range(6)]
+    err = expect_error(INVALID, report, client, *ok, [session() for _ in range(1001)], ok[0])
+    assert "index 60" in err.field_violations["events"]
+    assert window(client).session_count == 1301 + 60
+
+
 def test_empty_stream_and_empty_batches(client: Client, model: str) -> None:
     resp = report(client)
     assert (resp.accepted_count, resp.duplicate_count, resp.rejected_count) == (0, 0, 0)
