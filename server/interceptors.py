@@ -8,6 +8,7 @@ AIP-193 details, then log one line and record metrics, whatever happened.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import logging
 import time
@@ -23,7 +24,7 @@ from domain.errors import DeadlineExceeded, Unauthenticated, Violations
 from domain.limits import Limiter
 from domain.principal import ANONYMOUS, Principal
 from server import metrics
-from server.context import Ctx, set_principal
+from server.context import Ctx, KeyCheck, pending_key_check, set_key_check, set_principal
 from server.errors import as_domain_error, to_status
 
 log = logging.getLogger("modelregistry.rpc")
@@ -42,6 +43,9 @@ UPLOAD_STREAMS = frozenset(
     f"/modelregistry.v1.VersionService/{m}"
     for m in ("UploadArtifacts", "UploadBundle", "UploadAndConvert")
 )
+# Keys authenticated before, by sha256 of the token: a unary RPC with one of them gets its
+# principal from here and has the key checked again in its first transaction (KeyCheck).
+KNOWN_KEYS_MAX = 10_000
 
 
 def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
@@ -61,6 +65,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._authenticate = authenticate
         self.limiter = limiter
         self.stream_idle_timeout = stream_idle_timeout
+        self._known: dict[bytes, Principal] = {}
 
     async def intercept_service(
         self,
@@ -106,11 +111,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         return run
 
-    async def principal_for(self, method: str, metadata: Any) -> Principal:
+    async def principal_for(
+        self, method: str, metadata: Any, *, defer_check: bool = False
+    ) -> tuple[Principal, KeyCheck | None]:
+        """The caller, with the key check still to run when `defer_check` allowed using
+        a key authenticated before (KeyCheck); otherwise the key was checked now."""
         token = bearer_token(metadata)
         if token is None:
             if method in OPTIONAL_AUTH:
-                return ANONYMOUS
+                return ANONYMOUS, None
             raise Unauthenticated(
                 "missing API key: send metadata 'authorization: Bearer <key>'",
                 reason="API_KEY_MISSING",
@@ -120,7 +129,23 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 "malformed authorization header: expected 'Bearer <key>'",
                 reason="API_KEY_MALFORMED",
             )
-        return await self._authenticate(token)
+        digest = hashlib.sha256(token.encode()).digest()
+        known = self._known.get(digest)
+        if known is not None and defer_check:
+            return known, KeyCheck(token, known, self._authenticate)
+        try:
+            principal = await self._authenticate(token)
+        except Unauthenticated:
+            self._known.pop(digest, None)
+            raise
+        if len(self._known) >= KNOWN_KEYS_MAX:
+            del self._known[next(iter(self._known))]  # the oldest
+        self._known[digest] = principal
+        return principal, None
+
+    def forget(self, token: str) -> None:
+        """Drop a key whose check failed, so its next use is authenticated in full."""
+        self._known.pop(hashlib.sha256(token.encode()).digest(), None)
 
 
 class _Call:
@@ -133,6 +158,7 @@ class _Call:
         self.principal: Principal = ANONYMOUS
         self.code = grpc.StatusCode.OK
         self.upload_org: str | None = None
+        self.key_check: KeyCheck | None = None
 
     def wrap_unary(self, behavior: Behavior, *, streaming: bool = False) -> Behavior:
         """Unary responses; `streaming` for client-streaming RPCs (counted in flight)."""
@@ -143,11 +169,14 @@ class _Call:
             if streams is not None:
                 streams.inc()
             try:
-                await self._authenticate()
+                await self._authenticate(defer_check=not streaming)
                 if not streaming:
                     reject_nul_text(request)
                 result = behavior(request, context)
-                return await result if inspect.isawaitable(result) else result
+                if inspect.isawaitable(result):
+                    result = await result
+                await self._verify_key()
+                return result
             except BaseException as exc:
                 await self._fail(exc, context)
             finally:
@@ -181,9 +210,12 @@ class _Call:
 
         return run
 
-    async def _authenticate(self) -> None:
-        self.principal = await self.owner.principal_for(self.method, self.metadata)
+    async def _authenticate(self, *, defer_check: bool = False) -> None:
+        self.principal, self.key_check = await self.owner.principal_for(
+            self.method, self.metadata, defer_check=defer_check
+        )
         set_principal(self.principal)
+        set_key_check(self.key_check)
         org = self.principal.org_id
         if org is not None:
             self.owner.limiter.admit(org)
@@ -191,7 +223,25 @@ class _Call:
                 self.owner.limiter.open_upload(org)
                 self.upload_org = org
 
+    async def _verify_key(self) -> None:
+        """Run the RPC's key check if the handler did not (it touched no database)."""
+        check = pending_key_check()
+        if check is not None:
+            await check.verify()
+
     async def _fail(self, exc: BaseException, context: Ctx) -> None:
+        check = self.key_check
+        if check is not None and not isinstance(exc, asyncio.CancelledError | Unauthenticated):
+            # An error from a handler that ran before its key was checked goes out only
+            # for a valid key: a revoked one gets UNAUTHENTICATED, whatever it asked.
+            # (A check that cannot run, the database being down, answers its own error.)
+            try:
+                await self._verify_key()
+            except Exception as denied:
+                exc = denied
+        if check is not None and isinstance(exc, Unauthenticated):
+            self.owner.forget(check.token)
+            self.principal = ANONYMOUS
         if isinstance(exc, AbortError):
             self.code = context.code() or grpc.StatusCode.UNKNOWN
             raise exc

@@ -12,7 +12,9 @@ from typing import Concatenate, ParamSpec, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from domain import keys
 from domain.conversion_worker import ConversionPool
+from server.context import pending_key_check
 from storage.db import transaction
 from storage.objectstore import ObjectStore
 
@@ -34,32 +36,50 @@ class Runtime:
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking `fn` on the worker pool."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+        await _verify_key()
+        return await _run_in(self.executor, lambda: fn(*args, **kwargs))
 
     async def transfer(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking object-store transfer `fn` on the transfer pool."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.transfers, lambda: fn(*args, **kwargs))
+        await _verify_key()
+        return await _run_in(self.transfers, lambda: fn(*args, **kwargs))
 
     async def write(
         self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run `fn(session, ...)` in one read-write transaction on the worker pool."""
+        check = pending_key_check()
 
         def run() -> T:
             with transaction(self.sessions) as session:
+                if check is not None:
+                    check.confirm(keys.authenticate(session, check.token))
                 return fn(session, *args, **kwargs)
 
-        return await self.call(run)
+        return await _run_in(self.executor, run)
 
     async def read(
         self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run `fn(session, ...)` in a read-only transaction on the worker pool."""
+        check = pending_key_check()
 
         def run() -> T:
             with transaction(self.sessions, readonly=True) as session:
+                if check is not None:
+                    check.confirm(keys.authenticate(session, check.token))
                 return fn(session, *args, **kwargs)
 
-        return await self.call(run)
+        return await _run_in(self.executor, run)
+
+
+async def _run_in(executor: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+    return await asyncio.get_running_loop().run_in_executor(executor, fn)
+
+
+async def _verify_key() -> None:
+    """Work other than a transaction waits until the RPC's key is checked (server/context.py:
+    KeyCheck), so a revoked key causes no side effect."""
+    check = pending_key_check()
+    if check is not None:
+        await check.verify()

@@ -87,3 +87,24 @@ def test_every_rpc_refuses_missing_bad_and_revoked_keys(
         err = rich(info.value)
         assert err.code == grpc.StatusCode.UNAUTHENTICATED, f"{case}: {err.code} {err.message}"
         assert err.reason.startswith("API_KEY_"), case
+
+
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: f"{m.containing_service.name}.{m.name}")
+def test_every_rpc_refuses_a_key_revoked_after_use(
+    registry: RunningServer, method: descriptor.MethodDescriptor
+) -> None:
+    """The server remembers keys it authenticated (a unary RPC then checks the key inside
+    its own transaction): a key revoked after it was used is refused from the next request
+    on, whatever the RPC and whether its handler reaches the database or fails before."""
+    org = registry.new_org()
+    key = registry.add_key(org.org)
+    metadata = [("authorization", f"Bearer {key}")]
+    models = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"]
+    call(registry.channel, models.methods_by_name["ListModels"], metadata)
+    registry.revoke_key(key)
+    for attempt in range(2):
+        with pytest.raises(grpc.RpcError) as info:
+            call(registry.channel, method, metadata)
+        err = rich(info.value)
+        assert err.code == grpc.StatusCode.UNAUTHENTICATED, f"{attempt}: {err.code} {err.message}"
+        assert err.reason == "API_KEY_INVALID", attempt
