@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Dialect, exists, func, literal, select
+from sqlalchemy import BindParameter, ColumnElement, Dialect, exists, func, literal, select
 from sqlalchemy.dialects.postgresql import JSONB
 
 
-def array_contains(column: Any, value: str, dialect: Dialect) -> ColumnElement[bool]:
-    """`value` is an element of the JSON array in `column`."""
-    if dialect.name == "postgresql":
-        probe = func.cast(func.jsonb_build_array(literal(value)), JSONB)
+def array_contains(
+    column: Any, value: str | BindParameter[str], dialect: Dialect | str
+) -> ColumnElement[bool]:
+    """`value` (a string, or a bound parameter for one) is an element of the JSON array in
+    `column`. `dialect`: the dialect or its name."""
+    name = dialect if isinstance(dialect, str) else dialect.name
+    if name == "postgresql":
+        element = value if isinstance(value, BindParameter) else literal(value)
+        probe = func.cast(func.jsonb_build_array(element), JSONB)
         result: ColumnElement[bool] = column.op("@>")(probe)
         return result
     each = func.json_each(column).table_valued("value")

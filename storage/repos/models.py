@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import ColumnElement, exists, func, or_, select, true
+from sqlalchemy import ColumnElement, String, bindparam, exists, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from storage.orm import CatalogVariant, Model, ModelVersion
 from storage.repos import json_ops, variants
-from storage.repos.paging import page_and_total
+from storage.repos.paging import PageStatements
 
 ORDERINGS = {
     "create_time desc": (Model.created_at.desc(), Model.id.desc()),
@@ -30,10 +31,21 @@ class ModelFilter:
     search: str = ""
 
 
+# Statements of the hottest reads are built once, with bound parameters: building a
+# select costs more CPU than running it (SQLAlchemy also caches its compiled form by the
+# statement's cache key, which a statement built once computes once).
+_GET = select(Model).where(
+    Model.org_id == bindparam("org_id"), Model.model_id == bindparam("model_id")
+)
+_VERSION_COUNTS = (
+    select(ModelVersion.model_uid, func.count())
+    .where(ModelVersion.model_uid.in_(bindparam("uids", expanding=True)))
+    .group_by(ModelVersion.model_uid)
+)
+
+
 def get(session: Session, org_id: str, model_id: str) -> Model | None:
-    return session.scalars(
-        select(Model).where(Model.org_id == org_id, Model.model_id == model_id)
-    ).one_or_none()
+    return session.scalars(_GET, {"org_id": org_id, "model_id": model_id}).one_or_none()
 
 
 def get_for_update(session: Session, org_id: str, model_id: str) -> Model | None:
@@ -46,54 +58,87 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _conditions(session: Session, org_id: str, f: ModelFilter) -> list[ColumnElement[bool]]:
-    dialect = session.get_bind().dialect
-    conds: list[ColumnElement[bool]] = [Model.org_id == org_id]
+# A filter's shape: which of its conditions apply (the values are bound parameters).
+_Shape = tuple[bool, bool | None, bool, bool, bool]
+
+
+def _shape(f: ModelFilter) -> _Shape:
+    return (bool(f.framework), f.enabled, bool(f.tag), bool(f.search), bool(f.capability))
+
+
+def _params(org_id: str, f: ModelFilter) -> dict[str, Any]:
+    params: dict[str, Any] = {"org_id": org_id}
     if f.framework:
-        conds.append(Model.framework == f.framework)
-    if f.enabled is not None:
-        conds.append(Model.enabled.is_(f.enabled))
+        params["framework"] = f.framework
     if f.tag:
-        conds.append(json_ops.array_contains(Model.tags, f.tag, dialect))
+        params["tag"] = f.tag
     if f.search:
+        params["pattern"] = f"%{_escape_like(f.search)}%"
+    if f.capability:
+        params["capability"] = f.capability
+    return params
+
+
+def _conditions(shape: _Shape, dialect_name: str) -> list[ColumnElement[bool]]:
+    """The filter's conditions, with its values as the bound parameters of _params."""
+    framework, enabled, tag, search, capability = shape
+    org_id = bindparam("org_id", type_=String())
+    conds: list[ColumnElement[bool]] = [Model.org_id == org_id]
+    if framework:
+        conds.append(Model.framework == bindparam("framework"))
+    if enabled is not None:
+        conds.append(Model.enabled.is_(enabled))
+    if tag:
+        tag_param = bindparam("tag", type_=String())
+        conds.append(json_ops.array_contains(Model.tags, tag_param, dialect_name))
+    if search:
         # ILIKE rather than lower(...) LIKE: on PostgreSQL the pg_trgm indexes of migration
         # 0004 serve it; SQLite compiles it to lower(x) LIKE lower(y), the same match.
-        pattern = f"%{_escape_like(f.search)}%"
+        pattern = bindparam("pattern", type_=String())
         conds.append(
             or_(
                 Model.model_id.ilike(pattern, escape="\\"),
                 Model.description.ilike(pattern, escape="\\"),
             )
         )
-    if f.capability:
+    if capability:
         conds.append(
             exists(
                 select(CatalogVariant.id).where(
                     CatalogVariant.name == Model.model_id,
                     variants.resolved_for(org_id),
-                    json_ops.array_contains(CatalogVariant.task_taxonomy, f.capability, dialect),
+                    json_ops.array_contains(
+                        CatalogVariant.task_taxonomy,
+                        bindparam("capability", type_=String()),
+                        dialect_name,
+                    ),
                 )
             )
         )
     return conds
 
 
+# (shape, order, dialect name) -> the page and count statements, built once each.
+_PAGES: dict[tuple[_Shape, str, str], PageStatements] = {}
+
+
 def list_page(
     session: Session, org_id: str, f: ModelFilter, order: str, offset: int, limit: int
 ) -> tuple[list[Model], int]:
     """One page of matching models and the total number of matches."""
-    base = select(Model).where(*_conditions(session, org_id, f))
-    return page_and_total(session, base, ORDERINGS[order], offset, limit)
+    dialect_name = session.get_bind().dialect.name
+    key = (_shape(f), order, dialect_name)
+    statements = _PAGES.get(key)
+    if statements is None:
+        base = select(Model).where(*_conditions(key[0], dialect_name))
+        statements = _PAGES[key] = PageStatements.of(base, ORDERINGS[order])
+    return statements.run(session, _params(org_id, f), offset, limit)
 
 
 def version_counts(session: Session, model_uids: Sequence[str]) -> dict[str, int]:
     if not model_uids:
         return {}
-    rows = session.execute(
-        select(ModelVersion.model_uid, func.count())
-        .where(ModelVersion.model_uid.in_(model_uids))
-        .group_by(ModelVersion.model_uid)
-    ).all()
+    rows = session.execute(_VERSION_COUNTS, {"uids": list(model_uids)}).all()
     return {uid: count for uid, count in rows}
 
 

@@ -3,10 +3,11 @@ total_size), for every paged list."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.interfaces import ORMOption
 
@@ -26,3 +27,28 @@ def page_and_total(
     )
     total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
     return rows, int(total)
+
+
+@dataclass(frozen=True)
+class PageStatements:
+    """page_and_total's two statements built once for a query whose values are all bound
+    parameters (the page's offset and limit too), to be run many times with `run`."""
+
+    page: Select[Any]
+    count: Select[Any]
+
+    @classmethod
+    def of(cls, base: Select[Any], order: Sequence[Any]) -> PageStatements:
+        page = base.order_by(*order).offset(bindparam("page_offset")).limit(
+            bindparam("page_limit")
+        )
+        return cls(page, select(func.count()).select_from(base.subquery()))
+
+    def run(
+        self, session: Session, params: Mapping[str, Any], offset: int, limit: int
+    ) -> tuple[list[Any], int]:
+        rows = list(
+            session.scalars(self.page, {**params, "page_offset": offset, "page_limit": limit})
+        )
+        total = session.scalar(self.count, params) or 0
+        return rows, int(total)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from storage.orm import ApiKey, Org
@@ -26,20 +26,25 @@ def key_credentials(
     session: Session, key_id: str
 ) -> Row[str, str, str, str, bool, datetime | None, str] | None:
     """What authenticating a key needs, in one query: (org_id, key_id, salt, secret_hash,
-    admin, revoked_at, org name). Plain columns, no ORM objects (this runs on every request)."""
-    return session.execute(
-        select(
-            ApiKey.org_id,
-            ApiKey.key_id,
-            ApiKey.salt,
-            ApiKey.secret_hash,
-            ApiKey.admin,
-            ApiKey.revoked_at,
-            Org.name,
-        )
-        .join(Org, Org.id == ApiKey.org_id)
-        .where(ApiKey.key_id == key_id)
-    ).one_or_none()
+    admin, revoked_at, org name). This runs in every authenticated request, so the statement
+    is built once and runs on the session's connection: plain columns, no ORM execution
+    (nothing of the session needs flushing for it), and its compiled form is cached."""
+    return session.connection().execute(_KEY_CREDENTIALS, {"key_id": key_id}).one_or_none()
+
+
+_KEY_CREDENTIALS = (
+    select(
+        ApiKey.org_id,
+        ApiKey.key_id,
+        ApiKey.salt,
+        ApiKey.secret_hash,
+        ApiKey.admin,
+        ApiKey.revoked_at,
+        Org.name,
+    )
+    .join(Org, Org.id == ApiKey.org_id)
+    .where(ApiKey.key_id == bindparam("key_id"))
+)
 
 
 def keys_of(session: Session, org_id: str) -> list[ApiKey]:

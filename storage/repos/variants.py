@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import ColumnElement, and_, exists, or_, select
+from sqlalchemy import BindParameter, ColumnElement, and_, exists, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from storage.orm import CatalogVariant
@@ -17,9 +17,10 @@ def visible_to(org_id: str | None) -> ColumnElement[bool]:
     return or_(CatalogVariant.org_id.is_(None), CatalogVariant.org_id == org_id)
 
 
-def resolved_for(org_id: str | None) -> ColumnElement[bool]:
+def resolved_for(org_id: str | BindParameter[str] | None) -> ColumnElement[bool]:
     """Of the variants an org sees, the one that wins for each name: its override if it
-    has one, else the blessed row (resolve_by_name_for_org)."""
+    has one, else the blessed row (resolve_by_name_for_org). `org_id` may be a bound
+    parameter."""
     if org_id is None:
         return CatalogVariant.org_id.is_(None)
     override = aliased(CatalogVariant)

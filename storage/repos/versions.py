@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from storage.orm import (
@@ -22,11 +22,26 @@ from storage.repos.paging import page_and_total
 NEWEST_FIRST = (ModelVersion.created_at.desc(), ModelVersion.id.desc())
 
 
+# Built once, with bound parameters (see storage/repos/models.py).
+_GET = (
+    select(ModelVersion)
+    .join(Model, Model.id == ModelVersion.model_uid)
+    .where(
+        Model.org_id == bindparam("org_id"),
+        Model.model_id == bindparam("model_id"),
+        ModelVersion.version == bindparam("version"),
+    )
+)
+_CATALOG_REFS = (
+    select(CatalogVersion.model_version_id, CatalogVersion.variant_id, CatalogVersion.id)
+    .where(CatalogVersion.model_version_id.in_(bindparam("uids", expanding=True)))
+    .order_by(CatalogVersion.created_at)
+)
+
+
 def get(session: Session, org_id: str, model_id: str, version: str) -> ModelVersion | None:
     return session.scalars(
-        select(ModelVersion)
-        .join(Model, Model.id == ModelVersion.model_uid)
-        .where(Model.org_id == org_id, Model.model_id == model_id, ModelVersion.version == version)
+        _GET, {"org_id": org_id, "model_id": model_id, "version": version}
     ).one_or_none()
 
 
@@ -79,11 +94,7 @@ def catalog_refs(session: Session, version_uids: Sequence[str]) -> dict[str, tup
     """model version uid -> (variant uid, catalog version uid) of its catalog version."""
     if not version_uids:
         return {}
-    rows = session.execute(
-        select(CatalogVersion.model_version_id, CatalogVersion.variant_id, CatalogVersion.id)
-        .where(CatalogVersion.model_version_id.in_(version_uids))
-        .order_by(CatalogVersion.created_at)
-    ).all()
+    rows = session.execute(_CATALOG_REFS, {"uids": list(version_uids)}).all()
     out: dict[str, tuple[str, str]] = {}
     for mv_uid, variant_uid, cv_uid in rows:
         if mv_uid is not None:
