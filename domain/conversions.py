@@ -1,9 +1,9 @@
 """Conversion jobs as the RPCs see them: validating a request, resolving its source,
 creating the job with its first event, reading, watching and cancelling it.
 
-The work itself happens in `domain.conversion_worker`; the two meet only through the
-`conversion_jobs` and `conversion_events` rows, so any server can answer for a job any
-worker is running.
+The work itself happens in the conversion workers (`domain.conversion_worker` and the
+`domain.conversion_*` modules it names); the two meet only through the `conversion_jobs`
+and `conversion_events` rows, so any server can answer for a job any worker is running.
 """
 
 from __future__ import annotations
