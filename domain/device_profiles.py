@@ -36,6 +36,8 @@ FORMATS = ("onnx", "ort", "tflite", "coreml", "pt", "safetensors", "gguf", "bin"
 QUANTIZATIONS = ("none", "fp16", "int8", "int4", "mixed")
 MAX_TEXT = 256
 MAX_PROFILES_PER_ORG = 200
+# Profiles one CheckCompatibility or GetOptimizationPlan request may name.
+MAX_PROFILES_PER_REQUEST = 100
 MAX_COMPUTE_FACTOR = 1000.0
 
 REQUIRED = (

@@ -8,9 +8,10 @@ from typing import Any
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from domain import names
-from domain.compatibility import CompatibilityResult, Option, PlanResult
+from domain.compatibility import CompatibilityResult
 from domain.etags import etag_of
 from domain.models import ModelView
+from domain.optimization_plans import Option, PlanResult
 from domain.optimized_configs import ConfigView
 from domain.versions import ModelVersionView
 from modelregistry.v1 import catalog_pb2, compatibility_pb2, model_service_pb2, models_pb2

@@ -9,7 +9,15 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2
 
-from domain import catalog, compatibility, manifest, models, names, optimized_configs
+from domain import (
+    catalog,
+    compatibility,
+    manifest,
+    models,
+    names,
+    optimization_plans,
+    optimized_configs,
+)
 from domain.errors import InvalidArgument
 from modelregistry.v1 import compatibility_pb2, manifest_pb2, model_service_pb2_grpc, models_pb2
 from modelregistry.v1 import model_service_pb2 as pb
@@ -243,7 +251,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         org = principal().require_org()
         model_id = names.parse_model_name(request.name)
         result = await self.rt.read(
-            compatibility.optimization_plan,
+            optimization_plans.optimization_plan,
             org,
             model_id,
             list(request.device_profiles),

@@ -6,7 +6,7 @@ import json
 from importlib import resources
 
 from conversion.spec import TARGETS
-from domain import compatibility, device_profiles
+from domain import device_fit, device_profiles, optimization_plans
 
 REQUIRED_SOURCES = {
     "cpu",
@@ -52,16 +52,16 @@ def test_every_figure_cites_a_source_and_budgets_follow_the_policy() -> None:
 
 
 def test_conversion_targets_agree_with_the_conversion_service() -> None:
-    assert set(compatibility.CONVERSION_TARGETS) == set(TARGETS)
-    for name, (quantization, runtime) in compatibility.CONVERSION_TARGETS.items():
+    assert set(optimization_plans.CONVERSION_TARGETS) == set(TARGETS)
+    for name, (quantization, runtime) in optimization_plans.CONVERSION_TARGETS.items():
         t = TARGETS[name]
         assert (t.format, t.quantization, t.runtime) == (name, quantization, runtime)
         # Estimated drift is the conversion's acceptance bound.
-        assert compatibility.ERROR_BOUND[quantization] == t.default_tolerance
+        assert optimization_plans.ERROR_BOUND[quantization] == t.default_tolerance
 
 
 def test_human_bytes() -> None:
-    h = compatibility.human_bytes
+    h = device_fit.human_bytes
     assert [h(0), h(999), h(1000), h(112_000_000), h(999_600_000), h(2_147_483_648)] == [
         "0 B",
         "999 B",
