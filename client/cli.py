@@ -11,8 +11,11 @@ import os
 import sys
 from pathlib import Path
 
-from client.api import DEFAULT_SERVER, ClientError, RegistryClient, Sidecar
+from client.api import RegistryClient
+from client.connection import DEFAULT_SERVER
+from client.errors import ClientError
 from client.progress import Progress, human_bytes
+from client.upload import Sidecar
 
 
 def _common(p: argparse.ArgumentParser) -> None:
