@@ -54,7 +54,10 @@ def get_model(session: Session, org_id: str, model_id: str) -> Model:
 
 
 def get_model_view(session: Session, org_id: str, model_id: str) -> ModelView:
-    return view(session, get_model(session, org_id, model_id))
+    found = repo.get_counted(session, org_id, model_id)
+    if found is None:
+        raise NotFound("model", names.model_name(model_id))
+    return ModelView(*found)
 
 
 def view(session: Session, model: Model) -> ModelView:
@@ -116,11 +119,8 @@ def list_models(
     v.raise_if_any()
     page = page_of(page_size, page_token, flt, order)
     rows, total = repo.list_page(session, org_id, flt, order, page.offset, page.size)
-    counts = repo.version_counts(session, [m.id for m in rows])
     return ModelPage(
-        [ModelView(m, counts.get(m.id, 0)) for m in rows],
-        page.next_token(len(rows), total),
-        total,
+        [ModelView(m, count) for m, count in rows], page.next_token(len(rows), total), total
     )
 
 

@@ -42,10 +42,29 @@ _VERSION_COUNTS = (
     .where(ModelVersion.model_uid.in_(bindparam("uids", expanding=True)))
     .group_by(ModelVersion.model_uid)
 )
+# A model row's number of versions, as a column of the query that reads the model.
+_VERSION_COUNT = (
+    select(func.count())
+    .where(ModelVersion.model_uid == Model.id)
+    .correlate(Model)
+    .scalar_subquery()
+    .label("version_count")
+)
+_GET_COUNTED = select(Model, _VERSION_COUNT).where(
+    Model.org_id == bindparam("org_id"), Model.model_id == bindparam("model_id")
+)
 
 
 def get(session: Session, org_id: str, model_id: str) -> Model | None:
     return session.scalars(_GET, {"org_id": org_id, "model_id": model_id}).one_or_none()
+
+
+def get_counted(session: Session, org_id: str, model_id: str) -> tuple[Model, int] | None:
+    """The org's model and its number of versions, in one query."""
+    row = session.execute(
+        _GET_COUNTED, {"org_id": org_id, "model_id": model_id}
+    ).one_or_none()
+    return (row[0], row[1]) if row else None
 
 
 def get_for_update(session: Session, org_id: str, model_id: str) -> Model | None:
@@ -124,15 +143,21 @@ _PAGES: dict[tuple[_Shape, str, str], PageStatements] = {}
 
 def list_page(
     session: Session, org_id: str, f: ModelFilter, order: str, offset: int, limit: int
-) -> tuple[list[Model], int]:
-    """One page of matching models and the total number of matches."""
+) -> tuple[list[tuple[Model, int]], int]:
+    """One page of matching models, each with its number of versions, and the total
+    number of matches."""
     dialect_name = session.get_bind().dialect.name
     key = (_shape(f), order, dialect_name)
     statements = _PAGES.get(key)
     if statements is None:
-        base = select(Model).where(*_conditions(key[0], dialect_name))
-        statements = _PAGES[key] = PageStatements.of(base, ORDERINGS[order])
-    return statements.run(session, _params(org_id, f), offset, limit)
+        conditions = _conditions(key[0], dialect_name)
+        statements = _PAGES[key] = PageStatements.of(
+            select(Model).where(*conditions),
+            ORDERINGS[order],
+            page_base=select(Model, _VERSION_COUNT).where(*conditions),
+        )
+    rows, total = statements.run_rows(session, _params(org_id, f), offset, limit)
+    return [(m, count) for m, count in rows], total
 
 
 def version_counts(session: Session, model_uids: Sequence[str]) -> dict[str, int]:

@@ -38,17 +38,35 @@ class PageStatements:
     count: Select[Any]
 
     @classmethod
-    def of(cls, base: Select[Any], order: Sequence[Any]) -> PageStatements:
-        page = base.order_by(*order).offset(bindparam("page_offset")).limit(
-            bindparam("page_limit")
+    def of(
+        cls, base: Select[Any], order: Sequence[Any], *, page_base: Select[Any] | None = None
+    ) -> PageStatements:
+        """`page_base`: `base` with more columns for the page's rows (same rows)."""
+        page = (
+            (base if page_base is None else page_base)
+            .order_by(*order)
+            .offset(bindparam("page_offset"))
+            .limit(bindparam("page_limit"))
         )
         return cls(page, select(func.count()).select_from(base.subquery()))
 
     def run(
         self, session: Session, params: Mapping[str, Any], offset: int, limit: int
     ) -> tuple[list[Any], int]:
+        """The page's first column of each row, and the total."""
         rows = list(
             session.scalars(self.page, {**params, "page_offset": offset, "page_limit": limit})
         )
-        total = session.scalar(self.count, params) or 0
-        return rows, int(total)
+        return rows, self._total(session, params)
+
+    def run_rows(
+        self, session: Session, params: Mapping[str, Any], offset: int, limit: int
+    ) -> tuple[list[Any], int]:
+        """The page's rows (every column), and the total."""
+        rows = list(
+            session.execute(self.page, {**params, "page_offset": offset, "page_limit": limit})
+        )
+        return rows, self._total(session, params)
+
+    def _total(self, session: Session, params: Mapping[str, Any]) -> int:
+        return int(session.scalar(self.count, params) or 0)
