@@ -443,6 +443,44 @@ class _Memo:
 Deltas = dict[RollupKey, "_Partial"]
 
 
+def _codes(values: list[str]) -> tuple[npt.NDArray[np.int64], list[str]]:
+    """Each value as the index of its first occurrence among the distinct values."""
+    distinct = list(dict.fromkeys(values))
+    index = {v: i for i, v in enumerate(distinct)}
+    return np.fromiter(map(index.__getitem__, values), np.int64, len(values)), distinct
+
+
+def _groups(
+    cols: SessionColumns, stored: list[int]
+) -> list[tuple[tuple[str, str, str, int], npt.NDArray[np.int64]]]:
+    """The stored positions grouped by (model, version, device type, 10-minute bucket).
+
+    With numpy over whole columns: a dictionary lookup per event and group key was most of
+    the rollup work of a batch."""
+    idx = np.asarray(stored, dtype=np.int64)
+    occurred = np.asarray(cols.occurred_us, dtype=np.int64)[idx]
+    buckets, b = np.unique(occurred - occurred % _TEN_MINUTES_US, return_inverse=True)
+    (m, models), (v, versions), (d, types) = (
+        _codes(cols.model_id),
+        _codes(cols.version),
+        _codes(cols.device_type),
+    )
+    combined = ((m[idx] * len(versions) + v[idx]) * len(types) + d[idx]) * len(buckets) + b
+    keys, inverse = np.unique(combined, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    ends = np.cumsum(np.bincount(inverse, minlength=len(keys)))
+    out = []
+    start = 0
+    for key, end in zip(keys.tolist(), ends.tolist(), strict=True):
+        rest, bi = divmod(key, len(buckets))
+        rest, di = divmod(rest, len(types))
+        mi, vi = divmod(rest, len(versions))
+        group = (models[mi], versions[vi], types[di], int(buckets[bi]))
+        out.append((group, idx[order[start:end]]))
+        start = end
+    return out
+
+
 def _rollup_deltas(cols: SessionColumns, stored: list[int]) -> tuple[Deltas, Deltas]:
     """Per rollup key (every level): the aggregate of the stored sessions it covers, for
     the hourly and for the 10-minute rollups.
@@ -450,24 +488,14 @@ def _rollup_deltas(cols: SessionColumns, stored: list[int]) -> tuple[Deltas, Del
     Sessions are grouped once by (model, version, device type, 10 minutes); hours and the
     '*' levels are merged from those groups.
     """
-    groups: dict[tuple[str, str, str, int], list[int]] = defaultdict(list)
-    model_id, version, device_type, occurred = (
-        cols.model_id,
-        cols.version,
-        cols.device_type,
-        cols.occurred_us,
-    )
-    for j in stored:
-        us = occurred[j]
-        groups[(model_id[j], version[j], device_type[j], us - us % _TEN_MINUTES_US)].append(j)
+    groups = _groups(cols, stored)
     latency = np.asarray(cols.latency_ms, dtype=np.float64)
     ttft = np.asarray(cols.ttft_ms, dtype=np.float64)
     tps = np.asarray(cols.tokens_per_second, dtype=np.float64)
     errors = np.asarray(cols.error, dtype=bool)
     fine: dict[tuple[str, str, str, int], list[_Partial]] = defaultdict(list)
     hourly: dict[tuple[str, str, str, int], list[_Partial]] = defaultdict(list)
-    for (m, v, dt, bucket), positions in groups.items():
-        idx = np.asarray(positions, dtype=np.int64)
+    for (m, v, dt, bucket), idx in groups:
         t = ttft[idx]
         t = t[t > 0]
         p = tps[idx]
