@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -17,13 +17,22 @@ from domain.versions import ModelVersionView
 from modelregistry.v1 import catalog_pb2, compatibility_pb2, model_service_pb2, models_pb2
 from storage import orm
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     if value is None:
         return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    if value.tzinfo is None:  # naive: UTC, as Timestamp.FromDatetime takes it
+        ts = timestamp_pb2.Timestamp()
+        ts.FromDatetime(value)
+        return ts
+    # What FromDatetime gives for an aware datetime, in a third of the time (every row
+    # of every response has two or three of these).
+    since = value - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000
+    )
 
 
 def model(view: ModelView) -> models_pb2.Model:
