@@ -19,6 +19,7 @@
 #                         audit of every acknowledged artifact (LOAD_ARGS; README: Reliability)
 #   make clean            caches and build output (distclean: also .venv and ./var)
 #   make bench-telemetry  TelemetryService ingestion and window queries on PostgreSQL
+#   make bench-unary      server CPU per GetModel/GetVersion/ListModels vs a baseline revision
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -249,6 +250,15 @@ BENCH_TELEMETRY_ARGS ?=
 .PHONY: bench-telemetry
 bench-telemetry: install tools
 	timeout --kill-after=60 5400 $(VENV_PY) bench/telemetry.py $(BENCH_TELEMETRY_ARGS)
+
+# --- unary RPC CPU benchmark (bench/bench_unary.py) ----------------------------------
+
+# Server CPU per GetModel/GetVersion/ListModels call and requests/s, SQLite and a throwaway
+# PostgreSQL, this working tree against BENCH_UNARY_ARGS="--baseline REV" (default HEAD).
+BENCH_UNARY_ARGS ?=
+.PHONY: bench-unary
+bench-unary: install tools
+	$(VENV_PY) bench/bench_unary.py $(BENCH_UNARY_ARGS)
 
 # --- upload benchmark (issue 3) -----------------------------------------------------
 

@@ -104,8 +104,9 @@ def authenticate(session: Session, token: str) -> Principal:
     Every failure gives the same message so a caller cannot probe which key ids exist.
     """
     match = _KEY_RE.match(token)
-    # One query for the key and its org's name; nothing is cached, so a revocation holds
-    # from the next request on.
+    # One query for the key and its org's name, run for every request (a server that
+    # knows the key runs it inside the RPC's own transaction: server/context.py KeyCheck),
+    # so a revocation holds from the next request on.
     key = tenancy.key_credentials(session, match.group(1)) if match else None
     expected = key.secret_hash if key else _hash("0" * 32, "x")
     actual = _hash(key.salt if key else "0" * 32, match.group(2) if match else "y")
