@@ -148,6 +148,7 @@ MYPY_ARGS = $(shell $(VENV_PY) -c 'import glob, tomllib; \
 lint: install tools
 	buf lint
 	ruff check .
+	ruff format --check .
 	mypy $(MYPY_ARGS)
 
 test: install tools lint check-generated breaking check-docs interop-build

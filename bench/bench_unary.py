@@ -125,9 +125,7 @@ class Round:
         return self.cpu * 1000 / self.requests
 
 
-async def drive(
-    address: str, seeded: Seeded, n: int, concurrency: int, rng: random.Random
-) -> int:
+async def drive(address: str, seeded: Seeded, n: int, concurrency: int, rng: random.Random) -> int:
     md = (("authorization", f"Bearer {seeded.key}"),)
     errors = 0
     async with grpc.aio.insecure_channel(address) as ch:
@@ -148,9 +146,7 @@ async def drive(
                         )
                     elif kind == 1:
                         await vs.GetVersion(
-                            version_service_pb2.GetVersionRequest(
-                                name=rng.choice(seeded.versions)
-                            ),
+                            version_service_pb2.GetVersionRequest(name=rng.choice(seeded.versions)),
                             metadata=md,
                             timeout=60,
                         )
@@ -281,8 +277,10 @@ def main() -> int:
             pg.stop()
         shutil.rmtree(work, ignore_errors=True)
     print()
-    print(f"| backend | baseline ({rev}) req/s | CPU ms/req | current req/s | CPU ms/req "
-          f"| CPU ratio (baseline/current) | req/s ratio (current/baseline) |")
+    print(
+        f"| backend | baseline ({rev}) req/s | CPU ms/req | current req/s | CPU ms/req "
+        f"| CPU ratio (baseline/current) | req/s ratio (current/baseline) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for s in summaries:
         b_rps, c_rps = s.median("baseline", "rps"), s.median("current", "rps")

@@ -1,6 +1,6 @@
 """One PNG chart per scenario from bench/results/*.json (run with .venv-bench's python).
 
-    .venv-bench/bin/python bench/charts.py bench/results
+.venv-bench/bin/python bench/charts.py bench/results
 """
 
 from __future__ import annotations
@@ -22,8 +22,15 @@ MiB = 1024 * 1024
 def _label(bars: Any, ax: Any, fmt: str) -> None:
     for b in bars:
         h = b.get_height()
-        ax.annotate(fmt.format(h), (b.get_x() + b.get_width() / 2, h), ha="center",
-                    va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+        ax.annotate(
+            fmt.format(h),
+            (b.get_x() + b.get_width() / 2, h),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            xytext=(0, 2),
+            textcoords="offset points",
+        )
 
 
 def load_chart(doc: dict[str, Any], path: Path) -> None:
@@ -36,10 +43,16 @@ def load_chart(doc: dict[str, Any], path: Path) -> None:
     a1.set_title(f"throughput ({doc['ratio_rps']:.2f}x)")
     xs = range(2)
     w = 0.38
-    b1 = a2.bar([x - w / 2 for x in xs], [ours["p50_ms"], ours["p99_ms"]], w,
-                label="modelregistry", color=OURS)
-    b2 = a2.bar([x + w / 2 for x in xs], [peer["p50_ms"], peer["p99_ms"]], w,
-                label="MLflow", color=PEER)
+    b1 = a2.bar(
+        [x - w / 2 for x in xs],
+        [ours["p50_ms"], ours["p99_ms"]],
+        w,
+        label="modelregistry",
+        color=OURS,
+    )
+    b2 = a2.bar(
+        [x + w / 2 for x in xs], [peer["p50_ms"], peer["p99_ms"]], w, label="MLflow", color=PEER
+    )
     _label(b1, a2, "{:.1f}")
     _label(b2, a2, "{:.1f}")
     a2.set_xticks(list(xs), ["p50", "p99"])
@@ -59,16 +72,21 @@ def load_chart(doc: dict[str, Any], path: Path) -> None:
 
 def artifacts_chart(doc: dict[str, Any], path: Path) -> None:
     t = doc["transfers"]
-    names = [("modelregistry", "modelregistry", OURS), ("mlflow", "MLflow proxied", PEER),
-             ("minio-curl", "MinIO direct (curl)", LIMIT), ("minio-py", "MinIO direct (py)", LIMIT)]
+    names = [
+        ("modelregistry", "modelregistry", OURS),
+        ("mlflow", "MLflow proxied", PEER),
+        ("minio-curl", "MinIO direct (curl)", LIMIT),
+        ("minio-py", "MinIO direct (py)", LIMIT),
+    ]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     xs = range(len(names))
     w = 0.38
     up = [t[f"upload/{k}"]["mib_per_s"] for k, _, _ in names]
     down = [t[f"download/{k}"]["mib_per_s"] for k, _, _ in names]
     b1 = a1.bar([x - w / 2 for x in xs], up, w, label="upload", color=[c for *_, c in names])
-    b2 = a1.bar([x + w / 2 for x in xs], down, w, label="download",
-                color=[c for *_, c in names], alpha=0.55)
+    b2 = a1.bar(
+        [x + w / 2 for x in xs], down, w, label="download", color=[c for *_, c in names], alpha=0.55
+    )
     _label(b1, a1, "{:.0f}")
     _label(b2, a1, "{:.0f}")
     a1.set_xticks(list(xs), [label for _, label, _ in names], fontsize=8)

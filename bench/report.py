@@ -106,9 +106,9 @@ def table(summary: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Charts: " + ", ".join(
-            f"[`{n}`](bench/results/{n}.png)" for n in sc if "error" not in sc[n]
-        ) + "; raw numbers in `bench/results/*.json`.",
+        "Charts: "
+        + ", ".join(f"[`{n}`](bench/results/{n}.png)" for n in sc if "error" not in sc[n])
+        + "; raw numbers in `bench/results/*.json`.",
     ]
     return "\n".join(lines)
 

@@ -162,8 +162,11 @@ def main() -> int:
     p.add_argument("--mlflow-workers", type=int, default=4, help="MLflow server workers")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
     p.add_argument("--out", type=Path, help="results directory")
-    p.add_argument("--profile", action="store_true",
-                   help="py-spy record this service during its list load (speedscope JSON)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy record this service during its list load (speedscope JSON)",
+    )
     p.add_argument("--no-readme", action="store_true", help="do not update README.md")
     p.add_argument("--time-limit", type=float, default=3600, help="abort after this many s")
     args = p.parse_args()
@@ -244,9 +247,7 @@ def main() -> int:
                 return run_wrk(wrk, mlflow_url, mode, conc, duration, warmup, workdir, **kw)
 
             def ours_single(call: str, messages: list[dict[str, Any]]) -> LoadResult:
-                return run_ghz(
-                    ghz, pset, address, call, messages, token, 1, duration, 0, workdir
-                )
+                return run_ghz(ghz, pset, address, call, messages, token, 1, duration, 0, workdir)
 
             if "get" in scenarios:
                 log("scenario: get one model by name")
@@ -280,9 +281,7 @@ def main() -> int:
                 ours_list = ours_load("modelregistry.v1.ModelService.ListModels", list_request)
                 if profiler is not None:
                     profiler.wait(timeout=120)
-                query = urllib.parse.urlencode(
-                    {"filter": seed.mlflow_filter(), "max_results": 50}
-                )
+                query = urllib.parse.urlencode({"filter": seed.mlflow_filter(), "max_results": 50})
                 mlflow_list = mlflow_load("search", query=query)
                 single = (
                     ours_single("modelregistry.v1.ModelService.ListModels", list_request),

@@ -161,8 +161,9 @@ def wait_until(what: str, check: Any, proc: Proc | None, timeout: float = 120.0)
         if proc is not None and not proc.alive():
             raise RuntimeError(f"{what} exited while starting:\n{proc.tail()}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not ready within {timeout:.0f}s:\n"
-                               + (proc.tail() if proc else ""))
+            raise RuntimeError(
+                f"{what} not ready within {timeout:.0f}s:\n" + (proc.tail() if proc else "")
+            )
         time.sleep(0.2)
 
 

@@ -61,9 +61,7 @@ def get(session: Session, org_id: str, model_id: str) -> Model | None:
 
 def get_counted(session: Session, org_id: str, model_id: str) -> tuple[Model, int] | None:
     """The org's model and its number of versions, in one query."""
-    row = session.execute(
-        _GET_COUNTED, {"org_id": org_id, "model_id": model_id}
-    ).one_or_none()
+    row = session.execute(_GET_COUNTED, {"org_id": org_id, "model_id": model_id}).one_or_none()
     return (row[0], row[1]) if row else None
 
 
