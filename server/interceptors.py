@@ -159,12 +159,14 @@ class _Call:
         self.code = grpc.StatusCode.OK
         self.upload_org: str | None = None
         self.key_check: KeyCheck | None = None
+        self.start = time.perf_counter()
+        self.finished = False
 
     def wrap_unary(self, behavior: Behavior, *, streaming: bool = False) -> Behavior:
         """Unary responses; `streaming` for client-streaming RPCs (counted in flight)."""
 
         async def run(request: Any, context: Ctx) -> Any:
-            start = time.perf_counter()
+            self.start = time.perf_counter()
             streams = metrics.STREAMS_IN_FLIGHT.labels(self.method) if streaming else None
             if streams is not None:
                 streams.inc()
@@ -182,13 +184,13 @@ class _Call:
             finally:
                 if streams is not None:
                     streams.dec()
-                self._finish(start)
+                self._finish()
 
         return run
 
     def wrap_stream(self, behavior: Behavior) -> Behavior:
         async def run(request: Any, context: Ctx) -> AsyncIterator[Any]:
-            start = time.perf_counter()
+            self.start = time.perf_counter()
             streams = metrics.STREAMS_IN_FLIGHT.labels(self.method)
             streams.inc()
             try:
@@ -206,7 +208,7 @@ class _Call:
                 await self._fail(exc, context)
             finally:
                 streams.dec()
-                self._finish(start)
+                self._finish()
 
         return run
 
@@ -252,13 +254,20 @@ class _Call:
             log.exception("unhandled error in %s", self.method)
         status = to_status(exc)
         self.code = status.code
+        # grpc.aio's abort sends the status before it raises: count and log the call first,
+        # so a client that saw the error also sees it in /metrics.
+        self._finish()
         await context.abort(status.code, status.details, status.trailing_metadata)
 
-    def _finish(self, start: float) -> None:
+    def _finish(self) -> None:
+        """Count, time and log the call, once."""
+        if self.finished:
+            return
+        self.finished = True
         if self.upload_org is not None:
             self.owner.limiter.close_upload(self.upload_org)
             self.upload_org = None
-        elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - self.start
         code = self.code.name
         metrics.RPC_REQUESTS.labels(self.method, code).inc()
         metrics.RPC_LATENCY.labels(self.method).observe(elapsed)
