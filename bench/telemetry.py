@@ -44,12 +44,13 @@ from sqlalchemy import insert, text  # noqa: E402
 
 from domain import keys  # noqa: E402
 from domain.sketch import LOG_GAMMA, RELATIVE_ACCURACY, Sketch  # noqa: E402
+from domain.telemetry import to_micros  # noqa: E402
 from modelregistry.v1 import telemetry_service_pb2 as pb  # noqa: E402
 from modelregistry.v1 import telemetry_service_pb2_grpc  # noqa: E402
 from storage.db import create_engine_for, session_factory, transaction  # noqa: E402
 from storage.migrate import upgrade  # noqa: E402
 from storage.orm import InferenceRollup, InferenceRollup10m, Model, ModelVersion  # noqa: E402
-from storage.repos.telemetry import session_scope  # noqa: E402
+from storage.repos.telemetry import DAY_US, partition_ddl, session_scope  # noqa: E402
 from support.services import PostgresServer, free_port, install_sigterm_handler  # noqa: E402
 
 VERSIONS = ["1.0", "2.0"]
@@ -388,6 +389,10 @@ def seed_fleet(url: str, org_id: str, n_sessions: int, now: datetime) -> None:
     t0 = time.perf_counter()
     try:
         with engine.begin() as conn:
+            # The days' partitions (ingestion makes them on demand; this bulk write
+            # bypasses it).
+            for day in range(to_micros(start) // DAY_US, to_micros(now) // DAY_US + 1):
+                conn.exec_driver_sql(partition_ddl(day))
             conn.exec_driver_sql("SELECT setseed(0.42)")
             for lo in range(0, n_sessions, chunk):
                 hi = min(lo + chunk, n_sessions)

@@ -972,8 +972,18 @@ def expired_scopes(
     return cutoff, repo.expired_models(session, cutoff)
 
 
+def prune_partitions(
+    session: Session, cutoff: datetime, limit: int | None = None
+) -> tuple[int, int]:
+    """PostgreSQL: drop (up to `limit` of) the daily partitions of raw sessions that lie
+    wholly before `cutoff`, oldest first; (partitions dropped, rows they held). Nothing on
+    SQLite."""
+    return repo.drop_session_partitions_before(session, cutoff, limit)
+
+
 def prune_scope(session: Session, org_id: str, model_id: str, cutoff: datetime) -> int:
-    """Delete one model's raw sessions older than `cutoff`."""
+    """Delete one model's raw sessions older than `cutoff` (on PostgreSQL, after
+    prune_partitions, only those of the partition holding the cutoff are left)."""
     return repo.delete_sessions_before(session, org_id, model_id, cutoff)
 
 

@@ -1,8 +1,10 @@
 """`modelregistry telemetry ...`: telemetry maintenance commands.
 
-`prune` enforces the retention period: it deletes raw inference sessions older than the
-cutoff (one transaction per model, through the (org_id, model_id, occurred_at) index)
-and rollup rows of hours that ended before it. Run it periodically (cron, a Kubernetes
+`prune` enforces the retention period. On PostgreSQL it first drops the daily partitions of
+raw inference sessions that lie wholly before the cutoff (one transaction each); then, on
+both backends, it deletes the raw sessions still older than the cutoff (on PostgreSQL only
+the cutoff's day holds any; one transaction per model, through the (scope, occurred_at)
+index) and rollup rows of periods that ended before it. Run it periodically (cron, a Kubernetes
 CronJob); it is idempotent and safe next to running servers. Training updates are not
 pruned: training statistics are all-time (S15/S17) and their volume is one row per device
 and round.
@@ -50,7 +52,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
         factory = session_factory(engine)
         with transaction(factory, readonly=True) as session:
             cutoff, scopes = telemetry.expired_scopes(session, retention)
-        sessions = 0
+        sessions = partitions = 0
+        while True:  # one partition per transaction: each DROP locks the table briefly
+            with transaction(factory) as session:
+                dropped, rows = telemetry.prune_partitions(session, cutoff, limit=1)
+            if not dropped:
+                break
+            partitions += dropped
+            sessions += rows
         for org_id, model_id in scopes:
             with transaction(factory) as session:
                 sessions += telemetry.prune_scope(session, org_id, model_id, cutoff)
@@ -58,8 +67,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
             rollups = telemetry.prune_rollups(session, cutoff)
     finally:
         engine.dispose()
+    note = f" ({partitions} daily partitions dropped)" if partitions else ""
     print(
-        f"deleted {sessions} raw inference sessions and {rollups} rollup rows older than "
-        f"{cutoff:%Y-%m-%d %H:%M:%S} UTC"
+        f"deleted {sessions} raw inference sessions{note} and {rollups} rollup rows older "
+        f"than {cutoff:%Y-%m-%d %H:%M:%S} UTC"
     )
     return 0

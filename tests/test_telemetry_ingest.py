@@ -15,9 +15,11 @@ from modelregistry.v1 import telemetry_service_pb2 as pb
 from support.registry import Client, RunningServer
 from support.status import expect_error
 from support.telemetry import (
+    day_partition,
     heartbeat,
     model_with_versions,
     now,
+    partition_of_rows,
     report,
     report_updates,
     session,
@@ -63,6 +65,43 @@ def test_retried_stream_is_not_double_counted(
     assert got.session_count == 1510
     assert got.error_count == 375
     assert got.error_rate == pytest.approx(375 / 1510)
+
+
+def test_events_of_several_days_land_in_their_days_partitions_and_retries_stay_duplicates(
+    registry: RunningServer, client: Client, model: str
+) -> None:
+    # Days back to near the retention (30 days) and a few minutes ahead (allowed skew):
+    # on PostgreSQL each lands in the partition of its UTC day, made on demand.
+    t = now()
+    times = [t - timedelta(days=d, minutes=m) for d in (0, 1, 2, 7, 29) for m in (1, 30)]
+    times.append(t + timedelta(minutes=4))
+    events = [session(at=at, latency_ms=3.0) for at in times for _ in range(5)]
+    first = report(client, events[:20], events[20:])
+    assert (first.accepted_count, first.duplicate_count) == (len(events), 0)
+    # A retried stream, re-batched, and the same events in two concurrent-looking batches.
+    again = report(client, events[::-1][:30], events[::-1][30:], events[:10])
+    assert (again.accepted_count, again.duplicate_count) == (0, len(events) + 10)
+    assert stored_sessions(registry, client) == len(events)
+    partitions = partition_of_rows(registry, client)
+    if partitions is not None:  # PostgreSQL
+        at = {e.event_id: e.occur_time.ToDatetime(tzinfo=t.tzinfo) for e in events}
+        assert partitions == {e: day_partition(at[e]) for e in at}
+        assert len(set(partitions.values())) == len({day_partition(x) for x in times}) >= 5
+
+
+def test_an_event_id_is_unique_together_with_its_occur_time(
+    registry: RunningServer, client: Client, model: str
+) -> None:
+    # The dedupe rule (protos: InferenceSessionEvent.event_id): a retry re-sends the same
+    # event, occur_time included; the same id at another occur_time is another event. Both
+    # backends alike.
+    t = now()
+    a = session(event_id="same", at=t - timedelta(minutes=2))
+    b = session(event_id="same", at=t - timedelta(days=3))
+    assert report(client, [a]).accepted_count == 1
+    got = report(client, [b], [a])
+    assert (got.accepted_count, got.duplicate_count) == (1, 1)
+    assert stored_sessions(registry, client) == 2
 
 
 def test_stored_rows_keep_every_field(registry: RunningServer, client: Client, model: str) -> None:

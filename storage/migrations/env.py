@@ -7,10 +7,17 @@ from sqlalchemy import Connection
 
 from storage.db import SQLITE_BEGIN_OPTION, create_engine_for
 from storage.orm import Base
+from storage.orm.telemetry import is_session_partition
 
 # Any PostgreSQL advisory lock key works as long as it is fixed: it serialises servers
 # that start at once and would otherwise race to apply the same migration.
 _PG_MIGRATION_LOCK = 7_301_554_019
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Leave inference_sessions' daily partitions (PostgreSQL) out of autogenerate: they
+    are made at run time, not part of the ORM's schema."""
+    return not (type_ == "table" and is_session_partition(name))
 
 
 def _configure(connection: Connection | None = None, url: str | None = None) -> None:
@@ -22,6 +29,7 @@ def _configure(connection: Connection | None = None, url: str | None = None) -> 
         # SQLite can't ALTER most things; batch mode rebuilds the table instead.
         render_as_batch=dialect == "sqlite" or (url or "").startswith("sqlite"),
         compare_type=True,
+        include_name=include_name,
         literal_binds=connection is None,
         # SQLite's DDL is transactional, but Alembic assumes it is not and would commit
         # after each migration, releasing the write lock taken at BEGIN: a second process

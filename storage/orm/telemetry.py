@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -46,11 +47,26 @@ class Device(UuidPk, CreatedAt, Base):
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+# PostgreSQL stores raw sessions in one partition per UTC day of occurred_at, named by this
+# prefix and the day (inference_sessions_p20261126); created on demand by ingestion
+# (storage.repos.telemetry.ensure_session_partitions), dropped whole by the retention.
+SESSION_PARTITION_PREFIX = "inference_sessions_p"
+
+
+def is_session_partition(name: str | None) -> bool:
+    """A daily partition of inference_sessions (not part of the ORM's schema)."""
+    return bool(name) and re.fullmatch(SESSION_PARTITION_PREFIX + r"\d{8}", name or "") is not None
+
+
 class InferenceSession(Base):
     """One raw inference event, kept for the telemetry retention period.
 
-    No surrogate id: (org_id, event_id) is the key, so re-delivered events conflict and are
-    skipped (INSERT .. ON CONFLICT DO NOTHING), and each insert maintains one index fewer.
+    No surrogate id: (org_id, event_id, occurred_at) is the key, so re-delivered events
+    (a retry re-sends the same event, occur_time included) conflict and are skipped
+    (INSERT .. ON CONFLICT DO NOTHING), and each insert maintains one index fewer. The key
+    holds occurred_at because on PostgreSQL the table is partitioned by it (RANGE, one
+    partition per UTC day; a unique key of a partitioned table must include the partition
+    key); SQLite has the same key, so both backends dedupe alike.
     No foreign key on org_id either, and the time index is keyed by `scope`, an integer
     hash of (org_id, model_id), not by the two strings: both made each insert dearer
     (migration 0010 says why that is safe; a trigger on orgs deletes an org's sessions).
@@ -58,10 +74,11 @@ class InferenceSession(Base):
 
     __tablename__ = "inference_sessions"
     __table_args__ = (
-        # Devices retry batches; (org_id, event_id) makes re-delivery idempotent.
-        PrimaryKeyConstraint("org_id", "event_id"),
+        # Devices retry batches; the key makes re-delivery idempotent.
+        PrimaryKeyConstraint("org_id", "event_id", "occurred_at"),
         CheckConstraint("status IN ('ok', 'error')", name="status"),
         Index(None, "scope", "occurred_at"),
+        {"postgresql_partition_by": "RANGE (occurred_at)"},
     )
 
     org_id: Mapped[str] = mapped_column(String(ID_LENGTH))

@@ -2,9 +2,11 @@
 
 Every function takes `org_id` first. Raw events are written in one statement per batch
 (`INSERT .. ON CONFLICT DO NOTHING RETURNING event_id`): on PostgreSQL from arrays via
-unnest, on SQLite as multi-row VALUES. The conflict target is the (org_id, event_id) key,
-so a re-delivered event (a retried stream, the same id twice in a batch, or two streams at
-once) is stored once and simply not returned.
+unnest, on SQLite as multi-row VALUES. The conflict target is the (org_id, event_id,
+occurred_at) key (a retry re-sends the same event, occur_time included), so a re-delivered
+event (a retried stream, the same id twice in a batch, or two streams at once) is stored
+once and simply not returned. On PostgreSQL the table is partitioned by day of occurred_at;
+ingestion creates the partitions a batch needs (ensure_session_partitions).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from storage.orm import (
     TrainingUpdate,
     new_id,
 )
+from storage.orm.telemetry import SESSION_PARTITION_PREFIX
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -242,7 +245,7 @@ INSERT INTO inference_sessions (
 
 # One row back, not one per event: the count, and the ids only when some were not inserted
 # (fetching thousands of rows cost the server more than the rest of the insert).
-_PG_ON_CONFLICT = "ON CONFLICT (org_id, event_id) DO NOTHING"
+_PG_ON_CONFLICT = "ON CONFLICT (org_id, event_id, occurred_at) DO NOTHING"
 _PG_INSERT_TAIL = f"""
 ORDER BY u.e
 {_PG_ON_CONFLICT}
@@ -270,6 +273,130 @@ _PG_INSERT_SESSIONS_ARRAYS = (
     .replace("string_to_array(%(", "(%(")
     .replace(")s, %(sep)s)", ")s::text[])")
 )
+
+
+def _pg_write(
+    driver: psycopg.Connection[Any], cur: psycopg.Cursor[Any], sql: str, params: Any
+) -> Any:
+    """The batch's insert, its one result row.
+
+    First as a plain INSERT in a savepoint: ON CONFLICT probes the key index once more per
+    row before inserting (about a sixth of PostgreSQL's work here), and a batch usually
+    holds no stored event. The first already stored event (a retry, or a concurrent stream
+    once it commits) fails the plain INSERT; the batch is then written again with
+    ON CONFLICT DO NOTHING (in a savepoint too, so that a missing partition can be
+    retried by the caller)."""
+    try:
+        with driver.transaction():
+            cur.execute(sql.replace(_PG_ON_CONFLICT, ""), params)
+            return cur.fetchone()
+    except psycopg.errors.UniqueViolation:
+        pass
+    with driver.transaction():
+        cur.execute(sql, params)
+        return cur.fetchone()
+
+
+# ---------------------------------------------------------------------------------------
+# PostgreSQL partitions of inference_sessions: one per UTC day of occurred_at
+
+DAY_US = 86_400_000_000
+# Serialises partition creation between servers: CREATE TABLE IF NOT EXISTS checks the name
+# before it locks the parent, so two servers creating the same day at once could collide.
+_PG_PARTITION_LOCK = 7_301_554_020
+# Per database (its URL): the days (since the epoch) whose partition this process has seen
+# committed. Only ever a cache: a partition missing after all is caught (insert_sessions).
+_known_partitions: dict[str, set[int]] = {}
+
+
+def _database_key(session: Session) -> str:
+    return session.connection().engine.url.render_as_string(hide_password=True)
+
+
+def partition_name(day: int) -> str:
+    return SESSION_PARTITION_PREFIX + (EPOCH + timedelta(days=day)).strftime("%Y%m%d")
+
+
+def partition_ddl(day: int) -> str:
+    """CREATE TABLE IF NOT EXISTS for the partition of `day` (days since the epoch)."""
+    start = EPOCH + timedelta(days=day)
+    end = start + timedelta(days=1)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {partition_name(day)} PARTITION OF inference_sessions "
+        f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+    )
+
+
+def ensure_session_partitions(session: Session, first_us: int, last_us: int) -> None:
+    """PostgreSQL: make sure the partitions for every day from `first_us` to `last_us`
+    (occurred_at, microseconds since the epoch) exist, in the caller's transaction.
+
+    The usual call finds its days in the process's cache and costs a few set lookups.
+    Otherwise the catalog is asked (to_regclass); days found are cached; missing ones
+    are created under an advisory lock, together with the next day's, so the day's change
+    at midnight finds its partition made. Creating a partition takes an ACCESS EXCLUSIVE
+    lock on inference_sessions until the transaction ends, so this runs before the
+    transaction writes anything (the batch's insert comes first in an ingest transaction)
+    and happens about once a day per database; days created here are cached only once
+    seen committed (the transaction may still roll back).
+    """
+    if not _is_postgres(session):
+        return
+    known = _known_partitions.setdefault(_database_key(session), set())
+    days = range(first_us // DAY_US, last_us // DAY_US + 1)
+    missing = [d for d in days if d not in known]
+    if not missing:
+        return
+    tomorrow = int(datetime.now(UTC).timestamp() * 1_000_000) // DAY_US + 1
+    if tomorrow not in known and tomorrow not in missing:
+        missing.append(tomorrow)
+    driver = session.connection().connection.driver_connection
+    assert driver is not None
+    names = {partition_name(d): d for d in missing}
+    with driver.cursor() as cur:
+        cur.execute(
+            "SELECT n FROM unnest(%s::text[]) AS n WHERE to_regclass(n) IS NULL", (list(names),)
+        )
+        absent = [names[n] for (n,) in cur.fetchall()]
+        known.update(d for d in missing if d not in absent)
+        if absent:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_PARTITION_LOCK,))
+            for d in sorted(absent):
+                cur.execute(partition_ddl(d))
+
+
+def session_partitions(session: Session) -> list[tuple[str, datetime]]:
+    """PostgreSQL: the daily partitions of inference_sessions and the day each starts,
+    oldest first (empty elsewhere)."""
+    if not _is_postgres(session):
+        return []
+    rows = session.connection().exec_driver_sql(
+        "SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'inference_sessions'::regclass"
+    )
+    out = []
+    for (name,) in rows:
+        if name.startswith(SESSION_PARTITION_PREFIX):
+            day = datetime.strptime(name[len(SESSION_PARTITION_PREFIX) :], "%Y%m%d")
+            out.append((name, day.replace(tzinfo=UTC)))
+    return sorted(out, key=lambda p: p[1])
+
+
+def drop_session_partitions_before(
+    session: Session, cutoff: datetime, limit: int | None = None
+) -> tuple[int, int]:
+    """PostgreSQL: drop the partitions whose whole day lies before `cutoff` (at most
+    `limit`, oldest first); returns how many and the rows they held. Rows of the partition
+    holding `cutoff` stay for delete_sessions_before. Elsewhere nothing (0, 0)."""
+    dropped = rows = 0
+    for name, day in session_partitions(session):
+        if day + timedelta(days=1) > cutoff or (limit is not None and dropped >= limit):
+            break
+        conn = session.connection()
+        rows += int(conn.exec_driver_sql(f"SELECT count(*) FROM {name}").scalar_one())
+        conn.exec_driver_sql(f"DROP TABLE {name}")
+        dropped += 1
+    return dropped, rows
 
 
 def insert_sessions(session: Session, org_id: str, cols: SessionColumns) -> set[str]:
@@ -315,19 +442,19 @@ def insert_sessions(session: Session, org_id: str, cols: SessionColumns) -> set[
             params[name] = joined
         driver = session.connection().connection.driver_connection
         assert driver is not None
+        first, last = min(cols.occurred_us), max(cols.occurred_us)
         with driver.cursor() as cur:
-            # First as a plain INSERT in a savepoint: ON CONFLICT probes the key index once
-            # more per row before inserting (about a sixth of PostgreSQL's work here), and
-            # a batch usually holds no stored event. The first already stored event (a
-            # retry, or a concurrent stream once it commits) fails the plain INSERT; the
-            # batch is then written again with ON CONFLICT DO NOTHING, as before.
+            ensure_session_partitions(session, first, last)
             try:
-                with driver.transaction():
-                    cur.execute(sql.replace(_PG_ON_CONFLICT, ""), params)
-                    row = cur.fetchone()
-            except psycopg.errors.UniqueViolation:
-                cur.execute(sql, params)
-                row = cur.fetchone()
+                row = _pg_write(driver, cur, sql, params)
+            except psycopg.errors.CheckViolation:
+                # "no partition of relation found for row": this process believed a
+                # partition existed that is gone (dropped by a prune with a shorter
+                # retention, or the database was recreated). The savepoint's rollback
+                # released its locks; check the catalog again and write once more.
+                _known_partitions.pop(_database_key(session), None)
+                ensure_session_partitions(session, first, last)
+                row = _pg_write(driver, cur, sql, params)
         assert row is not None
         return set() if row[0] == len(cols) else set(cols.event_id).difference(row[1] or ())
     now = datetime.now(UTC)
@@ -355,7 +482,7 @@ def insert_sessions(session: Session, org_id: str, cols: SessionColumns) -> set[
     table = Base.metadata.tables[InferenceSession.__tablename__]
     stmt = (
         sqlite.insert(table)
-        .on_conflict_do_nothing(index_elements=["org_id", "event_id"])
+        .on_conflict_do_nothing(index_elements=["org_id", "event_id", "occurred_at"])
         .returning(table.c.event_id)
     )
     return set(cols.event_id).difference(session.scalars(stmt, rows))

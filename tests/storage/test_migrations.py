@@ -14,6 +14,12 @@ from sqlalchemy import Column, Integer, MetaData, inspect
 from storage.db import create_engine_for
 from storage.migrate import alembic_config, current_revision, head_revision, upgrade
 from storage.orm import Base
+from storage.orm.telemetry import is_session_partition
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """As storage/migrations/env.py: PostgreSQL's daily partitions are not in the ORM."""
+    return not (type_ == "table" and is_session_partition(name))
 
 
 def schema_diff(url: str, metadata: MetaData) -> list[Any]:
@@ -21,7 +27,12 @@ def schema_diff(url: str, metadata: MetaData) -> list[Any]:
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(
-                conn, opts={"compare_type": True, "target_metadata": metadata}
+                conn,
+                opts={
+                    "compare_type": True,
+                    "target_metadata": metadata,
+                    "include_name": include_name,
+                },
             )
             return list(compare_metadata(context, metadata))
     finally:

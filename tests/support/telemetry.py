@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf import timestamp_pb2
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, select, text, update
 from sqlalchemy.orm import Session
 
 from modelregistry.v1 import model_service_pb2, models_pb2, version_service_pb2
@@ -187,3 +187,38 @@ def stored_rows(registry: RunningServer, client: Client) -> dict[str, InferenceS
         org_id = s.scalars(select(Org.id).where(Org.name == client.org)).one()
         rows = s.scalars(select(InferenceSession).where(InferenceSession.org_id == org_id))
         return {r.event_id: r for r in rows}
+
+
+def partition_of_rows(registry: RunningServer, client: Client) -> dict[str, str] | None:
+    """PostgreSQL: the partition holding each of the org's raw sessions, by event id
+    (None on SQLite, where the table is not partitioned)."""
+    with _db(registry) as s:
+        if s.get_bind().dialect.name != "postgresql":
+            return None
+        org_id = s.scalars(select(Org.id).where(Org.name == client.org)).one()
+        rows = s.execute(
+            text(
+                "SELECT event_id, tableoid::regclass::text FROM inference_sessions"
+                " WHERE org_id = :org"
+            ),
+            {"org": org_id},
+        )
+        return {e: p for e, p in rows}
+
+
+def session_partitions(registry: RunningServer) -> list[str] | None:
+    """PostgreSQL: the partitions of inference_sessions (pg_inherits); None on SQLite."""
+    with _db(registry) as s:
+        if s.get_bind().dialect.name != "postgresql":
+            return None
+        rows = s.execute(
+            text(
+                "SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid"
+                " WHERE i.inhparent = 'inference_sessions'::regclass ORDER BY 1"
+            )
+        )
+        return [r for (r,) in rows]
+
+
+def day_partition(t: datetime) -> str:
+    return f"inference_sessions_p{t.astimezone(UTC):%Y%m%d}"

@@ -82,8 +82,11 @@ func (Device_Health) EnumDescriptor() ([]byte, []int) {
 // One inference on a device.
 type InferenceSessionEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Required. Client-made id, unique per org (a UUID4 is recommended); at
-	// most 128 characters.
+	// Required. Client-made id (a UUID4 is recommended); at most 128
+	// characters. An event id is unique per org together with its occur_time:
+	// a retry re-sends the same event (id and occur_time) and is counted as a
+	// duplicate. The same id with another occur_time in a later batch is
+	// stored as another event; within one batch a repeated id is a duplicate.
 	EventId string `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
 	// Required. The model, `models/{model_id}`.
 	Model string `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
@@ -347,7 +350,7 @@ type ReportInferenceSessionsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Events stored.
 	AcceptedCount int64 `protobuf:"varint,1,opt,name=accepted_count,json=acceptedCount,proto3" json:"accepted_count,omitempty"`
-	// Events whose id was already stored (not stored again).
+	// Events already stored, the same id and occur_time (not stored again).
 	DuplicateCount int64 `protobuf:"varint,2,opt,name=duplicate_count,json=duplicateCount,proto3" json:"duplicate_count,omitempty"`
 	// Events rejected, with reasons: the first 1000 of them.
 	Rejected []*RejectedEvent `protobuf:"bytes,3,rep,name=rejected,proto3" json:"rejected,omitempty"`

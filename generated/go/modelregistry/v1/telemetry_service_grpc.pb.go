@@ -49,12 +49,14 @@ const (
 // answer window queries without reading raw rows.
 type TelemetryServiceClient interface {
 	// Client stream of batches of inference sessions. Each event carries a
-	// client-made id; an event id seen before counts as a duplicate, so an
-	// agent may retry a whole stream safely. Invalid events are rejected one by
-	// one with the reason; the rest of the batch is kept.
+	// client-made id; an event seen before (the same id and occur_time) counts
+	// as a duplicate, so an agent may retry a whole stream safely: a retry
+	// re-sends the same events. Invalid events are rejected one by one with the
+	// reason; the rest of the batch is kept.
 	ReportInferenceSessions(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ReportInferenceSessionsRequest, ReportInferenceSessionsResponse], error)
 	// Client stream of batches of federated training updates; same rules as
-	// ReportInferenceSessions.
+	// ReportInferenceSessions, except that an update's id alone is unique per
+	// org.
 	ReportTrainingUpdates(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ReportTrainingUpdatesRequest, ReportTrainingUpdatesResponse], error)
 	// Records a device's health and last-seen time, registering the device on
 	// first sight.
@@ -166,12 +168,14 @@ func (c *telemetryServiceClient) GetVersionTrainingStats(ctx context.Context, in
 // answer window queries without reading raw rows.
 type TelemetryServiceServer interface {
 	// Client stream of batches of inference sessions. Each event carries a
-	// client-made id; an event id seen before counts as a duplicate, so an
-	// agent may retry a whole stream safely. Invalid events are rejected one by
-	// one with the reason; the rest of the batch is kept.
+	// client-made id; an event seen before (the same id and occur_time) counts
+	// as a duplicate, so an agent may retry a whole stream safely: a retry
+	// re-sends the same events. Invalid events are rejected one by one with the
+	// reason; the rest of the batch is kept.
 	ReportInferenceSessions(grpc.ClientStreamingServer[ReportInferenceSessionsRequest, ReportInferenceSessionsResponse]) error
 	// Client stream of batches of federated training updates; same rules as
-	// ReportInferenceSessions.
+	// ReportInferenceSessions, except that an update's id alone is unique per
+	// org.
 	ReportTrainingUpdates(grpc.ClientStreamingServer[ReportTrainingUpdatesRequest, ReportTrainingUpdatesResponse]) error
 	// Records a device's health and last-seen time, registering the device on
 	// first sight.

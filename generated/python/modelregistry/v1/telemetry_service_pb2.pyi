@@ -38,8 +38,11 @@ class InferenceSessionEvent(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     ERROR_CODE_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
-    """Required. Client-made id, unique per org (a UUID4 is recommended); at
-    most 128 characters.
+    """Required. Client-made id (a UUID4 is recommended); at most 128
+    characters. An event id is unique per org together with its occur_time:
+    a retry re-sends the same event (id and occur_time) and is counted as a
+    duplicate. The same id with another occur_time in a later batch is
+    stored as another event; within one batch a repeated id is a duplicate.
     """
     model: _builtins.str
     """Required. The model, `models/{model_id}`."""
@@ -170,7 +173,7 @@ class ReportInferenceSessionsResponse(_message.Message):
     accepted_count: _builtins.int
     """Events stored."""
     duplicate_count: _builtins.int
-    """Events whose id was already stored (not stored again)."""
+    """Events already stored, the same id and occur_time (not stored again)."""
     rejected_count: _builtins.int
     """Number of events rejected (may exceed the size of `rejected`)."""
     @_builtins.property

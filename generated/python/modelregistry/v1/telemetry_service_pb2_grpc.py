@@ -103,9 +103,10 @@ class TelemetryServiceServicer:
 
     def ReportInferenceSessions(self, request_iterator, context):
         """Client stream of batches of inference sessions. Each event carries a
-        client-made id; an event id seen before counts as a duplicate, so an
-        agent may retry a whole stream safely. Invalid events are rejected one by
-        one with the reason; the rest of the batch is kept.
+        client-made id; an event seen before (the same id and occur_time) counts
+        as a duplicate, so an agent may retry a whole stream safely: a retry
+        re-sends the same events. Invalid events are rejected one by one with the
+        reason; the rest of the batch is kept.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,7 +114,8 @@ class TelemetryServiceServicer:
 
     def ReportTrainingUpdates(self, request_iterator, context):
         """Client stream of batches of federated training updates; same rules as
-        ReportInferenceSessions.
+        ReportInferenceSessions, except that an update's id alone is unique per
+        org.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -51,13 +51,15 @@ class TelemetryServiceStub:
     def __new__(cls, channel: _aio.Channel) -> TelemetryServiceAsyncStub: ...
     ReportInferenceSessions: _grpc.StreamUnaryMultiCallable[_telemetry_service_pb2.ReportInferenceSessionsRequest, _telemetry_service_pb2.ReportInferenceSessionsResponse]
     """Client stream of batches of inference sessions. Each event carries a
-    client-made id; an event id seen before counts as a duplicate, so an
-    agent may retry a whole stream safely. Invalid events are rejected one by
-    one with the reason; the rest of the batch is kept.
+    client-made id; an event seen before (the same id and occur_time) counts
+    as a duplicate, so an agent may retry a whole stream safely: a retry
+    re-sends the same events. Invalid events are rejected one by one with the
+    reason; the rest of the batch is kept.
     """
     ReportTrainingUpdates: _grpc.StreamUnaryMultiCallable[_telemetry_service_pb2.ReportTrainingUpdatesRequest, _telemetry_service_pb2.ReportTrainingUpdatesResponse]
     """Client stream of batches of federated training updates; same rules as
-    ReportInferenceSessions.
+    ReportInferenceSessions, except that an update's id alone is unique per
+    org.
     """
     ReportDeviceHeartbeat: _grpc.UnaryUnaryMultiCallable[_telemetry_service_pb2.ReportDeviceHeartbeatRequest, _telemetry_service_pb2.ReportDeviceHeartbeatResponse]
     """Records a device's health and last-seen time, registering the device on
@@ -98,13 +100,15 @@ class TelemetryServiceAsyncStub(TelemetryServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ReportInferenceSessions: _aio.StreamUnaryMultiCallable[_telemetry_service_pb2.ReportInferenceSessionsRequest, _telemetry_service_pb2.ReportInferenceSessionsResponse]  # type: ignore[assignment]
     """Client stream of batches of inference sessions. Each event carries a
-    client-made id; an event id seen before counts as a duplicate, so an
-    agent may retry a whole stream safely. Invalid events are rejected one by
-    one with the reason; the rest of the batch is kept.
+    client-made id; an event seen before (the same id and occur_time) counts
+    as a duplicate, so an agent may retry a whole stream safely: a retry
+    re-sends the same events. Invalid events are rejected one by one with the
+    reason; the rest of the batch is kept.
     """
     ReportTrainingUpdates: _aio.StreamUnaryMultiCallable[_telemetry_service_pb2.ReportTrainingUpdatesRequest, _telemetry_service_pb2.ReportTrainingUpdatesResponse]  # type: ignore[assignment]
     """Client stream of batches of federated training updates; same rules as
-    ReportInferenceSessions.
+    ReportInferenceSessions, except that an update's id alone is unique per
+    org.
     """
     ReportDeviceHeartbeat: _aio.UnaryUnaryMultiCallable[_telemetry_service_pb2.ReportDeviceHeartbeatRequest, _telemetry_service_pb2.ReportDeviceHeartbeatResponse]  # type: ignore[assignment]
     """Records a device's health and last-seen time, registering the device on
@@ -148,9 +152,10 @@ class TelemetryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_telemetry_service_pb2.ReportInferenceSessionsResponse, _abc.Awaitable[_telemetry_service_pb2.ReportInferenceSessionsResponse]]:
         """Client stream of batches of inference sessions. Each event carries a
-        client-made id; an event id seen before counts as a duplicate, so an
-        agent may retry a whole stream safely. Invalid events are rejected one by
-        one with the reason; the rest of the batch is kept.
+        client-made id; an event seen before (the same id and occur_time) counts
+        as a duplicate, so an agent may retry a whole stream safely: a retry
+        re-sends the same events. Invalid events are rejected one by one with the
+        reason; the rest of the batch is kept.
         """
 
     @_abc_1.abstractmethod
@@ -160,7 +165,8 @@ class TelemetryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_telemetry_service_pb2.ReportTrainingUpdatesResponse, _abc.Awaitable[_telemetry_service_pb2.ReportTrainingUpdatesResponse]]:
         """Client stream of batches of federated training updates; same rules as
-        ReportInferenceSessions.
+        ReportInferenceSessions, except that an update's id alone is unique per
+        org.
         """
 
     @_abc_1.abstractmethod
