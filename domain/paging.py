@@ -41,10 +41,19 @@ def fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
-def page_of(page_size: int, page_token: str, *filters: object, default_size: int = 50) -> Page:
-    """Validate paging fields of a request and decode its token."""
+def page_of(
+    page_size: int,
+    page_token: str,
+    *filters: object,
+    default_size: int = 50,
+    size_field: str = "page_size",
+    token_field: str = "page_token",
+) -> Page:
+    """Validate paging fields of a request and decode its token. `size_field` and
+    `token_field` name the request's fields in errors (a response paging a nested list,
+    e.g. `device_page_size`)."""
     if page_size < 0:
-        raise InvalidArgument.field("page_size", "must not be negative")
+        raise InvalidArgument.field(size_field, "must not be negative")
     size = min(page_size or default_size, MAX_PAGE_SIZE)
     fp = fingerprint(*filters)
     if not page_token:
@@ -55,11 +64,11 @@ def page_of(page_size: int, page_token: str, *filters: object, default_size: int
         offset = int(data["o"])
         token_fp = str(data["f"])
     except (ValueError, KeyError, TypeError):
-        raise InvalidArgument.field("page_token", "is not a token this server issued") from None
+        raise InvalidArgument.field(token_field, "is not a token this server issued") from None
     if offset < 0:
-        raise InvalidArgument.field("page_token", "is not a token this server issued")
+        raise InvalidArgument.field(token_field, "is not a token this server issued")
     if token_fp != fp:
         raise InvalidArgument.field(
-            "page_token", "was issued for a request with different filters or order"
+            token_field, "was issued for a request with different filters or order"
         )
     return Page(offset, size, fp)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from domain import names
 from domain.errors import InvalidArgument, NotFound, Violations
+from domain.paging import page_of
 from domain.sketch import LOG_GAMMA, RELATIVE_ACCURACY, Sketch
 from storage.orm import Device
 from storage.repos import telemetry as repo
@@ -914,43 +915,52 @@ class VersionTraining:
     sample_count: int
     device_count: int
     metrics: list[MetricStats]
-    devices: list[DeviceTraining]
+    devices: list[DeviceTraining]  # one page, by device_id
+    next_device_page_token: str
 
 
 def version_training_stats(
-    session: Session, org_id: str, model_id: str, version: str
+    session: Session,
+    org_id: str,
+    model_id: str,
+    version: str,
+    device_page_size: int = 0,
+    device_page_token: str = "",
 ) -> VersionTraining:
-    """Exact per-metric percentiles and a per-device breakdown of one version's updates;
-    zero counts when it has none. The model must exist."""
+    """Exact per-metric percentiles over all of one version's updates, and one page of its
+    per-device breakdown by device_id; zero counts when it has none. The model must exist."""
+    page = page_of(
+        device_page_size,
+        device_page_token,
+        "version_training_devices",
+        model_id,
+        version,
+        size_field="device_page_size",
+        token_field="device_page_token",
+    )
     if not repo.model_exists(session, org_id, model_id):
         raise NotFound("model", names.model_name(model_id))
-    updates = repo.version_updates(session, org_id, model_id, version)
+    totals = repo.version_update_totals(session, org_id, model_id, version)
     values: dict[str, list[float]] = defaultdict(list)
-    per_device: dict[str, list[repo.UpdateRow]] = defaultdict(list)
-    for u in updates:
-        per_device[u.device_id].append(u)
-        for key, value in u.metrics.items():
+    for m in repo.version_update_metrics(session, org_id, model_id, version):
+        for key, value in m.items():
             values[key].append(float(value))
     metrics = []
     for key in sorted(values):
         p50, p95, p99 = (float(x) for x in np.quantile(values[key], (0.5, 0.95, 0.99)))
         metrics.append(MetricStats(key, len(values[key]), p50, p95, p99))
+    rows = repo.version_device_page(session, org_id, model_id, version, page.offset, page.size)
     devices = [
-        DeviceTraining(
-            device_id,
-            len(rows),
-            sum(r.sample_count for r in rows),
-            dict(rows[-1].metrics),
-        )
-        for device_id, rows in sorted(per_device.items())
+        DeviceTraining(d.device_id, d.update_count, d.sample_count, d.latest_metrics) for d in rows
     ]
     return VersionTraining(
         version_id=version,
-        update_count=len(updates),
-        sample_count=sum(u.sample_count for u in updates),
-        device_count=len(per_device),
+        update_count=totals.update_count,
+        sample_count=totals.sample_count,
+        device_count=totals.device_count,
         metrics=metrics,
         devices=devices,
+        next_device_page_token=page.next_token(len(devices), totals.device_count),
     )
 
 

@@ -332,7 +332,14 @@ class TelemetryService(telemetry_service_pb2_grpc.TelemetryServiceServicer):
         org = principal().require_org()
         ref = names.parse_version_name(request.name, allow_uid=False)
         assert ref.model_id is not None and ref.version_id is not None
-        s = await self.rt.read(telemetry.version_training_stats, org, ref.model_id, ref.version_id)
+        s = await self.rt.read(
+            telemetry.version_training_stats,
+            org,
+            ref.model_id,
+            ref.version_id,
+            request.device_page_size,
+            request.device_page_token,
+        )
         return pb.GetVersionTrainingStatsResponse(
             version_id=s.version_id,
             update_count=s.update_count,
@@ -353,4 +360,5 @@ class TelemetryService(telemetry_service_pb2_grpc.TelemetryServiceServicer):
                 )
                 for d in s.devices
             ],
+            next_device_page_token=s.next_device_page_token,
         )

@@ -10,19 +10,27 @@ import numpy as np
 import pytest
 
 from modelregistry.v1 import telemetry_service_pb2 as pb
+from modelregistry.v1 import version_service_pb2 as vpb
 from support.registry import Client, RunningServer
 from support.status import expect_error
 from support.telemetry import model_with_versions, now, report_updates, update_event
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
 def stats(c: Client, model: str = "models/m") -> pb.GetTrainingStatsResponse:
     return c.telemetry.GetTrainingStats(pb.GetTrainingStatsRequest(name=model))
 
 
-def version_stats(c: Client, name: str) -> pb.GetVersionTrainingStatsResponse:
-    return c.telemetry.GetVersionTrainingStats(pb.GetVersionTrainingStatsRequest(name=name))
+def version_stats(
+    c: Client, name: str, page_size: int = 0, page_token: str = ""
+) -> pb.GetVersionTrainingStatsResponse:
+    return c.telemetry.GetVersionTrainingStats(
+        pb.GetVersionTrainingStatsRequest(
+            name=name, device_page_size=page_size, device_page_token=page_token
+        )
+    )
 
 
 def test_training_stats_per_version(registry: RunningServer, client: Client) -> None:
@@ -128,3 +136,98 @@ def test_version_stats_need_the_model_and_a_valid_name(
     for name in ("", "models/m", "models/m/versions/", "models/-/versions/1.0", "m/1.0"):
         err = expect_error(grpc.StatusCode.INVALID_ARGUMENT, version_stats, client, name)
         assert "name" in err.field_violations
+
+
+def _many_devices(client: Client, n: int) -> dict[str, tuple[int, int, dict[str, float]]]:
+    """Updates of version 1.0 from n devices (1-3 updates each, reported in a shuffled
+    order), plus noise in 2.0; per device of 1.0: (updates, samples, newest metrics)."""
+    model_with_versions(client, "m", ["1.0", "2.0"])
+    rng = np.random.default_rng(11)
+    t = now()
+    ups = []
+    want: dict[str, tuple[int, int, dict[str, float]]] = {}
+    for k in range(n):
+        device = f"dev-{k:03d}"
+        count = int(rng.integers(1, 4))
+        samples = 0
+        for j in range(count):
+            metrics = {"loss": float(rng.uniform(0.1, 2.0))}
+            ups.append(
+                update_event(
+                    version="1.0",
+                    device_id=device,
+                    at=t - timedelta(minutes=10 * (count - j)),  # later j = newer
+                    sample_count=k + j,
+                    metrics=metrics,
+                )
+            )
+            samples += k + j
+        want[device] = (count, samples, metrics)
+    noise = [update_event(version="2.0", device_id="dev-zzz") for _ in range(3)]
+    order = rng.permutation(len(ups))
+    assert report_updates(client, [ups[i] for i in order] + noise).accepted_count == len(ups) + 3
+    return want
+
+
+def test_version_stats_page_devices_by_device_id(registry: RunningServer, client: Client) -> None:
+    want = _many_devices(client, 123)
+    name = "models/m/versions/1.0"
+    first = version_stats(client, name, page_size=10_000)  # over the maximum: all, one page
+    assert first.next_device_page_token == ""
+    assert [d.device_id for d in first.devices] == sorted(want)
+    aggregates = (first.update_count, first.sample_count, first.device_count, list(first.metrics))
+    assert first.device_count == 123
+    assert first.update_count == sum(c for c, _, _ in want.values())
+
+    seen: list[pb.DeviceTrainingSummary] = []
+    token, pages = "", 0
+    while True:
+        got = version_stats(client, name, page_size=20, page_token=token)
+        pages += 1
+        assert len(got.devices) == (20 if got.next_device_page_token else 3)
+        # The aggregates are over all updates on every page.
+        assert (got.update_count, got.sample_count, got.device_count, list(got.metrics)) == (
+            aggregates
+        )
+        seen.extend(got.devices)
+        token = got.next_device_page_token
+        if not token:
+            break
+    assert pages == 7
+    assert [d.device_id for d in seen] == sorted(want)
+    for d in seen:
+        count, samples, latest = want[d.device_id]
+        assert (d.update_count, d.sample_count, dict(d.latest_metrics)) == (count, samples, latest)
+
+
+def test_version_stats_default_device_page_is_50(registry: RunningServer, client: Client) -> None:
+    want = _many_devices(client, 60)
+    got = version_stats(client, "models/m/versions/1.0")
+    assert [d.device_id for d in got.devices] == sorted(want)[:50]
+    assert got.device_count == 60 and got.next_device_page_token
+    rest = version_stats(client, "models/m/versions/1.0", page_token=got.next_device_page_token)
+    assert [d.device_id for d in rest.devices] == sorted(want)[50:]
+    assert rest.next_device_page_token == ""
+
+
+def test_version_stats_reject_bad_device_paging(registry: RunningServer, client: Client) -> None:
+    _many_devices(client, 3)
+    name = "models/m/versions/1.0"
+    err = expect_error(INVALID, version_stats, client, name, page_size=-1)
+    assert "device_page_size" in err.field_violations
+    token = version_stats(client, name, page_size=1).next_device_page_token
+    assert token
+    assert len(version_stats(client, name, page_size=1, page_token=token).devices) == 1
+    listed = client.versions.ListVersions(vpb.ListVersionsRequest(parent="models/m", page_size=1))
+    foreign = [
+        "not a token",
+        "e30",  # {}
+        token[:-2],
+        listed.next_page_token,  # another RPC's
+    ]
+    for bad in foreign:
+        err = expect_error(INVALID, version_stats, client, name, page_token=bad)
+        assert "device_page_token" in err.field_violations, bad
+    # A token is bound to the version it was issued for.
+    err = expect_error(INVALID, version_stats, client, "models/m/versions/2.0", page_token=token)
+    assert "device_page_token" in err.field_violations

@@ -1187,21 +1187,90 @@ def training_totals(session: Session, org_id: str, model_id: str) -> list[Versio
 
 
 @dataclass(frozen=True)
-class UpdateRow:
-    device_id: str
+class UpdateTotals:
+    update_count: int
     sample_count: int
-    metrics: dict[str, float]
+    device_count: int
 
 
-def version_updates(session: Session, org_id: str, model_id: str, version: str) -> list[UpdateRow]:
-    """Every update of one version, oldest first (ties by arrival, then event id)."""
+def _version_scope(org_id: str, model_id: str, version: str) -> tuple[Any, ...]:
     T = TrainingUpdate
-    rows = session.execute(
-        select(T.device_id, T.sample_count, T.metrics)
-        .where(T.org_id == org_id, T.model_id == model_id, T.version == version)
-        .order_by(T.occurred_at, T.received_at, T.event_id)
+    return (T.org_id == org_id, T.model_id == model_id, T.version == version)
+
+
+def version_update_totals(
+    session: Session, org_id: str, model_id: str, version: str
+) -> UpdateTotals:
+    """Counts over every update of one version."""
+    T = TrainingUpdate
+    n, samples, devices = session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(T.sample_count), 0),
+            func.count(T.device_id.distinct()),
+        ).where(*_version_scope(org_id, model_id, version))
+    ).one()
+    return UpdateTotals(int(n), int(samples), int(devices))
+
+
+def version_update_metrics(
+    session: Session, org_id: str, model_id: str, version: str
+) -> list[dict[str, float]]:
+    """The metrics of every update of one version (for exact percentiles)."""
+    T = TrainingUpdate
+    rows = session.scalars(select(T.metrics).where(*_version_scope(org_id, model_id, version)))
+    return [dict(m or {}) for m in rows]
+
+
+@dataclass(frozen=True)
+class DeviceTotals:
+    device_id: str
+    update_count: int
+    sample_count: int
+    latest_metrics: dict[str, float]
+
+
+def version_device_page(
+    session: Session, org_id: str, model_id: str, version: str, offset: int, limit: int
+) -> list[DeviceTotals]:
+    """Devices `offset` to `offset + limit` (by device_id) that sent updates of one version:
+    their counts and the metrics of their newest update (by occur time, then arrival, then
+    event id). One statement: the page is grouped, ordered and cut in the database."""
+    T = TrainingUpdate
+    scope = _version_scope(org_id, model_id, version)
+    page = (
+        select(
+            T.device_id.label("device_id"),
+            func.count().label("n"),
+            func.coalesce(func.sum(T.sample_count), 0).label("samples"),
+        )
+        .where(*scope)
+        .group_by(T.device_id)
+        .order_by(T.device_id)
+        .offset(offset)
+        .limit(limit)
+        .subquery()
     )
-    return [UpdateRow(d, int(s), dict(m or {})) for d, s, m in rows]
+    ranked = (
+        select(
+            T.device_id.label("device_id"),
+            T.metrics.label("metrics"),
+            func.row_number()
+            .over(
+                partition_by=T.device_id,
+                order_by=(T.occurred_at.desc(), T.received_at.desc(), T.event_id.desc()),
+            )
+            .label("rn"),
+        )
+        .where(*scope, T.device_id.in_(select(page.c.device_id)))
+        .subquery()
+    )
+    rows = session.execute(
+        select(page.c.device_id, page.c.n, page.c.samples, ranked.c.metrics)
+        .join(ranked, and_(ranked.c.device_id == page.c.device_id, ranked.c.rn == 1))
+        .order_by(page.c.device_id)
+    )
+    return [DeviceTotals(d, int(n), int(s), dict(m or {})) for d, n, s, m in rows]
 
 
 def session_count(session: Session, org_id: str) -> int:

@@ -1402,9 +1402,16 @@ type GetVersionTrainingStatsRequest struct {
 	// Required. The version, `models/{model_id}/versions/{version_id}`. The
 	// model must exist (else NOT_FOUND); any version string of it answers,
 	// with zero counts when it has no updates.
-	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Maximum number of entries of `devices` to return, 1-1000; 0 means 50.
+	// Negative is INVALID_ARGUMENT. The other fields of the response are not
+	// paged.
+	DevicePageSize int32 `protobuf:"varint,2,opt,name=device_page_size,json=devicePageSize,proto3" json:"device_page_size,omitempty"`
+	// The `next_device_page_token` of a previous call with the same `name`;
+	// empty for the first page.
+	DevicePageToken string `protobuf:"bytes,3,opt,name=device_page_token,json=devicePageToken,proto3" json:"device_page_token,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *GetVersionTrainingStatsRequest) Reset() {
@@ -1440,6 +1447,20 @@ func (*GetVersionTrainingStatsRequest) Descriptor() ([]byte, []int) {
 func (x *GetVersionTrainingStatsRequest) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *GetVersionTrainingStatsRequest) GetDevicePageSize() int32 {
+	if x != nil {
+		return x.DevicePageSize
+	}
+	return 0
+}
+
+func (x *GetVersionTrainingStatsRequest) GetDevicePageToken() string {
+	if x != nil {
+		return x.DevicePageToken
 	}
 	return ""
 }
@@ -1612,10 +1633,14 @@ type GetVersionTrainingStatsResponse struct {
 	DeviceCount int64 `protobuf:"varint,4,opt,name=device_count,json=deviceCount,proto3" json:"device_count,omitempty"`
 	// Exact percentiles per metric.
 	Metrics []*MetricPercentiles `protobuf:"bytes,5,rep,name=metrics,proto3" json:"metrics,omitempty"`
-	// Per-device breakdown.
-	Devices       []*DeviceTrainingSummary `protobuf:"bytes,6,rep,name=devices,proto3" json:"devices,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Per-device breakdown: one page of the devices that sent updates, by
+	// `device_id` (see `device_page_size`). `update_count`, `sample_count`,
+	// `device_count` and `metrics` are over all updates on every page.
+	Devices []*DeviceTrainingSummary `protobuf:"bytes,6,rep,name=devices,proto3" json:"devices,omitempty"`
+	// Token for the next page of `devices`; empty on the last page.
+	NextDevicePageToken string `protobuf:"bytes,7,opt,name=next_device_page_token,json=nextDevicePageToken,proto3" json:"next_device_page_token,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *GetVersionTrainingStatsResponse) Reset() {
@@ -1688,6 +1713,13 @@ func (x *GetVersionTrainingStatsResponse) GetDevices() []*DeviceTrainingSummary 
 		return x.Devices
 	}
 	return nil
+}
+
+func (x *GetVersionTrainingStatsResponse) GetNextDevicePageToken() string {
+	if x != nil {
+		return x.NextDevicePageToken
+	}
+	return ""
 }
 
 var File_modelregistry_v1_telemetry_service_proto protoreflect.FileDescriptor
@@ -1816,9 +1848,11 @@ const file_modelregistry_v1_telemetry_service_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"`\n" +
 	"\x18GetTrainingStatsResponse\x12D\n" +
-	"\bversions\x18\x01 \x03(\v2(.modelregistry.v1.VersionTrainingSummaryR\bversions\"4\n" +
+	"\bversions\x18\x01 \x03(\v2(.modelregistry.v1.VersionTrainingSummaryR\bversions\"\x8a\x01\n" +
 	"\x1eGetVersionTrainingStatsRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"w\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12(\n" +
+	"\x10device_page_size\x18\x02 \x01(\x05R\x0edevicePageSize\x12*\n" +
+	"\x11device_page_token\x18\x03 \x01(\tR\x0fdevicePageToken\"w\n" +
 	"\x11MetricPercentiles\x12\x16\n" +
 	"\x06metric\x18\x01 \x01(\tR\x06metric\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\x03R\x05count\x12\x10\n" +
@@ -1832,7 +1866,7 @@ const file_modelregistry_v1_telemetry_service_proto_rawDesc = "" +
 	"\x0elatest_metrics\x18\x04 \x03(\v2:.modelregistry.v1.DeviceTrainingSummary.LatestMetricsEntryR\rlatestMetrics\x1a@\n" +
 	"\x12LatestMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xab\x02\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xe0\x02\n" +
 	"\x1fGetVersionTrainingStatsResponse\x12\x1d\n" +
 	"\n" +
 	"version_id\x18\x01 \x01(\tR\tversionId\x12!\n" +
@@ -1840,7 +1874,8 @@ const file_modelregistry_v1_telemetry_service_proto_rawDesc = "" +
 	"\fsample_count\x18\x03 \x01(\x03R\vsampleCount\x12!\n" +
 	"\fdevice_count\x18\x04 \x01(\x03R\vdeviceCount\x12=\n" +
 	"\ametrics\x18\x05 \x03(\v2#.modelregistry.v1.MetricPercentilesR\ametrics\x12A\n" +
-	"\adevices\x18\x06 \x03(\v2'.modelregistry.v1.DeviceTrainingSummaryR\adevices2\xf0\x05\n" +
+	"\adevices\x18\x06 \x03(\v2'.modelregistry.v1.DeviceTrainingSummaryR\adevices\x123\n" +
+	"\x16next_device_page_token\x18\a \x01(\tR\x13nextDevicePageToken2\xf0\x05\n" +
 	"\x10TelemetryService\x12\x80\x01\n" +
 	"\x17ReportInferenceSessions\x120.modelregistry.v1.ReportInferenceSessionsRequest\x1a1.modelregistry.v1.ReportInferenceSessionsResponse(\x01\x12z\n" +
 	"\x15ReportTrainingUpdates\x12..modelregistry.v1.ReportTrainingUpdatesRequest\x1a/.modelregistry.v1.ReportTrainingUpdatesResponse(\x01\x12x\n" +

@@ -67,8 +67,9 @@ type TelemetryServiceClient interface {
 	// Aggregates a model's training updates per version.
 	GetTrainingStats(ctx context.Context, in *GetTrainingStatsRequest, opts ...grpc.CallOption) (*GetTrainingStatsResponse, error)
 	// Detailed training statistics of one model version: per-metric
-	// percentiles and a per-device breakdown. A version without updates
-	// answers zero counts, not NOT_FOUND.
+	// percentiles and a per-device breakdown, paged by `device_page_size` and
+	// `device_page_token` (AIP-158). A version without updates answers zero
+	// counts, not NOT_FOUND.
 	GetVersionTrainingStats(ctx context.Context, in *GetVersionTrainingStatsRequest, opts ...grpc.CallOption) (*GetVersionTrainingStatsResponse, error)
 }
 
@@ -186,8 +187,9 @@ type TelemetryServiceServer interface {
 	// Aggregates a model's training updates per version.
 	GetTrainingStats(context.Context, *GetTrainingStatsRequest) (*GetTrainingStatsResponse, error)
 	// Detailed training statistics of one model version: per-metric
-	// percentiles and a per-device breakdown. A version without updates
-	// answers zero counts, not NOT_FOUND.
+	// percentiles and a per-device breakdown, paged by `device_page_size` and
+	// `device_page_token` (AIP-158). A version without updates answers zero
+	// counts, not NOT_FOUND.
 	GetVersionTrainingStats(context.Context, *GetVersionTrainingStatsRequest) (*GetVersionTrainingStatsResponse, error)
 	mustEmbedUnimplementedTelemetryServiceServer()
 }

@@ -774,19 +774,32 @@ class GetVersionTrainingStatsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    DEVICE_PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    DEVICE_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. The version, `models/{model_id}/versions/{version_id}`. The
     model must exist (else NOT_FOUND); any version string of it answers,
     with zero counts when it has no updates.
     """
+    device_page_size: _builtins.int
+    """Maximum number of entries of `devices` to return, 1-1000; 0 means 50.
+    Negative is INVALID_ARGUMENT. The other fields of the response are not
+    paged.
+    """
+    device_page_token: _builtins.str
+    """The `next_device_page_token` of a previous call with the same `name`;
+    empty for the first page.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        device_page_size: _builtins.int = ...,
+        device_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_page_size", b"device_page_size", "device_page_token", b"device_page_token", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -898,6 +911,7 @@ class GetVersionTrainingStatsResponse(_message.Message):
     DEVICE_COUNT_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     DEVICES_FIELD_NUMBER: _builtins.int
+    NEXT_DEVICE_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     version_id: _builtins.str
     """The version string."""
     update_count: _builtins.int
@@ -906,13 +920,18 @@ class GetVersionTrainingStatsResponse(_message.Message):
     """Sum of sample counts."""
     device_count: _builtins.int
     """Distinct devices."""
+    next_device_page_token: _builtins.str
+    """Token for the next page of `devices`; empty on the last page."""
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricPercentiles]:
         """Exact percentiles per metric."""
 
     @_builtins.property
     def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeviceTrainingSummary]:
-        """Per-device breakdown."""
+        """Per-device breakdown: one page of the devices that sent updates, by
+        `device_id` (see `device_page_size`). `update_count`, `sample_count`,
+        `device_count` and `metrics` are over all updates on every page.
+        """
 
     def __init__(
         self,
@@ -923,10 +942,11 @@ class GetVersionTrainingStatsResponse(_message.Message):
         device_count: _builtins.int = ...,
         metrics: _abc.Iterable[Global___MetricPercentiles] | None = ...,
         devices: _abc.Iterable[Global___DeviceTrainingSummary] | None = ...,
+        next_device_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_count", b"device_count", "devices", b"devices", "metrics", b"metrics", "sample_count", b"sample_count", "update_count", b"update_count", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_count", b"device_count", "devices", b"devices", "metrics", b"metrics", "next_device_page_token", b"next_device_page_token", "sample_count", b"sample_count", "update_count", b"update_count", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -146,8 +146,9 @@ class TelemetryServiceServicer:
 
     def GetVersionTrainingStats(self, request, context):
         """Detailed training statistics of one model version: per-metric
-        percentiles and a per-device breakdown. A version without updates
-        answers zero counts, not NOT_FOUND.
+        percentiles and a per-device breakdown, paged by `device_page_size` and
+        `device_page_token` (AIP-158). A version without updates answers zero
+        counts, not NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

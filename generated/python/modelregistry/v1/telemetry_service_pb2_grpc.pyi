@@ -73,8 +73,9 @@ class TelemetryServiceStub:
     """Aggregates a model's training updates per version."""
     GetVersionTrainingStats: _grpc.UnaryUnaryMultiCallable[_telemetry_service_pb2.GetVersionTrainingStatsRequest, _telemetry_service_pb2.GetVersionTrainingStatsResponse]
     """Detailed training statistics of one model version: per-metric
-    percentiles and a per-device breakdown. A version without updates
-    answers zero counts, not NOT_FOUND.
+    percentiles and a per-device breakdown, paged by `device_page_size` and
+    `device_page_token` (AIP-158). A version without updates answers zero
+    counts, not NOT_FOUND.
     """
 
 @_typing.type_check_only
@@ -122,8 +123,9 @@ class TelemetryServiceAsyncStub(TelemetryServiceStub):
     """Aggregates a model's training updates per version."""
     GetVersionTrainingStats: _aio.UnaryUnaryMultiCallable[_telemetry_service_pb2.GetVersionTrainingStatsRequest, _telemetry_service_pb2.GetVersionTrainingStatsResponse]  # type: ignore[assignment]
     """Detailed training statistics of one model version: per-metric
-    percentiles and a per-device breakdown. A version without updates
-    answers zero counts, not NOT_FOUND.
+    percentiles and a per-device breakdown, paged by `device_page_size` and
+    `device_page_token` (AIP-158). A version without updates answers zero
+    counts, not NOT_FOUND.
     """
 
 class TelemetryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -204,8 +206,9 @@ class TelemetryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_telemetry_service_pb2.GetVersionTrainingStatsResponse, _abc.Awaitable[_telemetry_service_pb2.GetVersionTrainingStatsResponse]]:
         """Detailed training statistics of one model version: per-metric
-        percentiles and a per-device breakdown. A version without updates
-        answers zero counts, not NOT_FOUND.
+        percentiles and a per-device breakdown, paged by `device_page_size` and
+        `device_page_token` (AIP-158). A version without updates answers zero
+        counts, not NOT_FOUND.
         """
 
 def add_TelemetryServiceServicer_to_server(servicer: TelemetryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
