@@ -97,18 +97,10 @@ def load(session: Session, org_id: str | None, only: Sequence[str] | None = None
     rows = repo.manifest_rows(session, org_id, only)
     models = {r.model_id: r for r in rows.models}
     variants = {r.name: r for r in rows.variants}
-    versions: dict[str, list[Any]] = {}
-    for r in rows.versions:
-        versions.setdefault(r.variant_id, []).append(r)
-    packages: dict[str, list[Any]] = {}
-    for r in rows.packages:
-        packages.setdefault(r.catalog_version_id, []).append(r)
-    resources: dict[str, list[Any]] = {}
-    for r in rows.resources:
-        resources.setdefault(r.package_id, []).append(r)
+    sub = group_subtrees(rows)
     return ManifestData(
-        current, sorted(models.keys() | variants.keys()), models, variants, versions, packages,
-        resources,
+        current, sorted(models.keys() | variants.keys()), models, variants, sub.versions,
+        sub.packages, sub.resources,
     )  # fmt: skip
 
 

@@ -41,7 +41,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from storage.orm import (
@@ -56,6 +56,7 @@ from storage.orm import (
     new_id,
 )
 from storage.orm.telemetry import SESSION_PARTITION_PREFIX
+from storage.repos import dialects
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -73,13 +74,6 @@ def session_scope(org_id: str, model_id: str) -> int:
     """
     digest = hashlib.blake2b(f"{org_id}/{model_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
-
-
-def _insert(session: Session, table: Any) -> Any:
-    """The dialect's INSERT (with on_conflict_do_nothing)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
 
 
 def _is_postgres(session: Session) -> bool:
@@ -807,7 +801,7 @@ def lock_rollups(
         return out
     empty = {n: getattr(RollupValues(), n) for n in _VALUE_NAMES}
     session.execute(
-        _insert(session, table.table).on_conflict_do_nothing(),
+        dialects.insert(session, table.table).on_conflict_do_nothing(),
         [
             {
                 "org_id": org_id,
@@ -1037,7 +1031,7 @@ def upsert_device(
     Returns the stored device and whether this call registered it.
     """
     inserted = session.execute(
-        _insert(session, Device)
+        dialects.insert(session, Device)
         .values(
             id=new_id(),
             org_id=org_id,
@@ -1126,7 +1120,7 @@ def insert_training_updates(session: Session, org_id: str, rows: Sequence[Traini
         for r in sorted(rows, key=lambda r: r.event_id)
     ]
     stmt = (
-        _insert(session, TrainingUpdate)
+        dialects.insert(session, TrainingUpdate)
         .on_conflict_do_nothing(index_elements=["org_id", "event_id"])
         .returning(TrainingUpdate.event_id)
     )
