@@ -42,6 +42,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session
@@ -54,10 +55,12 @@ from storage.repos import catalog as repo
 T = TypeVar("T")
 
 Stamp = tuple[str | None, int, int]
-# (variant id, content_revision, updated_at as the driver returns it): equal keys, equal
-# subtrees (see the module docstring).
-VariantKey = tuple[str, int, Any]
+# (variant id, content_revision, updated_at): equal keys, equal subtrees (see the module
+# docstring). updated_at as storage.repos.catalog reads it for keys: epoch microseconds on
+# PostgreSQL, the stored ISO text on SQLite (key_time gives the same from a row's value).
+VariantKey = tuple[str, int, int | str]
 MAX_NAME = 128
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Paging. Entries are ~1 KB (one version, one file) to a few KB; a page also stops before
 # PAGE_BYTES of entries, so responses stay well under gRPC clients' default 4 MiB receive
@@ -130,8 +133,17 @@ class Index:
 
 
 def variant_key(row: Any) -> VariantKey:
-    """The content key of a variant row (an index row or a subtree row)."""
-    return row.id, row.content_revision, row.updated_at
+    """The content key of a variant row with its updated_at as the driver returns it."""
+    return row.id, row.content_revision, key_time(row.updated_at)
+
+
+def key_time(value: datetime | str) -> int | str:
+    """A timestamp as VariantKey holds it: a datetime (PostgreSQL) as epoch microseconds,
+    ISO text (SQLite) as it is."""
+    if isinstance(value, datetime):
+        delta = value - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return value
 
 
 def load_index(
@@ -176,7 +188,88 @@ SAVE_BATCH = 1000  # subtrees stored per transaction
 def save_built(session: Session, tails: Sequence[tuple[VariantKey, str, bytes, bytes]]) -> None:
     """Store serialized subtrees, each under the key it was built from ((key, framework,
     bytes, their sha256)), for every server's next cold build (repo.save_manifest_tails)."""
-    repo.save_manifest_tails(session, [(*key, *rest) for key, *rest in tails])
+    repo.save_manifest_tails(
+        session, [(*key, framework, data, digest) for key, framework, data, digest in tails]
+    )
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A caller's whole manifest as stored (storage.orm.catalog.ManifestSnapshot): the
+    stamp it was built at and its encoding (server/manifest_snapshot.py)."""
+
+    stamp: Stamp
+    data: bytes
+
+
+def load_stored(session: Session, org_id: str | None) -> Stored | None:
+    row = repo.stored_manifest(session, org_id)
+    return None if row is None else Stored((org_id, row[0], row[1]), row[2])
+
+
+def save_stored(session: Session, stored: Stored) -> None:
+    """Store a caller's manifest unless a newer one is stored already."""
+    org_id, org_revision, catalog_revision = stored.stamp
+    repo.store_manifest(session, org_id, org_revision, catalog_revision, stored.data)
+
+
+# A caller's manifest is stored again at most this often by one process: a busy org
+# changes many times a minute, and a cold build from a slightly older snapshot rebuilds
+# only the entries that changed since. Larger manifests are not stored at all (their
+# cold builds read the stored subtrees instead).
+STORE_EVERY_SECONDS = 10.0
+MAX_STORED_BYTES = 64 << 20
+
+
+class StoreSchedule:
+    """When to store a caller's newly built manifest: when what is stored (as last seen
+    by this process) is of another stamp, and this process has not stored the caller's
+    manifest in the last `every` seconds (else later, see claim). Thread-safe; remembers
+    at most `max_callers`, least recently used first out (forgetting one only means
+    storing it again)."""
+
+    def __init__(self, every: float = STORE_EVERY_SECONDS, max_callers: int = 100_000) -> None:
+        self._every = every
+        self._max = max_callers
+        # caller -> (stamp stored, when this process stored it; None: read, not written)
+        self._seen: OrderedDict[str | None, tuple[Stamp, float | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def seen(self, stamp: Stamp) -> None:
+        """What is stored for stamp[0] now (read from the database)."""
+        with self._lock:
+            previous = self._seen.get(stamp[0])
+            self._remember(stamp, previous[1] if previous is not None else None)
+
+    def claim(self, stamp: Stamp, now: float) -> float | None:
+        """For a manifest built at `stamp`: None when there is nothing to store (that
+        stamp or a newer one is stored), 0 when it is to be stored now (recorded as
+        stored: the caller stores it), else the seconds after which to ask again with
+        the caller's latest build (a trailing store, so the last change of a burst is
+        stored too)."""
+        with self._lock:
+            known = self._seen.get(stamp[0])
+            if known is not None:
+                stored, written = known
+                if at_least(stored, stamp):
+                    return None
+                if written is not None and now - written < self._every:
+                    return self._every - (now - written)
+            self._remember(stamp, now)
+            return 0.0
+
+    def failed(self, stamp: Stamp) -> None:
+        """Storing the manifest built at `stamp` failed: the next build tries again."""
+        with self._lock:
+            known = self._seen.get(stamp[0])
+            if known is not None and known[0] == stamp:
+                del self._seen[stamp[0]]
+
+    def _remember(self, stamp: Stamp, written: float | None) -> None:
+        self._seen[stamp[0]] = (stamp, written)
+        self._seen.move_to_end(stamp[0])
+        while len(self._seen) > self._max:
+            self._seen.popitem(last=False)
 
 
 def group_subtrees(rows: repo.ManifestRows) -> Subtrees:
@@ -316,9 +409,14 @@ class ManifestCache(Generic[T]):
     def last_body(self, caller: str | None) -> T | None:
         """The most recent manifest built for the caller, whatever its stamp (to reuse
         its unchanged parts in the next build)."""
+        last = self.last(caller)
+        return last[1] if last is not None else None
+
+    def last(self, caller: str | None) -> tuple[Stamp, T] | None:
+        """The most recent manifest built for the caller with its stamp."""
         with self._lock:
             hit = self._bodies.get(caller)
-            return hit[2] if hit is not None else None
+            return (hit[0], hit[2]) if hit is not None else None
 
     def put(self, key: Stamp, etag: str, body: T) -> None:
         with self._lock:
@@ -333,6 +431,11 @@ class ManifestCache(Generic[T]):
                 self._etags.popitem(last=False)
             while len(self._bodies) > self._max_bodies:
                 self._bodies.popitem(last=False)
+
+
+def at_least(a: Stamp, b: Stamp) -> bool:
+    """Stamp a is b or later (a manifest at a may answer for one at b)."""
+    return a == b or _newer(a, b)
 
 
 def _newer(a: Stamp, b: Stamp) -> bool:

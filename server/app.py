@@ -100,7 +100,8 @@ class RegistryServer:
 
     def _add_services(self) -> None:
         rt = self.runtime
-        model_service.add_to_server(ModelService(rt), self.server)
+        self.model_service = ModelService(rt)
+        model_service.add_to_server(self.model_service, self.server)
         version_service_pb2_grpc.add_VersionServiceServicer_to_server(
             VersionService(rt, UploadLimits(self.settings.max_upload_file_bytes)), self.server
         )
@@ -157,6 +158,7 @@ class RegistryServer:
         """Report NOT_SERVING, let in-flight RPCs finish within the grace period, close."""
         await self.health.shutdown()
         await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        await self.model_service.manifests.close()
         if self.runtime.conversions is not None:
             # Running jobs go back to the queue (not counted as attempts).
             await asyncio.to_thread(self.runtime.conversions.stop)

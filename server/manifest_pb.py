@@ -226,7 +226,7 @@ class Tail(NamedTuple):
     digest: bytes  # sha256 of data
 
 
-_NO_TAIL_DIGEST = hashlib.sha256(b"").digest()
+NO_TAIL_DIGEST = hashlib.sha256(b"").digest()
 
 
 def entry_digest(head: bytes, tail_digest: bytes) -> bytes:
@@ -313,7 +313,7 @@ class TailCache:
 # An entry of a build: the rows it came from (the Model's (framework, enabled), the
 # variant's key), its map entry's bytes before the tail, the tail bytes, and its part of
 # the etag (name length, name, entry_digest).
-_Entry = tuple[tuple[str, bool] | None, manifest.VariantKey | None, bytes, bytes, bytes]
+Entry = tuple[tuple[str, bool] | None, manifest.VariantKey | None, bytes, bytes, bytes]
 
 
 @dataclass(frozen=True)
@@ -323,8 +323,8 @@ class Built:
 
     etag: str
     names: list[str]
-    order: list[_Entry]  # in name order
-    entries: dict[str, _Entry]
+    order: list[Entry]  # in name order
+    entries: dict[str, Entry]
     tails: dict[manifest.VariantKey, Tail]
     generate_time: bytes  # the serialized Timestamp
     # The tails this build serialized from rows (to be stored: domain.manifest.save_built).
@@ -333,6 +333,10 @@ class Built:
     def unsaved(self) -> list[tuple[manifest.VariantKey, str, bytes, bytes]]:
         """What domain.manifest.save_built stores for this build."""
         return [(key, t.framework, t.data, t.digest) for key, t in self.fresh.items()]
+
+    def byte_size(self) -> int:
+        """The entries' bytes (the whole manifest's, but for a few dozen bytes)."""
+        return sum([len(e[2]) + len(e[3]) for e in self.order])
 
     def page(
         self, offset: int, size: int, token: Callable[[int], str], budget: int = manifest.PAGE_BYTES
@@ -381,7 +385,7 @@ def _entry(
     model: tuple[str, bool] | None,
     key: manifest.VariantKey | None,
     t: Tail | None,
-) -> _Entry:
+) -> Entry:
     encoded = name.encode()
     length = _varint(len(encoded))
     framework = ""
@@ -397,7 +401,7 @@ def _entry(
             )
         )  # fmt: skip
     if t is None:
-        tail_bytes, tail_digest = b"", _NO_TAIL_DIGEST
+        tail_bytes, tail_digest = b"", NO_TAIL_DIGEST
     else:
         tail_bytes, tail_digest = t.data, t.digest
         framework = framework or t.framework
@@ -449,8 +453,8 @@ def build(
     old_entry = (previous.entries if previous is not None else {}).get
     model_of = index.models.get
     key_of = index.variants.get
-    entries: dict[str, _Entry] = {}
-    order: list[_Entry] = []
+    entries: dict[str, Entry] = {}
+    order: list[Entry] = []
     append = order.append
     for name in index.names:
         model = model_of(name)

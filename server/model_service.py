@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -23,9 +22,9 @@ from modelregistry.v1 import compatibility_pb2, manifest_pb2, model_service_pb2_
 from modelregistry.v1 import model_service_pb2 as pb
 from server import convert, manifest_pb
 from server.context import Ctx, principal
+from server.manifest_builds import ManifestBuilds
 from server.presigned import PresignedRpcs
 from server.runtime import Runtime
-from storage.orm import utcnow
 from storage.repos.models import ModelFilter
 
 log = logging.getLogger("modelregistry.manifest")
@@ -50,12 +49,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.presigned = PresignedRpcs(runtime, max_file_bytes=0)  # downloads only
-        self.manifests: manifest.ManifestCache[manifest_pb.Built] = manifest.ManifestCache()
-        # Serialized variant subtrees, shared by every caller's manifest.
-        self.tails = manifest_pb.TailCache()
-        # One build per stamp at a time: a fleet polling right after a change waits for
-        # the build in progress instead of starting its own.
-        self._building: dict[manifest.Stamp, asyncio.Future[manifest_pb.Built]] = {}
+        self.manifests = ManifestBuilds(runtime)
 
     async def CreateModel(self, request: pb.CreateModelRequest, context: Ctx) -> models_pb2.Model:
         org = principal().require_org()
@@ -146,7 +140,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         if etag is not None and etag == wanted:
             await self._send_etag(context, etag)
             return pb.GetManifestResponse(etag=etag, not_modified=True)
-        built = await self._manifest(stamp)
+        built = await self.manifests.get(stamp)
         manifest.check_page(page, built.etag, len(built.names))
         await self._send_etag(context, built.etag)
         if wanted == built.etag:
@@ -156,60 +150,6 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             page.size,
             lambda offset: manifest.next_page_token(built.etag, offset, org),
         )
-
-    async def _manifest(self, stamp: manifest.Stamp) -> manifest_pb.Built:
-        """The caller's manifest at `stamp` or later: cached, being built, or built now."""
-        cached = self.manifests.body(stamp)
-        if cached is not None:
-            return cached[1]
-        pending = self._building.get(stamp)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[manifest_pb.Built] = asyncio.get_running_loop().create_future()
-        self._building[stamp] = future
-        try:
-            previous = self.manifests.last_body(stamp[0])
-            pinned: dict[manifest.VariantKey, manifest_pb.Tail] = {}
-
-            def cached_tails(keys: list[manifest.VariantKey]) -> dict[manifest.VariantKey, Any]:
-                pinned.update(self.tails.pin(keys, previous))
-                return pinned
-
-            index = await self.rt.read(
-                manifest_pb.gc_paused(manifest.load_index), stamp[0], cached_tails
-            )
-            built = await self.rt.call(
-                manifest_pb.gc_paused(manifest_pb.build),
-                index,
-                pinned,
-                utcnow(),
-                previous,
-                self.tails,
-            )
-            self.manifests.put(index.stamp, built.etag, built)
-            future.set_result(built)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody else must
-            raise
-        finally:
-            del self._building[stamp]
-        if built.fresh:
-            await self._save_built(built)
-        return built
-
-    async def _save_built(self, built: manifest_pb.Built) -> None:
-        """Store the subtrees this build serialized, for every server's next cold build.
-        Best effort: they are a cache, and a caller whose manifest is built must get it
-        even if the write fails (SQLite busy with another writer, a variant deleted
-        meanwhile); the next build serializes and tries again."""
-        unsaved = built.unsaved()
-        try:
-            # Short transactions: a first build can store 10,000s (SQLite has one writer).
-            for i in range(0, len(unsaved), manifest.SAVE_BATCH):
-                await self.rt.write(manifest.save_built, unsaved[i : i + manifest.SAVE_BATCH])
-        except Exception:
-            log.warning("could not store %d manifest subtrees", len(built.fresh), exc_info=True)
 
     @staticmethod
     async def _send_etag(context: Ctx, etag: str) -> None:

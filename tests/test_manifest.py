@@ -4,18 +4,20 @@ manifest, never because of another org), not_modified, anonymous callers."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from modelregistry.v1 import catalog_pb2, manifest_pb2, model_service_pb2_grpc, models_pb2
 from modelregistry.v1 import catalog_service_pb2 as cpb
 from modelregistry.v1 import model_service_pb2 as mpb
+from server import manifest_snapshot
 from storage.db import transaction
-from storage.orm import CatalogVariant, ManifestTail
+from storage.orm import CatalogVariant, ManifestSnapshot, ManifestTail, Org
 from support.catalog import CatalogDb, Pkg, Res, create_variant, unique, update_variant
 from support.registry import Client, RunningServer
 from support.status import expect_error
@@ -374,10 +376,14 @@ def test_a_second_server_builds_from_stored_subtrees(
             assert (t.content_revision, t.variant_updated_at) == current[entry.variant.uid]
     # A marker only the stored row carries: an entry without a Model takes its framework
     # from the stored subtree, so a second server showing it read the row, not the rows.
+    # (Without the whole manifest stored: the second server would serve that instead.)
+    wait_for_stored_manifest(db, client.org, first.etag)
+    scope = org_id(db, client.org)
     with transaction(db.sessions) as session:
         session.execute(
             update(ManifestTail).where(ManifestTail.variant_id == own.uid).values(framework="x")
         )
+        session.execute(delete(ManifestSnapshot).where(ManifestSnapshot.scope == scope))
     replica = RunningServer(registry.database_url, registry.object_store)
     try:
         there = Client(replica.channel, client.key, client.org)
@@ -395,3 +401,90 @@ def test_a_second_server_builds_from_stored_subtrees(
         assert (third.etag, third.models) == (again.etag, again.models)
     finally:
         replica.stop()
+
+
+def org_id(db: CatalogDb, org: str) -> str:
+    with transaction(db.sessions) as session:
+        return session.scalars(select(Org.id).where(Org.name == org)).one()
+
+
+def wait_for_stored_manifest(db: CatalogDb, org: str, etag: str) -> None:
+    """Until the org's manifest with that etag is stored (a build stores it in the
+    background)."""
+    deadline = time.monotonic() + 20
+    scope = org_id(db, org)
+    while True:
+        with transaction(db.sessions) as session:
+            data = session.scalar(
+                select(ManifestSnapshot.data).where(ManifestSnapshot.scope == scope)
+            )
+        built = manifest_snapshot.decode(data) if data is not None else None
+        if built is not None and built.etag == etag:
+            return
+        assert time.monotonic() < deadline, "the manifest was not stored"
+        time.sleep(0.05)
+
+
+def test_a_second_server_serves_the_stored_manifest(
+    registry: RunningServer, client: Client, db: CatalogDb
+) -> None:
+    """A server without the caller's manifest in memory (restarted, a new replica) serves
+    the stored one while the caller's stamp is the one it was stored under (its
+    generate_time shows it was not rebuilt), and after a change reuses it for a build
+    that answers what the first server answers; it then stores the new manifest."""
+    name = unique("snap")
+    own = create_variant(client, name)
+    db.add_version(own.uid, "1.0", [Pkg(format="tflite")])
+    create_model(client, f"{name}-model")
+    first = manifest(client)
+    wait_for_stored_manifest(db, client.org, first.etag)
+
+    replica = RunningServer(registry.database_url, registry.object_store)
+    try:
+        there = Client(replica.channel, client.key, client.org)
+        served = manifest(there)
+        assert served == first  # generate_time included: the stored manifest itself
+        assert manifest(there, if_none_match=first.etag).not_modified
+    finally:
+        replica.stop()
+
+    # one change behind: a new replica reuses the stored manifest's unchanged entries
+    db.add_version(own.uid, "2.0", [Pkg(format="ort")])
+    replica = RunningServer(registry.database_url, registry.object_store)
+    try:
+        there = Client(replica.channel, client.key, client.org)
+        rebuilt = manifest(there)
+        here = manifest(client)
+        assert (rebuilt.etag, rebuilt.models) == (here.etag, here.models) != (
+            first.etag, first.models,
+        )  # fmt: skip
+        assert [v.version_id for v in rebuilt.models[name].versions] == ["2.0", "1.0"]
+        assert rebuilt.generate_time != first.generate_time
+        wait_for_stored_manifest(db, client.org, rebuilt.etag)
+    finally:
+        replica.stop()
+
+
+def test_stored_manifests_are_per_caller(
+    client: Client, other_client: Client, db: CatalogDb
+) -> None:
+    """Each org's manifest is stored under its own scope (and the anonymous caller's under
+    its own), never served to another caller."""
+    create_model(client, unique("mine"))
+    create_model(other_client, unique("theirs"))
+    mine, theirs = manifest(client), manifest(other_client)
+    anonymous = manifest(client, anonymous=True)
+    wait_for_stored_manifest(db, client.org, mine.etag)
+    wait_for_stored_manifest(db, other_client.org, theirs.etag)
+    ids = org_id(db, client.org), org_id(db, other_client.org)
+    with transaction(db.sessions) as session:
+        scopes = dict(
+            session.execute(
+                select(ManifestSnapshot.scope, ManifestSnapshot.org_id).where(
+                    ManifestSnapshot.org_id.in_(ids) | ManifestSnapshot.org_id.is_(None)
+                )
+            ).all()
+        )
+    assert scopes[ids[0]] == ids[0] and scopes[ids[1]] == ids[1]
+    assert "anonymous" in scopes and scopes["anonymous"] is None
+    assert len({mine.etag, theirs.etag, anonymous.etag}) == 3

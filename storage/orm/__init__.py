@@ -7,12 +7,14 @@ passive_deletes), so bulk deletes and ORM deletes behave the same.
 
 from storage.orm.base import Base, UTCDateTime, new_id, utcnow
 from storage.orm.catalog import (
+    ANONYMOUS_SCOPE,
     CATALOG_LIFECYCLES,
     PACKAGE_SOURCES,
     ArtifactPackage,
     ArtifactResource,
     CatalogVariant,
     CatalogVersion,
+    ManifestSnapshot,
     ManifestTail,
 )
 from storage.orm.conversions import JOB_STATES, ConversionEvent, ConversionJob
@@ -31,6 +33,7 @@ from storage.orm.tenancy import ApiKey, Org
 from storage.orm.uploads import UPLOAD_STATES, UploadSession
 
 __all__ = [
+    "ANONYMOUS_SCOPE",
     "CATALOG_LIFECYCLES",
     "HEALTH_STATUSES",
     "JOB_STATES",
@@ -51,6 +54,7 @@ __all__ = [
     "InferenceRollup",
     "InferenceRollup10m",
     "InferenceSession",
+    "ManifestSnapshot",
     "ManifestTail",
     "Model",
     "ModelVersion",

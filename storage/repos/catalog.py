@@ -10,18 +10,32 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, func, insert, or_, select, type_coerce, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    String,
+    cast,
+    extract,
+    func,
+    insert,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.orm import Session, selectinload
 
 from storage.db import BINARY_RESULTS
 from storage.orm import (
+    ANONYMOUS_SCOPE,
     ArtifactPackage,
     ArtifactResource,
     CatalogVariant,
     CatalogVersion,
+    ManifestSnapshot,
     ManifestTail,
     Model,
     ModelVersion,
@@ -32,6 +46,7 @@ from storage.repos import dialects, json_ops, variants
 from storage.repos.paging import page_and_total
 
 CATALOG_STATE_ID = 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # ---------------------------------------------------------------------------------------
 # revisions
@@ -278,6 +293,16 @@ def _raw(column: Any) -> Any:
     return type_coerce(column, String).label(column.key)
 
 
+def _key_time(session: Session, column: Any) -> Any:
+    """A variant's updated_at as its manifest content key holds it (domain.manifest.
+    VariantKey): on PostgreSQL epoch microseconds, an int (a key is hashed and compared
+    10,000s of times per build, and an aware datetime's hash costs more than the rest of
+    the lookup); on SQLite the stored ISO text (a str, whose hash Python caches)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return cast(extract("epoch", column) * 1_000_000, BigInteger).label(column.key)
+    return _raw(column)
+
+
 def manifest_snapshot(session: Session) -> None:
     """Make the rest of this read transaction see one snapshot: on PostgreSQL, REPEATABLE
     READ (must run before the transaction's first statement); SQLite's read transactions
@@ -303,7 +328,7 @@ class ManifestIndexRows:
     """One row per model name of a caller's manifest, without the variants' subtrees."""
 
     models: Sequence[Any]  # model_id, framework, enabled
-    variants: Sequence[Any]  # id, content_revision, updated_at (raw), name
+    variants: Sequence[Any]  # id, content_revision, updated_at (_key_time), name
 
 
 def manifest_index(session: Session, org_id: str | None) -> ManifestIndexRows:
@@ -321,7 +346,7 @@ def manifest_index(session: Session, org_id: str | None) -> ManifestIndexRows:
         select(
             CatalogVariant.id,
             CatalogVariant.content_revision,
-            _raw(CatalogVariant.updated_at),
+            _key_time(session, CatalogVariant.updated_at),
             CatalogVariant.name,
         ).where(variants.resolved_for(org_id)),
         execution_options=BINARY_RESULTS,
@@ -332,14 +357,14 @@ def manifest_index(session: Session, org_id: str | None) -> ManifestIndexRows:
 def manifest_tails(
     session: Session, org_id: str | None, variant_ids: Collection[str] | None
 ) -> Sequence[Any]:
-    """(variant id, content_revision, updated_at (raw), framework, data, digest) of the stored
+    """(variant id, content_revision, updated_at (_key_time), framework, data, digest) of the stored
     subtrees of `variant_ids`, or of every variant the org can see when None. The caller
     keeps those whose key is still the variant's (manifest_index's)."""
     conn = session.connection()
     query = select(
         ManifestTail.variant_id,
         ManifestTail.content_revision,
-        _raw(ManifestTail.variant_updated_at),
+        _key_time(session, ManifestTail.variant_updated_at),
         ManifestTail.framework,
         ManifestTail.data,
         ManifestTail.digest,
@@ -358,7 +383,7 @@ def manifest_tails(
 
 
 def save_manifest_tails(
-    session: Session, tails: Sequence[tuple[str, int, Any, str, bytes, bytes]]
+    session: Session, tails: Sequence[tuple[str, int, int | str, str, bytes, bytes]]
 ) -> None:
     """Store (variant id, content_revision, updated_at as manifest_index read it,
     framework, data, digest) rows, replacing older ones. A variant deleted meanwhile is skipped;
@@ -378,7 +403,7 @@ def save_manifest_tails(
                 "variant_id": vid,
                 "org_id": orgs[vid],
                 "content_revision": revision,
-                "variant_updated_at": _from_raw(updated_at),
+                "variant_updated_at": _from_key_time(updated_at),
                 "framework": framework,
                 "data": data,
                 "digest": digest,
@@ -406,11 +431,62 @@ def save_manifest_tails(
         )
 
 
-def _from_raw(value: Any) -> datetime:
-    """A timestamp as _raw read it, back as the aware datetime UTCDateTime binds (which
+def _snapshot_scope(org_id: str | None) -> str:
+    return org_id if org_id is not None else ANONYMOUS_SCOPE
+
+
+def stored_manifest(session: Session, org_id: str | None) -> tuple[int, int, bytes] | None:
+    """The caller's stored manifest: (org revision, catalog revision, data), or None."""
+    row = (
+        session.connection()
+        .execute(
+            select(
+                ManifestSnapshot.org_revision,
+                ManifestSnapshot.catalog_revision,
+                ManifestSnapshot.data,
+            ).where(ManifestSnapshot.scope == _snapshot_scope(org_id)),
+            execution_options=BINARY_RESULTS,
+        )
+        .first()
+    )
+    return None if row is None else (int(row[0]), int(row[1]), bytes(row[2]))
+
+
+def store_manifest(
+    session: Session, org_id: str | None, org_revision: int, catalog_revision: int, data: bytes
+) -> None:
+    """Store the caller's manifest built at (org_revision, catalog_revision), unless the one
+    stored is newer (revisions only grow: a slower writer of an older build loses). An org
+    deleted meanwhile stores nothing."""
+    if org_id is not None and session.get(Org, org_id) is None:
+        return
+    stmt = dialects.insert(session, ManifestSnapshot).values(
+        scope=_snapshot_scope(org_id),
+        org_id=org_id,
+        org_revision=org_revision,
+        catalog_revision=catalog_revision,
+        data=data,
+    )
+    excluded = stmt.excluded
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[ManifestSnapshot.scope],
+            set_={
+                "org_revision": excluded.org_revision,
+                "catalog_revision": excluded.catalog_revision,
+                "data": excluded.data,
+            },
+            where=(ManifestSnapshot.org_revision <= excluded.org_revision)
+            & (ManifestSnapshot.catalog_revision <= excluded.catalog_revision),
+        )
+    )
+
+
+def _from_key_time(value: int | str) -> datetime:
+    """A key's timestamp (_key_time) back as the aware datetime UTCDateTime binds (which
     stores the same text on SQLite, the same instant on PostgreSQL)."""
-    if isinstance(value, datetime):
-        return value
+    if isinstance(value, int):
+        return _EPOCH + timedelta(microseconds=value)
     return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 

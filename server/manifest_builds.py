@@ -1,0 +1,151 @@
+"""Where GetManifest's built manifests come from: this process's memory, the manifest
+stored in the database (a restarted server, a new replica), or a build; and what a build
+leaves behind for the next one (tails and whole manifests stored, best effort).
+
+A build reuses, in this order: the caller's previous build in memory (entries whose rows
+are unchanged), else the caller's stored manifest (served as it is when stored under the
+current stamp, else reused like a previous build), and for the rest the variants' tails
+held in memory, stored in manifest_tails, or serialized from rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from typing import Any
+
+from domain import manifest
+from server import manifest_pb, manifest_snapshot
+from server.runtime import Runtime
+from storage.orm import utcnow
+
+log = logging.getLogger("modelregistry.manifest")
+
+
+class ManifestBuilds:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.manifests: manifest.ManifestCache[manifest_pb.Built] = manifest.ManifestCache()
+        # Serialized variant subtrees, shared by every caller's manifest.
+        self.tails = manifest_pb.TailCache()
+        # One build per stamp at a time: a fleet polling right after a change waits for
+        # the build in progress instead of starting its own.
+        self._building: dict[manifest.Stamp, asyncio.Future[manifest_pb.Built]] = {}
+        self.schedule = manifest.StoreSchedule()
+        self._storing: dict[str | None, asyncio.Task[None]] = {}
+
+    def etag(self, stamp: manifest.Stamp) -> str | None:
+        """The etag of the caller's manifest at `stamp`, when this process knows it."""
+        return self.manifests.etag(stamp)
+
+    async def get(self, stamp: manifest.Stamp) -> manifest_pb.Built:
+        """The caller's manifest at `stamp` or later: cached, being built, or built now."""
+        cached = self.manifests.body(stamp)
+        if cached is not None:
+            return cached[1]
+        pending = self._building.get(stamp)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[manifest_pb.Built] = asyncio.get_running_loop().create_future()
+        self._building[stamp] = future
+        try:
+            built, at, fresh = await self._build(stamp)
+            self.manifests.put(at, built.etag, built)
+            future.set_result(built)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody else must
+            raise
+        finally:
+            del self._building[stamp]
+        if fresh:
+            await self._save_tails(built)
+            self._store_later(at)
+        return built
+
+    async def _build(self, stamp: manifest.Stamp) -> tuple[manifest_pb.Built, manifest.Stamp, bool]:
+        """(the manifest, the stamp it is at, whether it was built rather than read)."""
+        previous = self.manifests.last_body(stamp[0])
+        if previous is None:
+            stored = await self.rt.read(manifest.load_stored, stamp[0])
+            if stored is not None:
+                self.schedule.seen(stored.stamp)
+                previous = await self.rt.call(
+                    manifest_pb.gc_paused(manifest_snapshot.decode), stored.data
+                )
+                if previous is not None and manifest.at_least(stored.stamp, stamp):
+                    return previous, stored.stamp, False
+        pinned: dict[manifest.VariantKey, manifest_pb.Tail] = {}
+
+        def cached_tails(keys: list[manifest.VariantKey]) -> dict[manifest.VariantKey, Any]:
+            pinned.update(self.tails.pin(keys, previous))
+            return pinned
+
+        index = await self.rt.read(
+            manifest_pb.gc_paused(manifest.load_index), stamp[0], cached_tails
+        )
+        built = await self.rt.call(
+            manifest_pb.gc_paused(manifest_pb.build),
+            index,
+            pinned,
+            utcnow(),
+            previous,
+            self.tails,
+        )
+        return built, index.stamp, True
+
+    async def _save_tails(self, built: manifest_pb.Built) -> None:
+        """Store the subtrees this build serialized, for every server's next cold build.
+        Best effort: they are a cache, and a caller whose manifest is built must get it
+        even if the write fails (SQLite busy with another writer, a variant deleted
+        meanwhile); the next build serializes and tries again."""
+        unsaved = built.unsaved()
+        if not unsaved:
+            return
+        try:
+            # Short transactions: a first build can store 10,000s (SQLite has one writer).
+            for i in range(0, len(unsaved), manifest.SAVE_BATCH):
+                await self.rt.write(manifest.save_built, unsaved[i : i + manifest.SAVE_BATCH])
+        except Exception:
+            log.warning("could not store %d manifest subtrees", len(unsaved), exc_info=True)
+
+    def _store_later(self, stamp: manifest.Stamp) -> None:
+        """Store the caller's latest build in the background: now, or once the schedule
+        allows (manifest.StoreSchedule); one pending store per caller."""
+        caller = stamp[0]
+        if caller in self._storing:
+            return
+        task = asyncio.create_task(self._store(caller), context=contextvars.Context())
+        self._storing[caller] = task
+        task.add_done_callback(lambda _: self._storing.pop(caller, None))
+
+    async def _store(self, caller: str | None) -> None:
+        while True:
+            last = self.manifests.last(caller)
+            if last is None:
+                return
+            stamp, built = last
+            delay = self.schedule.claim(stamp, time.monotonic())
+            if delay is None:
+                return
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            if built.byte_size() > manifest.MAX_STORED_BYTES:
+                return
+            try:
+                data = await self.rt.call(manifest_snapshot.encode, built)
+                await self.rt.write(manifest.save_stored, manifest.Stored(stamp, data))
+            except Exception:
+                self.schedule.failed(stamp)
+                log.warning("could not store the manifest of %s", caller, exc_info=True)
+            return
+
+    async def close(self) -> None:
+        """Stop pending stores (they are a cache: the next build stores again)."""
+        tasks = list(self._storing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
