@@ -16,8 +16,8 @@ The etag itself is a hash of the manifest's content (computed where it is serial
 it changes exactly when the content does: a bump that changed nothing the manifest shows
 (a model's description, a blessed variant the org overrides) leaves it as it was, and
 another org's writes touch neither its stamp nor its content. ManifestCache maps stamps to
-etags (and keeps the last few built manifests) so an if-none-match check costs the stamp
-read plus a dictionary lookup.
+etags (and keeps recently built manifests) so an if-none-match check costs the stamp read
+plus a dictionary lookup.
 
 Building (load_index): one row per model name (the org's Model, the variant that resolves)
 plus, for each variant, the key of its content: (id, content_revision, updated_at).
@@ -28,6 +28,12 @@ only the subtrees of keys it does not hold are loaded: their serialized bytes fr
 manifest_tails table when stored under the current key (written back after each build,
 so a restarted server or a new replica does not re-serialize every variant), else their
 rows.
+
+Stored manifests (load_stored, save_stored): each caller's whole built manifest is kept in
+the database under the stamp it was built at, stored again after later builds at most
+every STORE_EVERY_SECONDS per process (StoreSchedule). A server without the caller's
+manifest in memory serves the stored one while its stamp is current (one row read),
+else builds with it as the previous build, so only entries whose rows changed are built.
 
 Paging (AIP-158): a page token names the etag of the manifest it pages and the caller it
 was issued to; every page of one manifest carries its etag, and a token whose manifest
@@ -381,13 +387,22 @@ def framework_of(model: Any | None, versions: Sequence[Any], packages: dict[str,
 class ManifestCache(Generic[T]):
     """Per caller (org id, None for anonymous): the etag of its manifest at its latest seen
     stamp (many, they are small), and the built manifest itself for the most recently used
-    few (they can be megabytes). Thread-safe; least recently used callers go first."""
+    ones up to `max_body_bytes` as `size` counts them (a 10,000-model manifest is ~10 MB,
+    most are far smaller; the newest is kept whatever its size). Thread-safe; least
+    recently used callers go first."""
 
-    def __init__(self, max_etags: int = 100_000, max_bodies: int = 8) -> None:
+    def __init__(
+        self,
+        size: Callable[[T], int],
+        max_etags: int = 100_000,
+        max_body_bytes: int = 256 << 20,
+    ) -> None:
         self._etags: OrderedDict[str | None, tuple[Stamp, str]] = OrderedDict()
-        self._bodies: OrderedDict[str | None, tuple[Stamp, str, T]] = OrderedDict()
+        self._bodies: OrderedDict[str | None, tuple[Stamp, str, T, int]] = OrderedDict()
+        self._size = size
         self._max_etags = max_etags
-        self._max_bodies = max_bodies
+        self._max_body_bytes = max_body_bytes
+        self._body_bytes = 0
         self._lock = threading.Lock()
 
     def etag(self, key: Stamp) -> str | None:
@@ -419,18 +434,22 @@ class ManifestCache(Generic[T]):
             return (hit[0], hit[2]) if hit is not None else None
 
     def put(self, key: Stamp, etag: str, body: T) -> None:
+        size = self._size(body)
         with self._lock:
             current = self._etags.get(key[0])
             if current is not None and _newer(current[0], key):
                 return  # a slower build of an older stamp finished last
             self._etags[key[0]] = (key, etag)
             self._etags.move_to_end(key[0])
-            self._bodies[key[0]] = (key, etag, body)
-            self._bodies.move_to_end(key[0])
+            old = self._bodies.pop(key[0], None)
+            if old is not None:
+                self._body_bytes -= old[3]
+            self._bodies[key[0]] = (key, etag, body, size)
+            self._body_bytes += size
             while len(self._etags) > self._max_etags:
                 self._etags.popitem(last=False)
-            while len(self._bodies) > self._max_bodies:
-                self._bodies.popitem(last=False)
+            while self._body_bytes > self._max_body_bytes and len(self._bodies) > 1:
+                self._body_bytes -= self._bodies.popitem(last=False)[1][3]
 
 
 def at_least(a: Stamp, b: Stamp) -> bool:

@@ -407,3 +407,19 @@ def test_store_schedule_stores_a_new_stamp_at_most_every_interval() -> None:
     schedule.seen((None, 0, 9))
     assert schedule.claim((None, 0, 9), now=300.0) is None
     assert schedule.claim((None, 0, 10), now=300.0) == 0.0
+
+
+def test_manifest_cache_keeps_bodies_up_to_a_byte_budget() -> None:
+    """Many small manifests are kept beside each other, a large one pushes out the least
+    recently used, and the newest is kept whatever its size; etags outlive bodies."""
+    cache: manifest.ManifestCache[bytes] = manifest.ManifestCache(len, max_body_bytes=10)
+    for org in "abc":
+        cache.put((org, 1, 1), f"e-{org}", b"x" * 4)
+    assert cache.body(("a", 1, 1)) is None  # 12 bytes: the oldest went
+    assert cache.body(("b", 1, 1)) == ("e-b", b"xxxx") and cache.last_body("c") == b"xxxx"
+    cache.put(("d", 1, 1), "e-d", b"y" * 50)
+    assert cache.body(("d", 1, 1)) == ("e-d", b"y" * 50)
+    assert [cache.last_body(o) for o in "bc"] == [None, None]
+    assert cache.etag(("a", 1, 1)) == "e-a" and cache.etag(("a", 2, 1)) is None
+    cache.put(("d", 2, 1), "e-d2", b"z")  # a caller's new build replaces its old one
+    assert cache.last_body("d") == b"z" and cache.body(("d", 1, 1)) is None
