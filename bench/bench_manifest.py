@@ -1,14 +1,16 @@
 """`make bench-manifest`: the manifest of an org with 10,000 models.
 
 Measures, server-side (in this process, the code GetManifest runs, no network):
-- full build: read the caller's index rows (one per model name, with each variant's content
-  key), read the serialized variant subtrees stored under their current keys (serialize and
-  store those that are not), join the bytes and hash the etag. Cases: cold (nothing in
-  memory: the first build after a server start, or on a new replica), the first build ever
-  (nothing stored either: once after the upgrade that added stored subtrees), variants
-  cached in memory (a caller whose previous build is gone, or another org sharing blessed
-  variants), and the common one: a rebuild after a change (here a new catalog version
-  under one model) with the previous build at hand;
+- full build: what GetManifest runs when the caller's manifest at its current stamp is
+  not in this process's memory. Cases: cold (a restarted server or a new replica,
+  server.manifest_builds.ManifestBuilds itself) with the caller's whole manifest stored
+  under the current stamp (one row read and decoded), stored one change behind (decoded
+  and reused as the previous build: the index rows read, the changed entry rebuilt), and
+  not stored (every variant's stored subtree read and joined); the first build ever
+  (nothing stored: once after the upgrade that added stored subtrees); variants cached in
+  memory (another org sharing blessed variants); and the common one, a rebuild after a
+  change (here a new catalog version under one model) with the previous build in memory.
+  Storing the whole manifest (done in the background after builds) is timed too;
 - for comparison, the field-by-field build this replaced (every row loaded, every entry
   filled as a protobuf message), measured in the same run;
 - not-modified check: read the (org, catalog) revision stamp in a read transaction and look

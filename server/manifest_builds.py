@@ -51,7 +51,8 @@ class ManifestBuilds:
         future: asyncio.Future[manifest_pb.Built] = asyncio.get_running_loop().create_future()
         self._building[stamp] = future
         try:
-            built, at, fresh = await self._build(stamp)
+            with manifest_pb.gc_pause():
+                built, at, fresh = await self._build(stamp)
             self.manifests.put(at, built.etag, built)
             future.set_result(built)
         except BaseException as exc:
@@ -66,15 +67,15 @@ class ManifestBuilds:
         return built
 
     async def _build(self, stamp: manifest.Stamp) -> tuple[manifest_pb.Built, manifest.Stamp, bool]:
-        """(the manifest, the stamp it is at, whether it was built rather than read)."""
+        """(the manifest, the stamp it is at, whether it was built rather than read).
+        get runs it under manifest_pb.gc_pause, from decoding the stored manifest to the
+        build that reuses it: a collection between the steps would walk all they made."""
         previous = self.manifests.last_body(stamp[0])
         if previous is None:
             stored = await self.rt.read(manifest.load_stored, stamp[0])
             if stored is not None:
                 self.schedule.seen(stored.stamp)
-                previous = await self.rt.call(
-                    manifest_pb.gc_paused(manifest_snapshot.decode), stored.data
-                )
+                previous = await self.rt.call(manifest_snapshot.decode, stored.data)
                 if previous is not None and manifest.at_least(stored.stamp, stamp):
                     return previous, stored.stamp, False
         pinned: dict[manifest.VariantKey, manifest_pb.Tail] = {}
@@ -83,11 +84,9 @@ class ManifestBuilds:
             pinned.update(self.tails.pin(keys, previous))
             return pinned
 
-        index = await self.rt.read(
-            manifest_pb.gc_paused(manifest.load_index), stamp[0], cached_tails
-        )
+        index = await self.rt.read(manifest.load_index, stamp[0], cached_tails)
         built = await self.rt.call(
-            manifest_pb.gc_paused(manifest_pb.build),
+            manifest_pb.build,
             index,
             pinned,
             utcnow(),
