@@ -30,7 +30,6 @@ compare the two.
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import hashlib
 import json
@@ -39,7 +38,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, ParamSpec, TypeVar
+from typing import Any, NamedTuple
 
 from google.protobuf import timestamp_pb2
 
@@ -47,9 +46,6 @@ from domain import manifest
 from domain.etags import etag_of
 from modelregistry.v1 import catalog_pb2, manifest_pb2
 from modelregistry.v1 import model_service_pb2 as pb
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NAIVE_EPOCH = datetime(1970, 1, 1)
@@ -504,17 +500,6 @@ def gc_pause() -> Iterator[None]:
             _gc_pausers -= 1
             if _gc_pausers == 0 and _gc_was_enabled:
                 gc.enable()
-
-
-def gc_paused(fn: Callable[P, R]) -> Callable[P, R]:
-    """`fn` run under gc_pause."""
-
-    @functools.wraps(fn)
-    def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        with gc_pause():
-            return fn(*args, **kwargs)
-
-    return run
 
 
 def serialize_response(response: pb.GetManifestResponse | bytes) -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import grpc
@@ -26,8 +25,6 @@ from server.manifest_builds import ManifestBuilds
 from server.presigned import PresignedRpcs
 from server.runtime import Runtime
 from storage.repos.models import ModelFilter
-
-log = logging.getLogger("modelregistry.manifest")
 
 _ORDERS = {
     pb.MODEL_ORDER_UNSPECIFIED: "create_time desc",

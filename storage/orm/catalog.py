@@ -174,14 +174,14 @@ class ManifestTail(Base):
 
 
 class ManifestSnapshot(Base):
-    """A caller's whole built manifest (server/manifest_pb.py's encoding), kept where every
+    """A caller's whole built manifest (server/manifest_snapshot.py's encoding), kept where every
     server process and replica finds it, under the stamp it was built at.
 
     A cache like ManifestTail: a server without the caller's manifest in memory serves the
     row as it is when its stamp equals the caller's current one (equal stamps, equal
     manifests: domain.manifest), else reuses its entries whose rows are unchanged and
     rebuilds the rest. Written after builds, at most every few seconds per caller
-    (domain.manifest.SnapshotSchedule); a newer stamp is never overwritten by an older one.
+    (domain.manifest.StoreSchedule); a newer stamp is never overwritten by an older one.
     """
 
     __tablename__ = "manifest_snapshots"
@@ -193,8 +193,8 @@ class ManifestSnapshot(Base):
     )
     org_revision: Mapped[int] = mapped_column(BigInteger)
     catalog_revision: Mapped[int] = mapped_column(BigInteger)
-    # Stored uncompressed on PostgreSQL (migration 0012): it is mostly digests and ids,
-    # and decompressing megabytes would cost the cold read it exists to make cheap.
+    # Stored uncompressed on PostgreSQL (migration 0012): decompressing megabytes would
+    # cost the cold read it exists to make cheap.
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 

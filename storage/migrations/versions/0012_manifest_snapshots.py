@@ -6,8 +6,8 @@ A snapshot stored under the caller's stamp makes that one row read while nothing
 and a rebuild of the changed entries only when something did; see
 storage.orm.catalog.ManifestSnapshot.
 
-On PostgreSQL the data column is stored uncompressed (STORAGE EXTERNAL): pglz gains little
-on digests and ids and would cost every cold read a decompression of megabytes.
+On PostgreSQL the data column is stored uncompressed (STORAGE EXTERNAL): pglz would cost
+every cold read a decompression of megabytes.
 
 Revision ID: 0012
 Revises: 0011
