@@ -130,7 +130,7 @@ class Index:
     server did not hold, their stored serialized subtrees, else their subtrees' rows."""
 
     stamp: Stamp
-    names: list[str]  # every model name, sorted
+    names: list[str]  # every model name, sorted (load_changes: the changed names only)
     models: dict[str, tuple[str, bool]]  # model name -> the Model's (framework, enabled)
     variants: dict[str, VariantKey]  # model name -> the key of the variant that resolves
     # variant id -> its stored (framework, bytes, sha256 of the bytes)
@@ -163,29 +163,72 @@ def load_index(
     index, stored bytes and rows come from one snapshot."""
     repo.manifest_snapshot(session)
     current = stamp(session, org_id)
-    rows = repo.manifest_index(session, org_id)
+    return _index(session, org_id, current, None, cached)
+
+
+# A rebuild reads the changed names' rows only while they are at most this share of the
+# previous build's names; beyond it, reading every name's row in one pass is cheaper.
+CHANGES_SHARE = 0.25
+# Revisions of each scope's change log kept (storage.orm.catalog.ManifestChange): a
+# previous build older than that is rebuilt from the whole index.
+CHANGES_KEPT = 1000
+
+
+def load_changes(
+    session: Session,
+    org_id: str | None,
+    since: Stamp,
+    max_names: int,
+    cached: Callable[[list[VariantKey]], Collection[VariantKey]],
+) -> Index | None:
+    """The index of only the names whose entries may have changed for the caller since a
+    build at stamp `since` (the change log, storage.orm.catalog.ManifestChange), for
+    manifest_pb.patch; its `names` are those names (some may have left the manifest:
+    neither a Model nor a variant). None when the log does not reach back to `since` or
+    more than `max_names` changed: build from the whole index instead. One snapshot, as
+    load_index."""
+    repo.manifest_snapshot(session)
+    current = stamp(session, org_id)
+    changed = repo.manifest_changes(session, org_id, since[1], since[2])
+    if changed is None or len(changed) > max_names:
+        return None
+    return _index(session, org_id, current, changed, cached)
+
+
+def _index(
+    session: Session,
+    org_id: str | None,
+    current: Stamp,
+    only: Collection[str] | None,
+    cached: Callable[[list[VariantKey]], Collection[VariantKey]],
+) -> Index:
+    rows = repo.manifest_index(session, org_id, only)
     # rows are (model_id, framework, enabled) and (id, content_revision, updated_at, name)
     models: dict[str, tuple[str, bool]] = {r[0]: (r[1], r[2]) for r in rows.models}
     variants: dict[str, VariantKey] = {r[3]: (r[0], r[1], r[2]) for r in rows.variants}
     have = cached(list(variants.values()))
     missing = {key[0]: key for key in variants.values() if key not in have}
     stored: dict[str, tuple[str, bytes, bytes]] = {}
+
+    def most(wanted: Collection[str]) -> bool:
+        # Most of every name's variants (a cold cache): one pass over everything beats
+        # long id lists. A partial index wants few by construction.
+        return only is None and len(wanted) * 2 > len(variants)
+
     if missing:
-        # Most of them (a cold cache): one pass over everything beats long id lists.
-        wanted = None if len(missing) * 2 > len(variants) else missing.keys()
         for vid, revision, updated_at, framework, data, digest in repo.manifest_tails(
-            session, org_id, wanted
+            session, org_id, None if most(missing) else missing.keys()
         ):
             if missing.get(vid) == (vid, revision, updated_at):  # stored under today's key
                 stored[vid] = (framework, bytes(data), bytes(digest))
     unbuilt = [vid for vid in missing if vid not in stored]
     subtrees = Subtrees({}, {}, {}, {})
     if unbuilt:
-        ids = None if len(unbuilt) * 2 > len(variants) else unbuilt
-        subtrees = group_subtrees(repo.manifest_subtrees(session, org_id, ids))
-    return Index(
-        current, sorted(models.keys() | variants.keys()), models, variants, stored, subtrees
-    )
+        subtrees = group_subtrees(
+            repo.manifest_subtrees(session, org_id, None if most(unbuilt) else unbuilt)
+        )
+    names = sorted(models.keys() | variants.keys() if only is None else only)
+    return Index(current, names, models, variants, stored, subtrees)
 
 
 SAVE_BATCH = 1000  # subtrees stored per transaction
@@ -217,6 +260,8 @@ def save_stored(session: Session, stored: Stored) -> None:
     """Store a caller's manifest unless a newer one is stored already."""
     org_id, org_revision, catalog_revision = stored.stamp
     repo.store_manifest(session, org_id, org_revision, catalog_revision, stored.data)
+    # Here, at most every STORE_EVERY_SECONDS per caller and process, not on writes.
+    repo.prune_manifest_changes(session, org_id, CHANGES_KEPT)
 
 
 # A caller's manifest is stored again at most this often by one process: a busy org

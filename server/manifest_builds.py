@@ -2,10 +2,12 @@
 stored in the database (a restarted server, a new replica), or a build; and what a build
 leaves behind for the next one (tails and whole manifests stored, best effort).
 
-A build reuses, in this order: the caller's previous build in memory (entries whose rows
-are unchanged), else the caller's stored manifest (served as it is when stored under the
-current stamp, else reused like a previous build), and for the rest the variants' tails
-held in memory, stored in manifest_tails, or serialized from rows.
+A build starts from the caller's previous build in memory, else the caller's stored manifest
+(served as it is when stored under the current stamp). From either it rebuilds only the
+names the change log lists since that build's stamp (domain.manifest.load_changes,
+manifest_pb.patch); without one, or when the log does not reach back or lists too many,
+it reads the whole index and reuses the entries whose rows are unchanged. The variants'
+tails it needs come from memory, manifest_tails, or rows.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class ManifestBuilds:
         self._building: dict[manifest.Stamp, asyncio.Future[manifest_pb.Built]] = {}
         self.schedule = manifest.StoreSchedule()
         self._storing: dict[str | None, asyncio.Task[None]] = {}
+        # A rebuild patches the previous build while at most this many names, or
+        # manifest.CHANGES_SHARE of them, changed (else it reads the whole index).
+        self.min_patch = 100
 
     def etag(self, stamp: manifest.Stamp) -> str | None:
         """The etag of the caller's manifest at `stamp`, when this process knows it."""
@@ -70,20 +75,32 @@ class ManifestBuilds:
         """(the manifest, the stamp it is at, whether it was built rather than read).
         get runs it under manifest_pb.gc_pause, from decoding the stored manifest to the
         build that reuses it: a collection between the steps would walk all they made."""
-        previous = self.manifests.last_body(stamp[0])
-        if previous is None:
+        last = self.manifests.last(stamp[0])
+        if last is None:
             stored = await self.rt.read(manifest.load_stored, stamp[0])
             if stored is not None:
                 self.schedule.seen(stored.stamp)
-                previous = await self.rt.call(manifest_snapshot.decode, stored.data)
-                if previous is not None and manifest.at_least(stored.stamp, stamp):
-                    return previous, stored.stamp, False
+                decoded = await self.rt.call(manifest_snapshot.decode, stored.data)
+                if decoded is not None:
+                    if manifest.at_least(stored.stamp, stamp):
+                        return decoded, stored.stamp, False
+                    last = stored.stamp, decoded
+        previous = last[1] if last is not None else None
         pinned: dict[manifest.VariantKey, manifest_pb.Tail] = {}
 
         def cached_tails(keys: list[manifest.VariantKey]) -> dict[manifest.VariantKey, Any]:
             pinned.update(self.tails.pin(keys, previous))
             return pinned
 
+        if last is not None:
+            since, previous_build = last
+            most = max(self.min_patch, int(len(previous_build.names) * manifest.CHANGES_SHARE))
+            changes = await self.rt.read(manifest.load_changes, stamp[0], since, most, cached_tails)
+            if changes is not None:
+                built = await self.rt.call(
+                    manifest_pb.patch, previous_build, changes, pinned, utcnow(), self.tails
+                )
+                return built, changes.stamp, True
         index = await self.rt.read(manifest.load_index, stamp[0], cached_tails)
         built = await self.rt.call(
             manifest_pb.build,

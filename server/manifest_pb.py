@@ -418,18 +418,12 @@ def _entry(
     return model, key, prefix, tail_bytes, etag_part
 
 
-def build(
-    index: manifest.Index,
-    pinned: dict[manifest.VariantKey, Tail],
-    generated: datetime,
-    previous: Built | None,
-    cache: TailCache,
-) -> Built:
-    """The manifest of `index`: tails from `pinned` (TailCache.pin) or serialized from the
-    index's subtrees (and cached), entries from `previous` when their rows are unchanged.
-
-    The etag hashes, in name order, each name with its entry_digest (generate_time is not
-    part of it)."""
+def _tails(
+    index: manifest.Index, pinned: dict[manifest.VariantKey, Tail], cache: TailCache
+) -> tuple[dict[manifest.VariantKey, Tail], dict[manifest.VariantKey, Tail]]:
+    """(every tail of the index's variants, those serialized from rows now): from
+    `pinned` (TailCache.pin), the index's stored bytes, or its subtrees' rows; the ones
+    not pinned are cached."""
     tails = dict(pinned)
     subtrees = index.subtrees
     fresh: dict[manifest.VariantKey, Tail] = {}
@@ -447,6 +441,35 @@ def build(
         tails.update(fresh)
         cache.put(loaded)
         cache.put(fresh)
+    return tails, fresh
+
+
+def _built(
+    names: list[str],
+    order: list[Entry],
+    entries: dict[str, Entry],
+    tails: dict[manifest.VariantKey, Tail],
+    generated: datetime,
+    fresh: dict[manifest.VariantKey, Tail],
+) -> Built:
+    """The etag hashes, in name order, each name with its entry_digest (generate_time is
+    not part of it)."""
+    etag = hashlib.sha256(b"".join([e[4] for e in order])).hexdigest()
+    stamp = timestamp_pb2.Timestamp()
+    _ts(stamp, generated)
+    return Built(f"m-{etag[:32]}", names, order, entries, tails, stamp.SerializeToString(), fresh)
+
+
+def build(
+    index: manifest.Index,
+    pinned: dict[manifest.VariantKey, Tail],
+    generated: datetime,
+    previous: Built | None,
+    cache: TailCache,
+) -> Built:
+    """The manifest of `index`: tails from `pinned` (TailCache.pin) or serialized from the
+    index's subtrees (and cached), entries from `previous` when their rows are unchanged."""
+    tails, fresh = _tails(index, pinned, cache)
     old_entry = (previous.entries if previous is not None else {}).get
     model_of = index.models.get
     key_of = index.variants.get
@@ -461,12 +484,50 @@ def build(
             e = _entry(name, model, key, None if key is None else tails[key])
         entries[name] = e
         append(e)
-    etag = hashlib.sha256(b"".join([e[4] for e in order])).hexdigest()
-    stamp = timestamp_pb2.Timestamp()
-    _ts(stamp, generated)
-    return Built(
-        f"m-{etag[:32]}", index.names, order, entries, tails, stamp.SerializeToString(), fresh
-    )
+    return _built(index.names, order, entries, tails, generated, fresh)
+
+
+def patch(
+    previous: Built,
+    changes: manifest.Index,
+    pinned: dict[manifest.VariantKey, Tail],
+    generated: datetime,
+    cache: TailCache,
+) -> Built:
+    """`previous` with the entries of `changes` (domain.manifest.load_changes: the rows
+    of only the names that may have changed since it) rebuilt, added or removed: the
+    manifest build gives from the whole index at changes.stamp, without touching the
+    other names' rows."""
+    new_tails, fresh = _tails(changes, pinned, cache)
+    entries = dict(previous.entries)
+    tails = dict(previous.tails)
+    renamed = False  # names joined or left the manifest
+    rebuilt: list[tuple[str, tuple[str, bool] | None, manifest.VariantKey | None]] = []
+    for name in changes.names:
+        model = changes.models.get(name)
+        key = changes.variants.get(name)
+        old = entries.get(name)
+        if old is not None:
+            if old[0] == model and old[1] == key:
+                continue
+            if old[1] is not None:
+                tails.pop(old[1], None)
+        if model is None and key is None:
+            if old is not None:
+                del entries[name]
+                renamed = True
+        else:
+            renamed = renamed or old is None
+            rebuilt.append((name, model, key))
+    # After every pop above: a renamed variant may keep its key under its new name.
+    for name, model, key in rebuilt:
+        t = None
+        if key is not None:
+            t = tails[key] = new_tails[key]
+        entries[name] = _entry(name, model, key, t)
+    names = sorted(entries) if renamed else previous.names
+    order = [entries[name] for name in names]
+    return _built(names, order, entries, tails, generated, fresh)
 
 
 _gc_lock = threading.Lock()

@@ -51,6 +51,9 @@ class World:
         self.versions: dict[str, list[VersionRow]] = {}
         self.packages: dict[str, list[PackageRow]] = {}
         self.resources: dict[str, list[ResourceRow]] = {}
+        # Names written since the last clear: what the change log lists (a superset of
+        # the names whose entries changed, as the triggers log).
+        self.changed: set[str] = set()
         for _ in range(self.rnd.randint(20, 60)):
             self.add_name()
 
@@ -75,6 +78,7 @@ class World:
     def add_name(self) -> None:
         r = self.rnd
         name = self.name()
+        self.changed.add(name)
         has_model, has_variant = r.choice([(True, False), (False, True), (True, True)])
         if has_model:
             self.models[name] = ModelRow(
@@ -149,23 +153,34 @@ class World:
         """What the triggers do: a write under the variant bumps its content_revision."""
         v = self.variants[name]
         self.variants[name] = v._replace(content_revision=v.content_revision + 1)
+        self.changed.add(name)
 
     def mutate(self) -> None:
         r = self.rnd
         for _ in range(r.randint(1, 6)):
-            step = r.randrange(6)
+            step = r.randrange(8)
             if step == 0 and self.models:
                 name = r.choice(sorted(self.models))
                 m = self.models[name]
                 self.models[name] = m._replace(enabled=not m.enabled)
+                self.changed.add(name)
             elif step == 1 and self.variants:
                 self.add_version(r.choice(sorted(self.variants)))
             elif step == 2 and self.variants:  # UpdateVariant: own fields and updated_at
                 name = r.choice(sorted(self.variants))
                 v = self.variants[name]
                 self.variants[name] = v._replace(description="changed", updated_at=self.ts())
+                self.changed.add(name)
             elif step == 3 and self.models:
-                del self.models[r.choice(sorted(self.models))]
+                name = r.choice(sorted(self.models))
+                del self.models[name]
+                self.changed.add(name)
+            elif step == 5 and self.variants:  # DeleteVariant (the name may leave)
+                name = r.choice(sorted(self.variants))
+                del self.variants[name]
+                self.changed.add(name)
+            elif step == 6:  # a write that shows nowhere (a description): logged anyway
+                self.changed.add(r.choice(sorted(self.models.keys() | self.variants.keys())))
             elif step == 4 and self.variants:  # deprecate the newest version
                 name = r.choice(sorted(self.variants))
                 versions = self.versions[self.variants[name].id]
@@ -230,6 +245,14 @@ class World:
             current,
             sub,
         )
+
+    def changes(self, have: set[manifest.VariantKey]) -> manifest.Index:
+        """As domain.manifest.load_changes gives it: the index of the changed names only."""
+        whole = self.index(have)
+        names = sorted(self.changed)
+        models = {n: m for n, m in whole.models.items() if n in self.changed}
+        keys = {n: k for n, k in whole.variants.items() if n in self.changed}
+        return manifest.Index(STAMP, names, models, keys, {}, whole.subtrees)
 
 
 def reference(data: manifest.ManifestData) -> pb.GetManifestResponse:
@@ -317,6 +340,31 @@ def test_stored_tails_build_the_same_bytes(seed: int) -> None:
         assert set(cold.fresh) == set(cold.tails) - set(stored)
         stored.update((key, (t.framework, t.data, t.digest)) for key, t in cold.fresh.items())
         world.mutate()
+
+
+@pytest.mark.parametrize("postgres", [False, True], ids=["sqlite-rows", "postgres-rows"])
+@pytest.mark.parametrize("seed", range(6))
+def test_patching_the_changed_names_gives_the_whole_build(seed: int, postgres: bool) -> None:
+    """manifest_pb.patch on the previous build with only the logged names' rows (names
+    added, removed, changed, or logged without a visible change) equals a build from
+    every row, and the patched build serves as the next one's previous."""
+    world = World(seed, postgres)
+    shared = manifest_pb.TailCache()
+    previous = build(world, shared)
+    for _ in range(5):
+        world.changed.clear()
+        world.mutate()
+        changes = world.changes(set())
+        keys = list(changes.variants.values())
+        patched = manifest_pb.patch(
+            previous, changes, shared.pin(keys, previous), GENERATED, shared
+        )
+        whole = build(world, manifest_pb.TailCache())
+        assert patched.response() == whole.response()
+        assert patched.names == whole.names and patched.etag == whole.etag
+        assert patched.tails.keys() == whole.tails.keys()
+        assert patched.message() == reference(world.data())
+        previous = patched
 
 
 @pytest.mark.parametrize(("size", "budget"), [(1, 1 << 30), (7, 1 << 30), (1000, 4096), (3, 1)])

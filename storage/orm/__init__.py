@@ -14,6 +14,7 @@ from storage.orm.catalog import (
     ArtifactResource,
     CatalogVariant,
     CatalogVersion,
+    ManifestChange,
     ManifestSnapshot,
     ManifestTail,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "InferenceRollup",
     "InferenceRollup10m",
     "InferenceSession",
+    "ManifestChange",
     "ManifestSnapshot",
     "ManifestTail",
     "Model",

@@ -10,6 +10,7 @@ from sqlalchemy import (
     CheckConstraint,
     ForeignKey,
     Index,
+    Integer,
     LargeBinary,
     String,
     Text,
@@ -40,6 +41,8 @@ class CatalogState(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     revision: Mapped[int] = mapped_column(BigInteger, default=1)
+    # ManifestChange rows of blessed variants are complete after this revision.
+    manifest_changes_floor: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
 class CatalogVariant(UuidPk, Timestamps, Base):
@@ -199,3 +202,27 @@ class ManifestSnapshot(Base):
 
 
 ANONYMOUS_SCOPE = "anonymous"
+
+
+class ManifestChange(Base):
+    """A model name whose manifest entry a revision of its scope changed: written by
+    triggers (migration 0013) on every write of a Model or catalog variant (a variant's
+    versions, packages and resources bump the variant's row, migration 0008), for the
+    org's scope or, for blessed variants (org_id NULL), the catalog's.
+
+    `revision` is NULL while pending: the bump of the scope's revision stamps its pending
+    rows. A build that has the manifest at an older stamp rebuilds only the names logged
+    after it (or pending) instead of reading every name's row. The log is complete after
+    the scope's manifest_changes_floor (Org, CatalogState); older rows are pruned.
+    """
+
+    __tablename__ = "manifest_changes"
+    __table_args__ = (Index("ix_manifest_changes_scope", "org_id", "revision", "name"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    # No foreign key: an org's cascade logs rows for the org it deletes (migration 0013).
+    org_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    revision: Mapped[int | None] = mapped_column(BigInteger)
+    name: Mapped[str] = mapped_column(String(SLUG_LENGTH))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import BigInteger, ForeignKey, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from storage.orm.base import ID_LENGTH, Base, CreatedAt, UuidPk
@@ -35,6 +35,8 @@ class Org(UuidPk, CreatedAt, Base):
     # Bumped in the same transaction as any change that shows in the org's manifest, so
     # GetManifest can answer an etag check without building the manifest.
     revision: Mapped[int] = mapped_column(default=1)
+    # The org's ManifestChange rows are complete after this revision (older ones pruned).
+    manifest_changes_floor: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
     api_keys: Mapped[list[ApiKey]] = relationship(
         back_populates="org", cascade="all, delete-orphan", passive_deletes=True

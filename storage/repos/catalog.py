@@ -17,7 +17,9 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     String,
+    and_,
     cast,
+    delete,
     extract,
     func,
     insert,
@@ -35,6 +37,7 @@ from storage.orm import (
     ArtifactResource,
     CatalogVariant,
     CatalogVersion,
+    ManifestChange,
     ManifestSnapshot,
     ManifestTail,
     Model,
@@ -331,26 +334,38 @@ class ManifestIndexRows:
     variants: Sequence[Any]  # id, content_revision, updated_at (_key_time), name
 
 
-def manifest_index(session: Session, org_id: str | None) -> ManifestIndexRows:
+def manifest_index(
+    session: Session, org_id: str | None, names: Collection[str] | None = None
+) -> ManifestIndexRows:
     """The org's models and the variants that resolve for it (its overrides beat blessed
     rows), with what keys a variant's content: its content_revision (bumped by triggers on
-    every write under it) and updated_at (its own fields)."""
+    every write under it) and updated_at (its own fields). `names` restricts both to those
+    model names."""
     conn = session.connection()
-    model_rows: Sequence[Any] = []
-    if org_id is not None:
-        model_rows = conn.execute(
-            select(Model.model_id, Model.framework, Model.enabled).where(Model.org_id == org_id),
-            execution_options=BINARY_RESULTS,
-        ).all()
-    variant_rows = conn.execute(
-        select(
-            CatalogVariant.id,
-            CatalogVariant.content_revision,
-            _key_time(session, CatalogVariant.updated_at),
-            CatalogVariant.name,
-        ).where(variants.resolved_for(org_id)),
-        execution_options=BINARY_RESULTS,
-    ).all()
+    model_query = select(Model.model_id, Model.framework, Model.enabled).where(
+        Model.org_id == org_id
+    )
+    variant_query = select(
+        CatalogVariant.id,
+        CatalogVariant.content_revision,
+        _key_time(session, CatalogVariant.updated_at),
+        CatalogVariant.name,
+    ).where(variants.resolved_for(org_id))
+    if names is None:
+        chunks: list[list[str] | None] = [None]
+    else:
+        wanted = sorted(names)
+        chunks = [wanted[i : i + _ID_CHUNK] for i in range(0, len(wanted), _ID_CHUNK)]
+    model_rows: list[Any] = []
+    variant_rows: list[Any] = []
+    for chunk in chunks:
+        if org_id is not None:
+            query = model_query if chunk is None else model_query.where(Model.model_id.in_(chunk))
+            model_rows.extend(conn.execute(query, execution_options=BINARY_RESULTS))
+        query = variant_query
+        if chunk is not None:
+            query = query.where(CatalogVariant.name.in_(chunk))
+        variant_rows.extend(conn.execute(query, execution_options=BINARY_RESULTS))
     return ManifestIndexRows(model_rows, variant_rows)
 
 
@@ -429,6 +444,74 @@ def save_manifest_tails(
                 where=ManifestTail.content_revision <= excluded.content_revision,
             )
         )
+
+
+def manifest_changes(
+    session: Session, org_id: str | None, org_since: int, catalog_since: int
+) -> set[str] | None:
+    """The model names whose entries may have changed for the caller after its org
+    revision `org_since` and the catalog's `catalog_since` (ManifestChange: rows logged
+    after them, or still pending); None when the log does not reach back that far."""
+    conn = session.connection()
+    catalog_floor = (
+        select(CatalogState.manifest_changes_floor)
+        .where(CatalogState.id == CATALOG_STATE_ID)
+        .scalar_subquery()
+    )
+    org_floor: Any = 0
+    if org_id is None:
+        floor = conn.execute(select(catalog_floor)).scalar()
+    else:
+        row = conn.execute(
+            select(Org.manifest_changes_floor, catalog_floor).where(Org.id == org_id)
+        ).first()
+        if row is None:
+            return None
+        org_floor, floor = row
+    if org_since < int(org_floor) or catalog_since < int(floor or 0):
+        return None
+
+    def after(since: int) -> ColumnElement[bool]:
+        return or_(ManifestChange.revision > since, ManifestChange.revision.is_(None))
+
+    where = and_(ManifestChange.org_id.is_(None), after(catalog_since))
+    if org_id is not None:
+        where = or_(where, and_(ManifestChange.org_id == org_id, after(org_since)))
+    return set(conn.execute(select(ManifestChange.name).where(where)).scalars())
+
+
+def prune_manifest_changes(session: Session, org_id: str | None, keep: int) -> None:
+    """Drop the caller's scopes' ManifestChange rows older than their last `keep`
+    revisions, raising the floors to match; once every `keep` revisions, so most calls
+    write nothing."""
+    session.execute(
+        update(CatalogState)
+        .where(
+            CatalogState.id == CATALOG_STATE_ID,
+            CatalogState.manifest_changes_floor < CatalogState.revision - 2 * keep,
+        )
+        .values(manifest_changes_floor=CatalogState.revision - keep)
+    )
+    floor = select(CatalogState.manifest_changes_floor).where(CatalogState.id == CATALOG_STATE_ID)
+    session.execute(
+        delete(ManifestChange).where(
+            ManifestChange.org_id.is_(None), ManifestChange.revision <= floor.scalar_subquery()
+        )
+    )
+    if org_id is None:
+        return
+    session.execute(
+        update(Org)
+        .where(Org.id == org_id, Org.manifest_changes_floor < Org.revision - 2 * keep)
+        .values(manifest_changes_floor=Org.revision - keep)
+    )
+    org_floor = select(Org.manifest_changes_floor).where(Org.id == org_id)
+    session.execute(
+        delete(ManifestChange).where(
+            ManifestChange.org_id == org_id,
+            ManifestChange.revision <= org_floor.scalar_subquery(),
+        )
+    )
 
 
 def _snapshot_scope(org_id: str | None) -> str:

@@ -1,0 +1,264 @@
+"""The manifest change log (migration 0013's triggers, storage.orm.catalog.ManifestChange):
+every write of a Model or catalog variant, or under a variant, logs its name for the right
+scope whoever writes it; a revision bump stamps the scope's pending names; readers get the
+names changed after a stamp, pending ones included, or None when the log was pruned past
+it. And a manifest patched from the log equals one built from every row."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from domain import manifest
+from server import manifest_pb
+from storage.db import transaction
+from storage.orm import (
+    ArtifactPackage,
+    ArtifactResource,
+    CatalogVariant,
+    CatalogVersion,
+    ManifestChange,
+    Model,
+    Org,
+)
+from storage.orm.base import utcnow
+from storage.repos import catalog as repo
+from storage.repos import tenancy
+
+Log = set[tuple[str | None, int | None, str]]
+
+
+def entries(built: manifest_pb.Built) -> list[bytes]:
+    """The manifest's map entries as served (generate_time aside, the response's bytes)."""
+    return [e[2] + e[3] for e in built.order]
+
+
+def log(factory: sessionmaker[Session]) -> Log:
+    with transaction(factory, readonly=True) as session:
+        rows = session.execute(
+            select(ManifestChange.org_id, ManifestChange.revision, ManifestChange.name)
+        )
+        return {(r[0], r[1], r[2]) for r in rows}
+
+
+def org_revision(factory: sessionmaker[Session], org_id: str) -> int:
+    with transaction(factory, readonly=True) as session:
+        value = session.scalar(select(Org.revision).where(Org.id == org_id))
+    assert value is not None
+    return value
+
+
+def new_org(factory: sessionmaker[Session], name: str = "acme") -> str:
+    with transaction(factory) as session:
+        org = Org(name=name)
+        session.add(org)
+        session.flush()
+        return org.id
+
+
+def test_writes_log_names_pending_and_a_bump_stamps_them(
+    factory: sessionmaker[Session],
+) -> None:
+    org = new_org(factory)
+    other = new_org(factory, "globex")
+    with transaction(factory) as session:
+        session.add_all(
+            [
+                Model(org_id=org, model_id="resnet", framework="onnx"),
+                CatalogVariant(org_id=org, name="resnet"),
+                CatalogVariant(org_id=None, name="llama"),
+                Model(org_id=other, model_id="bert", framework="onnx"),
+            ]
+        )
+    assert log(factory) == {(org, None, "resnet"), (None, None, "llama"), (other, None, "bert")}
+
+    before = org_revision(factory, org)
+    with transaction(factory) as session:
+        tenancy.bump_org_revision(session, org)
+    assert log(factory) == {
+        (org, before + 1, "resnet"),
+        (None, None, "llama"),
+        (other, None, "bert"),
+    }
+    with transaction(factory) as session:
+        repo.bump_catalog_revision(session)
+        catalog = repo.manifest_revisions(session, None)[1]
+    assert (None, catalog, "llama") in log(factory)
+
+
+def test_every_kind_of_write_logs_the_names_it_changes(factory: sessionmaker[Session]) -> None:
+    org = new_org(factory)
+    with transaction(factory) as session:
+        variant = CatalogVariant(org_id=org, name="resnet")
+        blessed = CatalogVariant(org_id=None, name="llama")
+        session.add_all([Model(org_id=org, model_id="resnet"), variant, blessed])
+        session.flush()
+        vid, bid = variant.id, blessed.id
+    ids: dict[str, str] = {}
+
+    def logs(write: Callable[[Session], object], expected: Log) -> None:
+        with transaction(factory) as session:
+            session.execute(delete(ManifestChange))
+        with transaction(factory) as session:
+            write(session)
+        assert log(factory) == expected
+
+    def add_version(session: Session) -> None:
+        cv = CatalogVersion(variant_id=vid, version="1.0")
+        session.add(cv)
+        session.flush()
+        package = ArtifactPackage(catalog_version_id=cv.id, format="onnx")
+        session.add(package)
+        session.flush()
+        session.add(ArtifactResource(package_id=package.id, kind="weights", file_name="m"))
+        ids["cv"], ids["package"] = cv.id, package.id
+
+    resnet: Log = {(org, None, "resnet")}
+    logs(add_version, resnet)  # three rows under the variant, one name pending once
+    logs(lambda s: s.execute(update(CatalogVersion).values(lifecycle="deprecated")), resnet)
+    logs(lambda s: s.execute(update(ArtifactResource).values(size_bytes=9)), resnet)
+    logs(lambda s: s.execute(delete(ArtifactPackage)), resnet)
+    logs(lambda s: s.execute(update(Model).values(enabled=False)), resnet)
+    logs(lambda s: s.execute(update(CatalogVariant).where(CatalogVariant.id == bid)
+                             .values(description="x", updated_at=utcnow())),
+         {(None, None, "llama")})  # fmt: skip
+    # A rename changes both names' entries.
+    logs(
+        lambda s: s.execute(
+            update(CatalogVariant).where(CatalogVariant.id == vid).values(name="resnet-2")
+        ),
+        {(org, None, "resnet"), (org, None, "resnet-2")},
+    )
+    logs(lambda s: s.execute(delete(CatalogVariant).where(CatalogVariant.id == vid)),
+         {(org, None, "resnet-2")})  # fmt: skip
+    logs(lambda s: s.execute(delete(Model)), resnet)
+
+
+def test_readers_get_names_after_a_stamp_until_the_log_is_pruned(
+    factory: sessionmaker[Session],
+) -> None:
+    org = new_org(factory)
+    start = org_revision(factory, org)
+    with transaction(factory) as session:
+        catalog_start = repo.manifest_revisions(session, org)[1]
+
+    def write(name: str, bump_first: bool = False) -> None:
+        with transaction(factory) as session:
+            if bump_first:  # as quota-checked writers do: the new rows stay pending
+                tenancy.bump_org_revision(session, org)
+            session.add(Model(org_id=org, model_id=name))
+            session.flush()
+            if not bump_first:
+                tenancy.bump_org_revision(session, org)
+
+    def changed(since: int, catalog_since: int = catalog_start) -> set[str] | None:
+        with transaction(factory, readonly=True) as session:
+            return repo.manifest_changes(session, org, since, catalog_since)
+
+    write("a")
+    write("b")
+    assert changed(start) == {"a", "b"}
+    assert changed(start + 1) == {"b"}
+    assert changed(start + 2) == set()
+    write("c", bump_first=True)
+    # Pending after its own bump: listed to readers at that revision and before it.
+    assert changed(start + 3) == {"c"} and changed(start + 2) == {"c"}
+    with transaction(factory) as session:
+        session.add(CatalogVariant(org_id=None, name="llama"))
+    assert changed(start + 3) == {"c", "llama"}  # blessed names, pending
+    with transaction(factory) as session:
+        repo.bump_catalog_revision(session)
+    assert changed(start + 3, catalog_start + 1) == {"c"}
+
+    for i in range(7):
+        write(f"x{i}")
+    now = org_revision(factory, org)
+    with transaction(factory) as session:
+        repo.prune_manifest_changes(session, org, keep=2)
+    # Pruned to the last 2 revisions: older stamps must read the whole index.
+    assert changed(start, catalog_start + 1) is None
+    assert changed(now - 3, catalog_start + 1) is None
+    assert changed(now - 2, catalog_start + 1) == {"x5", "x6"}
+    with transaction(factory, readonly=True) as session:
+        kept = session.scalars(select(ManifestChange.revision).where(ManifestChange.org_id == org))
+        assert min(r for r in kept if r is not None) > now - 2
+
+
+def test_a_manifest_patched_from_the_log_equals_a_build_from_every_row(
+    factory: sessionmaker[Session],
+) -> None:
+    org = new_org(factory)
+    tails = manifest_pb.TailCache()
+
+    def whole() -> tuple[manifest_pb.Built, manifest.Stamp]:
+        with transaction(factory, readonly=True) as session:
+            index = manifest.load_index(session, org, lambda keys: set())
+        return manifest_pb.build(index, {}, utcnow(), None, manifest_pb.TailCache()), index.stamp
+
+    def patched(previous: manifest_pb.Built, since: manifest.Stamp) -> manifest_pb.Built:
+        pinned: dict[manifest.VariantKey, manifest_pb.Tail] = {}
+
+        def cached(keys: list[manifest.VariantKey]) -> dict[manifest.VariantKey, manifest_pb.Tail]:
+            pinned.update(tails.pin(keys, previous))
+            return pinned
+
+        with transaction(factory, readonly=True) as session:
+            changes = manifest.load_changes(session, org, since, 1000, cached)
+        assert changes is not None
+        return manifest_pb.patch(previous, changes, pinned, utcnow(), tails)
+
+    with transaction(factory) as session:
+        for i in range(6):
+            session.add(Model(org_id=org, model_id=f"m{i}", framework="onnx"))
+            session.add(CatalogVariant(org_id=org, name=f"m{i}", family="f"))
+        session.add(CatalogVariant(org_id=None, name="m1", family="blessed"))
+        session.add(CatalogVariant(org_id=None, name="shared", family="blessed"))
+        tenancy.bump_org_revision(session, org)
+        repo.bump_catalog_revision(session)
+    built, at = whole()
+
+    def org_variant(session: Session, name: str) -> str:
+        vid = session.scalar(
+            select(CatalogVariant.id).where(
+                CatalogVariant.org_id == org, CatalogVariant.name == name
+            )
+        )
+        assert vid is not None
+        return vid
+
+    steps: list[Callable[[Session], object]] = [
+        lambda s: s.add(CatalogVersion(variant_id=org_variant(s, "m0"), version="1")),
+        lambda s: s.execute(update(Model).where(Model.model_id == "m2").values(enabled=False)),
+        # The override of m1 goes: the blessed m1 resolves now.
+        lambda s: s.execute(
+            delete(CatalogVariant).where(CatalogVariant.id == org_variant(s, "m1"))
+        ),
+        lambda s: s.execute(delete(Model).where(Model.model_id == "m3")),
+        lambda s: s.execute(
+            delete(CatalogVariant).where(CatalogVariant.id == org_variant(s, "m3"))
+        ),
+        lambda s: s.add(CatalogVariant(org_id=org, name="shared", family="override")),
+        lambda s: s.add(Model(org_id=org, model_id="new", framework="tflite")),
+        lambda s: s.execute(
+            update(CatalogVariant)
+            .where(CatalogVariant.id == org_variant(s, "m4"))
+            .values(name="m4-renamed", updated_at=utcnow())
+        ),
+    ]
+    for step in steps:
+        with transaction(factory) as session:
+            step(session)
+            tenancy.bump_org_revision(session, org)
+        built = patched(built, at)
+        expected, at = whole()
+        assert entries(built) == entries(expected) and built.etag == expected.etag
+        assert built.names == expected.names
+    blessed_change = update(CatalogVariant).where(CatalogVariant.org_id.is_(None))
+    with transaction(factory) as session:
+        session.execute(blessed_change.values(description="new", updated_at=utcnow()))
+        repo.bump_catalog_revision(session)
+    built = patched(built, at)
+    expected, at = whole()
+    assert entries(built) == entries(expected) and built.etag == expected.etag
