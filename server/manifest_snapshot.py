@@ -34,7 +34,7 @@ _MARSHAL_VERSION = 4  # readable by every Python 3 since 3.4
 
 
 def encode(built: Built) -> bytes:
-    names: list[str] = built.names
+    names = built.names
     models: list[Any] = []
     keys: list[Any] = []
     frameworks: list[str] = []
@@ -52,8 +52,8 @@ def encode(built: Built) -> bytes:
         else:
             t = built.tails[key]
             keys.append(key)
-            frameworks.append(t.framework)
-            tail_digest = t.digest
+            frameworks.append(t[1])
+            tail_digest = t[2]
         lengths.append(len(prefix))
         lengths.append(len(tail_bytes))
         lengths.append(len(etag_part))
@@ -113,8 +113,8 @@ def decode(data: bytes) -> Built | None:
         part_end = part + lengths[i + 2]
         tail_bytes = data[prefix_end:end]
         if key is not None:
-            tails[key] = Tail(tail_bytes, framework, data[digest : digest + 32])
+            tails[key] = (tail_bytes, framework, data[digest : digest + 32])
         append((model, key, data[body:prefix_end], tail_bytes, data[part:part_end]))
         body, part, digest, i = end, part_end, digest + 32, i + 3
-    return Built(etag, list(names), order, dict(zip(names, order, strict=True)), tails,
+    return Built(etag, tuple(names), tuple(order), dict(zip(names, order, strict=True)), tails,
                  generate_time, {})  # fmt: skip

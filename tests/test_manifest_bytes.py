@@ -338,7 +338,7 @@ def test_stored_tails_build_the_same_bytes(seed: int) -> None:
         assert cold.message() == reference(world.data())
         # only variants whose key moved on since their tail was stored are serialized
         assert set(cold.fresh) == set(cold.tails) - set(stored)
-        stored.update((key, (t.framework, t.data, t.digest)) for key, t in cold.fresh.items())
+        stored.update((key, (t[1], t[0], t[2])) for key, t in cold.fresh.items())
         world.mutate()
 
 
@@ -384,7 +384,7 @@ def test_pages_add_up_to_the_manifest(size: int, budget: int) -> None:
         assert not merged.keys() & page.models.keys()
         merged.update(page.models)
         names = sorted(page.models)
-        assert names == built.names[built.names.index(names[0]) :][: len(names)]
+        assert names == list(built.names[built.names.index(names[0]) :][: len(names)])
     assert merged == dict(whole.models)
     assert not got[-1].next_page_token and all(p.next_page_token for p in got[:-1])
 
