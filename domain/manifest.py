@@ -29,6 +29,13 @@ manifest_tails table when stored under the current key (written back after each 
 so a restarted server or a new replica does not re-serialize every variant), else their
 rows.
 
+Rebuilds (load_changes): database triggers log every written model name per revision of
+its scope (the org's, or the blessed catalog's; storage.orm.catalog.ManifestChange), so a
+build that has the caller's previous manifest reads the rows of only the names changed
+since that manifest's stamp and patches it (server/manifest_pb.patch), instead of one row
+per model name. When the log does not reach back that far, or more than CHANGES_SHARE of
+the names changed, it reads the whole index as above.
+
 Stored manifests (load_stored, save_stored): each caller's whole built manifest is kept in
 the database under the stamp it was built at, stored again after later builds at most
 every STORE_EVERY_SECONDS per process (StoreSchedule). A server without the caller's
@@ -169,9 +176,6 @@ def load_index(
 # A rebuild reads the changed names' rows only while they are at most this share of the
 # previous build's names; beyond it, reading every name's row in one pass is cheaper.
 CHANGES_SHARE = 0.25
-# Revisions of each scope's change log kept (storage.orm.catalog.ManifestChange): a
-# previous build older than that is rebuilt from the whole index.
-CHANGES_KEPT = 1000
 
 
 def load_changes(
@@ -260,8 +264,6 @@ def save_stored(session: Session, stored: Stored) -> None:
     """Store a caller's manifest unless a newer one is stored already."""
     org_id, org_revision, catalog_revision = stored.stamp
     repo.store_manifest(session, org_id, org_revision, catalog_revision, stored.data)
-    # Here, at most every STORE_EVERY_SECONDS per caller and process, not on writes.
-    repo.prune_manifest_changes(session, org_id, CHANGES_KEPT)
 
 
 # A caller's manifest is stored again at most this often by one process: a busy org

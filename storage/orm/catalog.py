@@ -213,7 +213,8 @@ class ManifestChange(Base):
     `revision` is NULL while pending: the bump of the scope's revision stamps its pending
     rows. A build that has the manifest at an older stamp rebuilds only the names logged
     after it (or pending) instead of reading every name's row. The log is complete after
-    the scope's manifest_changes_floor (Org, CatalogState); older rows are pruned.
+    the scope's manifest_changes_floor (Org, CatalogState): every 1000 revisions of a scope
+    the triggers raise it to the last 1000 and delete older rows.
     """
 
     __tablename__ = "manifest_changes"

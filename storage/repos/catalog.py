@@ -19,7 +19,6 @@ from sqlalchemy import (
     String,
     and_,
     cast,
-    delete,
     extract,
     func,
     insert,
@@ -478,40 +477,6 @@ def manifest_changes(
     if org_id is not None:
         where = or_(where, and_(ManifestChange.org_id == org_id, after(org_since)))
     return set(conn.execute(select(ManifestChange.name).where(where)).scalars())
-
-
-def prune_manifest_changes(session: Session, org_id: str | None, keep: int) -> None:
-    """Drop the caller's scopes' ManifestChange rows older than their last `keep`
-    revisions, raising the floors to match; once every `keep` revisions, so most calls
-    write nothing."""
-    session.execute(
-        update(CatalogState)
-        .where(
-            CatalogState.id == CATALOG_STATE_ID,
-            CatalogState.manifest_changes_floor < CatalogState.revision - 2 * keep,
-        )
-        .values(manifest_changes_floor=CatalogState.revision - keep)
-    )
-    floor = select(CatalogState.manifest_changes_floor).where(CatalogState.id == CATALOG_STATE_ID)
-    session.execute(
-        delete(ManifestChange).where(
-            ManifestChange.org_id.is_(None), ManifestChange.revision <= floor.scalar_subquery()
-        )
-    )
-    if org_id is None:
-        return
-    session.execute(
-        update(Org)
-        .where(Org.id == org_id, Org.manifest_changes_floor < Org.revision - 2 * keep)
-        .values(manifest_changes_floor=Org.revision - keep)
-    )
-    org_floor = select(Org.manifest_changes_floor).where(Org.id == org_id)
-    session.execute(
-        delete(ManifestChange).where(
-            ManifestChange.org_id == org_id,
-            ManifestChange.revision <= org_floor.scalar_subquery(),
-        )
-    )
 
 
 def _snapshot_scope(org_id: str | None) -> str:

@@ -24,6 +24,7 @@ from storage.orm import (
     Org,
 )
 from storage.orm.base import utcnow
+from storage.orm.catalog import CatalogState
 from storage.repos import catalog as repo
 from storage.repos import tenancy
 
@@ -172,18 +173,22 @@ def test_readers_get_names_after_a_stamp_until_the_log_is_pruned(
         repo.bump_catalog_revision(session)
     assert changed(start + 3, catalog_start + 1) == {"c"}
 
-    for i in range(7):
-        write(f"x{i}")
-    now = org_revision(factory, org)
+    # Every 1000 revisions of a scope its stamping trigger keeps the last 1000 only.
     with transaction(factory) as session:
-        repo.prune_manifest_changes(session, org, keep=2)
-    # Pruned to the last 2 revisions: older stamps must read the whole index.
-    assert changed(start, catalog_start + 1) is None
-    assert changed(now - 3, catalog_start + 1) is None
-    assert changed(now - 2, catalog_start + 1) == {"x5", "x6"}
+        session.execute(update(Org).where(Org.id == org).values(revision=1997))  # stamps c
+    for i in range(4):
+        write(f"x{i}")  # revisions 1998-2001: at 2000 the floor goes to 1000
+    assert changed(start, catalog_start + 1) is None  # older stamps read the whole index
+    assert changed(999, catalog_start + 1) is None
+    assert changed(1000, catalog_start + 1) == {"c", "x0", "x1", "x2", "x3"}
     with transaction(factory, readonly=True) as session:
         kept = session.scalars(select(ManifestChange.revision).where(ManifestChange.org_id == org))
-        assert min(r for r in kept if r is not None) > now - 2
+        assert min(r for r in kept if r is not None) > 1000
+    with transaction(factory) as session:
+        session.execute(update(CatalogState).values(revision=1999))
+        repo.bump_catalog_revision(session)
+    assert changed(1000, catalog_start + 1) is None
+    assert changed(1997, 1000) == {"x0", "x1", "x2", "x3"}
 
 
 def test_a_manifest_patched_from_the_log_equals_a_build_from_every_row(

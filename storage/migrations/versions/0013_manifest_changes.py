@@ -14,8 +14,10 @@ the new revision. Rows written after the bump in the same transaction stay pendi
 the next bump; readers take pending rows as changed, so they are never missed.
 
 orgs.manifest_changes_floor and catalog_state.manifest_changes_floor: the log holds every
-change after that revision (rows at or below it are pruned); it starts at the revision
-each has now, since nothing before this migration was logged.
+change after that revision; it starts at the revision each has now, since nothing before
+this migration was logged. The same triggers keep the log bounded: every KEPT_REVISIONS
+revisions of a scope they raise its floor to the last KEPT_REVISIONS and delete the rows
+below it, whether or not anyone reads the scope's manifests.
 
 No foreign key to orgs: a Model deleted by its org's cascade logs a row for the org being
 deleted, which a foreign key would refuse (rows of a deleted org are never read).
@@ -38,11 +40,27 @@ depends_on: str | Sequence[str] | None = None
 # table -> the column holding the manifest name of its rows
 NAME_OF = {"models": "model_id", "catalog_variants": "name"}
 EVENTS = {"INSERT": ("NEW",), "UPDATE": ("OLD", "NEW"), "DELETE": ("OLD",)}
-# scope table -> the pending rows its revision bump stamps, with {row} for NEW
+# scope table -> its rows of the log, with NEW for the scope's row
 STAMPS = {
     "orgs": "org_id = NEW.id",
     "catalog_state": "org_id IS NULL",
 }
+KEPT_REVISIONS = 1000
+
+
+def _stamp_statements(table: str) -> list[str]:
+    """Stamp the scope's pending rows with its new revision; every KEPT_REVISIONS, prune."""
+    rows = STAMPS[table]
+    # A multiple of KEPT_REVISIONS (integer division on both; no % for psycopg to parse).
+    prune = f"NEW.revision = NEW.revision / {KEPT_REVISIONS} * {KEPT_REVISIONS}"
+    return [
+        f"UPDATE manifest_changes SET revision = NEW.revision WHERE {rows} AND revision IS NULL",
+        f"UPDATE {table} SET manifest_changes_floor = NEW.revision - {KEPT_REVISIONS} "
+        f"WHERE id = NEW.id AND {prune}",
+        f"DELETE FROM manifest_changes WHERE {prune} AND {rows} "
+        f"AND revision <= NEW.revision - {KEPT_REVISIONS}",
+    ]
+
 
 
 def _sqlite_log(table: str, row: str) -> str:
@@ -116,14 +134,11 @@ def upgrade() -> None:
                 f"CREATE TRIGGER trg_{table}_manifest_log AFTER INSERT OR UPDATE OR DELETE "
                 f"ON {table} FOR EACH ROW EXECUTE FUNCTION {table}_manifest_log()"
             )
-        for table, pending in STAMPS.items():
+        for table in STAMPS:
+            body = "".join(f"  {statement};\n" for statement in _stamp_statements(table))
             bind.exec_driver_sql(
                 f"CREATE FUNCTION {table}_manifest_stamp() RETURNS trigger LANGUAGE plpgsql AS $$\n"
-                "BEGIN\n"
-                "  UPDATE manifest_changes SET revision = NEW.revision\n"
-                f"  WHERE {pending} AND revision IS NULL;\n"
-                "  RETURN NULL;\n"
-                "END $$"
+                f"BEGIN\n{body}  RETURN NULL;\nEND $$"
             )
             bind.exec_driver_sql(
                 f"CREATE TRIGGER trg_{table}_manifest_stamp AFTER UPDATE OF revision ON {table} "
@@ -137,11 +152,11 @@ def upgrade() -> None:
                 f"CREATE TRIGGER trg_{table}_manifest_log_{event.lower()} AFTER {event} "
                 f"ON {table} BEGIN {body}; END"
             )
-    for table, pending in STAMPS.items():
+    for table in STAMPS:
+        body = "; ".join(_stamp_statements(table))
         bind.exec_driver_sql(
             f"CREATE TRIGGER trg_{table}_manifest_stamp AFTER UPDATE OF revision ON {table} "
-            f"BEGIN UPDATE manifest_changes SET revision = NEW.revision "
-            f"WHERE {pending} AND revision IS NULL; END"
+            f"BEGIN {body}; END"
         )
 
 
