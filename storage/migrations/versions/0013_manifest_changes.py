@@ -62,7 +62,6 @@ def _stamp_statements(table: str) -> list[str]:
     ]
 
 
-
 def _sqlite_log(table: str, row: str) -> str:
     """Log (org_id, name) of `row` unless already pending (SQLite's IS: null-safe equals)."""
     name = f"{row}.{NAME_OF[table]}"
