@@ -4,13 +4,15 @@ Measures, server-side (in this process, the code GetManifest runs, no network):
 - full build: what GetManifest runs when the caller's manifest at its current stamp is
   not in this process's memory. Cases: cold (a restarted server or a new replica,
   server.manifest_builds.ManifestBuilds itself) with the caller's whole manifest stored
-  under the current stamp (one row read and decoded), stored one change behind (decoded
-  and reused as the previous build: the index rows read, the changed entry rebuilt), and
-  not stored (every variant's stored subtree read and joined); the first build ever
-  (nothing stored: once after the upgrade that added stored subtrees); variants cached in
-  memory (another org sharing blessed variants); and the common one, a rebuild after a
-  change (here a new catalog version under one model) with the previous build in memory.
-  Storing the whole manifest (done in the background after builds) is timed too;
+  under the current stamp (one row read and decoded), stored one change behind (decoded,
+  then the names the change log lists since it read and patched in), and not stored
+  (every name's index row and every variant's stored subtree read and joined); the first
+  build ever (nothing stored: once after the upgrade that added stored subtrees); variants
+  cached in memory but no previous build (another org sharing blessed variants, or a
+  rebuild that must read the whole index); and the common one, a rebuild after a change
+  (here a new catalog version under one model) on a server holding the previous build
+  (ManifestBuilds: the change log, then a patch). Storing the whole manifest (done in the
+  background after builds) is timed too;
 - for comparison, the field-by-field build this replaced (every row loaded, every entry
   filled as a protobuf message), measured in the same run;
 - not-modified check: read the (org, catalog) revision stamp in a read transaction and look
@@ -18,6 +20,10 @@ Measures, server-side (in this process, the code GetManifest runs, no network):
 and, for context, GetManifest over gRPC against a real server on this machine (adds
 authentication of the key, the transfer, and the client's parsing): not-modified, the first
 page, every page, and every page after a change.
+
+Each case also reports the most time one call spent in the garbage collector (collections
+run wherever allocations trigger them). The process freezes what exists before the cases
+start, as server.app.serve does once the server has started.
 
 Shapes: `typical` (default) gives each of the 10,000 models its own variant (as an upload
 creates it) with one active catalog version, one package and one weights resource;
@@ -138,7 +144,9 @@ def seed(session: Session, org_id: str, n: int, heavy: bool) -> None:
         (ArtifactPackage, packages), (ArtifactResource, resources),
     ):  # fmt: skip
         session.execute(insert(table), rows)
+    # As every write does: it also stamps the change log's rows of the seeded names.
     catalog_repo.bump_catalog_revision(session)
+    tenancy.bump_org_revision(session, org_id)
 
 
 def percentiles(samples: list[float]) -> tuple[float, float, float]:
