@@ -16,6 +16,7 @@ import asyncio
 import contextvars
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from domain import manifest
@@ -37,6 +38,7 @@ class ManifestBuilds:
         self._building: dict[manifest.Stamp, asyncio.Future[manifest_pb.Built]] = {}
         self.schedule = manifest.StoreSchedule()
         self._storing: dict[str | None, asyncio.Task[None]] = {}
+        self._saving: set[asyncio.Task[None]] = set()
         # A rebuild patches the previous build while at most this many names, or
         # manifest.CHANGES_SHARE of them, changed (else it reads the whole index).
         self.min_patch = 100
@@ -67,7 +69,9 @@ class ManifestBuilds:
         finally:
             del self._building[stamp]
         if fresh:
-            await self._save_tails(built)
+            # In the background: the caller is answered without waiting for a write (on
+            # SQLite, for the one writer's lock).
+            self._background(self._save_tails(built))
             self._store_later(at)
         return built
 
@@ -127,6 +131,11 @@ class ManifestBuilds:
         except Exception:
             log.warning("could not store %d manifest subtrees", len(unsaved), exc_info=True)
 
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work, context=contextvars.Context())
+        self._saving.add(task)
+        task.add_done_callback(self._saving.discard)
+
     def _store_later(self, stamp: manifest.Stamp) -> None:
         """Store the caller's latest build in the background: now, or once the schedule
         allows (manifest.StoreSchedule); one pending store per caller."""
@@ -161,7 +170,7 @@ class ManifestBuilds:
 
     async def close(self) -> None:
         """Stop pending stores (they are a cache: the next build stores again)."""
-        tasks = list(self._storing.values())
+        tasks = [*self._storing.values(), *self._saving]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

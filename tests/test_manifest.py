@@ -364,16 +364,22 @@ def test_a_second_server_builds_from_stored_subtrees(
     own = create_variant(client, name)
     db.add_version(own.uid, "1.0", [Pkg(format="tflite")])
     first = manifest(client)
-    with transaction(db.sessions) as session:
-        stored = {t.variant_id: t for t in session.scalars(select(ManifestTail)).all()}
-        current = {
-            v.id: (v.content_revision, v.updated_at)
-            for v in session.scalars(select(CatalogVariant)).all()
-        }
-    for entry in first.models.values():
-        if entry.HasField("variant"):
-            t = stored[entry.variant.uid]
-            assert (t.content_revision, t.variant_updated_at) == current[entry.variant.uid]
+    shown = {e.variant.uid for e in first.models.values() if e.HasField("variant")}
+    deadline = time.monotonic() + 20
+    while True:  # stored after the build, in the background
+        with transaction(db.sessions) as session:
+            stored = {t.variant_id: t for t in session.scalars(select(ManifestTail)).all()}
+            current = {
+                v.id: (v.content_revision, v.updated_at)
+                for v in session.scalars(select(CatalogVariant)).all()
+            }
+        if shown <= stored.keys():
+            break
+        assert time.monotonic() < deadline, "the subtrees were not stored"
+        time.sleep(0.05)
+    for uid in shown:
+        t = stored[uid]
+        assert (t.content_revision, t.variant_updated_at) == current[uid]
     # A marker only the stored row carries: an entry without a Model takes its framework
     # from the stored subtree, so a second server showing it read the row, not the rows.
     # (Without the whole manifest stored: the second server would serve that instead.)
