@@ -16,7 +16,6 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Coroutine
 from typing import Any
 
 from domain import manifest
@@ -71,7 +70,7 @@ class ManifestBuilds:
         if fresh:
             # In the background: the caller is answered without waiting for a write (on
             # SQLite, for the one writer's lock).
-            self._background(self._save_tails(built))
+            self._save_later(built)
             self._store_later(at)
         return built
 
@@ -97,12 +96,12 @@ class ManifestBuilds:
             return pinned
 
         if last is not None:
-            since, previous_build = last
-            most = max(self.min_patch, int(len(previous_build.names) * manifest.CHANGES_SHARE))
+            since, built = last
+            most = max(self.min_patch, int(len(built.names) * manifest.CHANGES_SHARE))
             changes = await self.rt.read(manifest.load_changes, stamp[0], since, most, cached_tails)
             if changes is not None:
                 built = await self.rt.call(
-                    manifest_pb.patch, previous_build, changes, pinned, utcnow(), self.tails
+                    manifest_pb.patch, built, changes, pinned, utcnow(), self.tails
                 )
                 return built, changes.stamp, True
         index = await self.rt.read(manifest.load_index, stamp[0], cached_tails)
@@ -131,8 +130,9 @@ class ManifestBuilds:
         except Exception:
             log.warning("could not store %d manifest subtrees", len(unsaved), exc_info=True)
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work, context=contextvars.Context())
+    def _save_later(self, built: manifest_pb.Built) -> None:
+        """_save_tails in the background."""
+        task = asyncio.create_task(self._save_tails(built), context=contextvars.Context())
         self._saving.add(task)
         task.add_done_callback(self._saving.discard)
 
