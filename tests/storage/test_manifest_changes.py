@@ -6,6 +6,8 @@ it. And a manifest patched from the log equals one built from every row."""
 
 from __future__ import annotations
 
+import random
+import threading
 from collections.abc import Callable
 
 from sqlalchemy import delete, select, update
@@ -191,6 +193,35 @@ def test_readers_get_names_after_a_stamp_until_the_log_is_pruned(
     assert changed(1997, 1000) == {"x0", "x1", "x2", "x3"}
 
 
+def build_whole(
+    factory: sessionmaker[Session], org: str
+) -> tuple[manifest_pb.Built, manifest.Stamp]:
+    """The caller's manifest from every row (no previous build, nothing cached)."""
+    with transaction(factory, readonly=True) as session:
+        index = manifest.load_index(session, org, lambda keys: set())
+    return manifest_pb.build(index, {}, utcnow(), None, manifest_pb.TailCache()), index.stamp
+
+
+def build_patched(
+    factory: sessionmaker[Session],
+    org: str,
+    tails: manifest_pb.TailCache,
+    previous: manifest_pb.Built,
+    since: manifest.Stamp,
+) -> tuple[manifest_pb.Built, manifest.Stamp]:
+    """`previous` (built at `since`) patched with the names the log lists since."""
+    pinned: dict[manifest.VariantKey, manifest_pb.Tail] = {}
+
+    def cached(keys: list[manifest.VariantKey]) -> dict[manifest.VariantKey, manifest_pb.Tail]:
+        pinned.update(tails.pin(keys, previous))
+        return pinned
+
+    with transaction(factory, readonly=True) as session:
+        changes = manifest.load_changes(session, org, since, 100_000, cached)
+    assert changes is not None
+    return manifest_pb.patch(previous, changes, pinned, utcnow(), tails), changes.stamp
+
+
 def test_a_manifest_patched_from_the_log_equals_a_build_from_every_row(
     factory: sessionmaker[Session],
 ) -> None:
@@ -198,21 +229,10 @@ def test_a_manifest_patched_from_the_log_equals_a_build_from_every_row(
     tails = manifest_pb.TailCache()
 
     def whole() -> tuple[manifest_pb.Built, manifest.Stamp]:
-        with transaction(factory, readonly=True) as session:
-            index = manifest.load_index(session, org, lambda keys: set())
-        return manifest_pb.build(index, {}, utcnow(), None, manifest_pb.TailCache()), index.stamp
+        return build_whole(factory, org)
 
     def patched(previous: manifest_pb.Built, since: manifest.Stamp) -> manifest_pb.Built:
-        pinned: dict[manifest.VariantKey, manifest_pb.Tail] = {}
-
-        def cached(keys: list[manifest.VariantKey]) -> dict[manifest.VariantKey, manifest_pb.Tail]:
-            pinned.update(tails.pin(keys, previous))
-            return pinned
-
-        with transaction(factory, readonly=True) as session:
-            changes = manifest.load_changes(session, org, since, 1000, cached)
-        assert changes is not None
-        return manifest_pb.patch(previous, changes, pinned, utcnow(), tails)
+        return build_patched(factory, org, tails, previous, since)[0]
 
     with transaction(factory) as session:
         for i in range(6):
@@ -267,3 +287,68 @@ def test_a_manifest_patched_from_the_log_equals_a_build_from_every_row(
     built = patched(built, at)
     expected, at = whole()
     assert entries(built) == entries(expected) and built.etag == expected.etag
+
+
+def test_patches_chained_while_writers_race_end_equal_to_a_build_from_every_row(
+    factory: sessionmaker[Session],
+) -> None:
+    """Writers that bump the org's revision before their writes (as quota-checked
+    uploads do) and after them, in concurrent transactions, while a reader keeps patching
+    its previous build: nothing a writer committed is missed."""
+    org = new_org(factory)
+    with transaction(factory) as session:
+        for i in range(8):
+            session.add(Model(org_id=org, model_id=f"m{i}", framework="onnx"))
+            session.add(CatalogVariant(org_id=org, name=f"m{i}"))
+        tenancy.bump_org_revision(session, org)
+    with transaction(factory, readonly=True) as session:
+        vids = list(session.scalars(select(CatalogVariant.id).where(CatalogVariant.org_id == org)))
+    built, at = build_whole(factory, org)
+    tails = manifest_pb.TailCache()
+    errors: list[BaseException] = []
+    created: list[str] = []
+
+    def writer(seed: int) -> None:
+        rnd = random.Random(seed)
+        try:
+            for i in range(12):
+                with transaction(factory) as session:
+                    first = rnd.random() < 0.5
+                    if first:
+                        tenancy.bump_org_revision(session, org)
+                    step = rnd.randrange(3)
+                    if step == 0:
+                        session.add(Model(org_id=org, model_id=f"w{seed}-{i}"))
+                    elif step == 1:
+                        session.add(
+                            CatalogVersion(variant_id=rnd.choice(vids), version=f"{seed}.{i}")
+                        )
+                    else:
+                        session.execute(
+                            update(Model)
+                            .where(Model.org_id == org, Model.model_id == f"m{rnd.randrange(8)}")
+                            .values(enabled=rnd.random() < 0.5)
+                        )
+                    session.flush()
+                    if not first:
+                        tenancy.bump_org_revision(session, org)
+                if step == 0:
+                    created.append(f"w{seed}-{i}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(3)]
+    for thread in threads:
+        thread.start()
+    patches = 0
+    while any(thread.is_alive() for thread in threads):
+        built, at = build_patched(factory, org, tails, built, at)
+        patches += 1
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    built, at = build_patched(factory, org, tails, built, at)
+    expected, expected_at = build_whole(factory, org)
+    assert at == expected_at
+    assert entries(built) == entries(expected) and built.etag == expected.etag
+    assert set(created) <= set(expected.names) and patches > 1
