@@ -182,7 +182,8 @@ async def serve(settings: Settings) -> None:
     await server.start()
     # What exists now (modules, classes, functions, the started server) lives as long as
     # the process: out of the collector's reach, full collections walk only what requests
-    # made (bench-manifest: 130 ms per full collection before, much of it startup objects).
+    # made (bench-manifest, with built manifests made of plain tuples too: a full
+    # collection went from ~130 ms to ~2 ms).
     gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -219,8 +219,8 @@ _GENERATE_TIME, _NEXT_PAGE_TOKEN = b"\x22", b"\x2a"
 # deterministic; framework: the entry's framework when its Model has none (framework_of);
 # digest: sha256 of data). A plain tuple of atoms, which the garbage collector stops
 # tracking: a server holds 100,000s (TailCache, built manifests), and every tracked one is
-# walked by each full collection (a NamedTuple's instances stay tracked: 30,000 of them
-# took a quarter of a 130 ms collection in bench-manifest).
+# walked by each full collection (a NamedTuple's instances stay tracked: in bench-manifest
+# 30,000 of them held 120,000 of the 920,000 references a 130 ms collection walked).
 Tail = tuple[bytes, str, bytes]
 
 
