@@ -270,7 +270,8 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
         transfers=ThreadPoolExecutor(defaults.transfer_threads, thread_name_prefix="store-io"),
     )
     shared = manifest_pb.TailCache()
-    gc.freeze()  # as server.app.serve does once the server has started
+    gc.collect()  # as server.app.serve does once the server has started
+    gc.freeze()
 
     def build(
         previous: manifest_pb.Built | None = None, cache: manifest_pb.TailCache | None = None
