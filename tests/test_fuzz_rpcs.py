@@ -372,6 +372,12 @@ def test_fuzz_rpc(target: Target, method: descriptor.MethodDescriptor) -> None:
         if code == grpc.StatusCode.OK:
             return
         after = target.snapshot()
+        # Caches an earlier, successful GetManifest writes in the background (its subtrees
+        # and whole manifest, server/manifest_builds.py), possibly while this call runs; a
+        # rejected call builds nothing. The change log is written by triggers on data, so
+        # it stays in the check.
+        for k in ("manifest_snapshots", "manifest_tails"):
+            before.pop(k), after.pop(k)
         if reason == "UPLOAD_INCOMPLETE":
             # the client may resume it: its session row (and parts) stay until it expires
             for k in ("upload_sessions", "objects", "incomplete"):
