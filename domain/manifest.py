@@ -33,8 +33,8 @@ Rebuilds (load_changes): database triggers log every written model name per revi
 its scope (the org's, or the blessed catalog's; storage.orm.catalog.ManifestChange), so a
 build that has the caller's previous manifest reads the rows of only the names changed
 since that manifest's stamp and patches it (server/manifest_pb.patch), instead of one row
-per model name. When the log does not reach back that far, or more than CHANGES_SHARE of
-the names changed, it reads the whole index as above.
+per model name. When the log does not reach back that far, or too many names changed
+(CHANGES_SHARE), it reads the whole index as above.
 
 Stored manifests (load_stored, save_stored): each caller's whole built manifest is kept in
 the database under the stamp it was built at, stored again after later builds at most
@@ -173,28 +173,31 @@ def load_index(
     return _index(session, org_id, current, None, cached)
 
 
-# A rebuild reads the changed names' rows only while they are at most this share of the
-# previous build's names; beyond it, reading every name's row in one pass is cheaper.
+# A rebuild reads the changed names' rows only while they are at most CHANGES_AT_LEAST
+# names or this share of the previous build's; beyond it, reading every name's row in one
+# pass is cheaper.
 CHANGES_SHARE = 0.25
+CHANGES_AT_LEAST = 100
 
 
 def load_changes(
     session: Session,
     org_id: str | None,
     since: Stamp,
-    max_names: int,
+    previous_names: int,
     cached: Callable[[list[VariantKey]], Collection[VariantKey]],
 ) -> Index | None:
     """The index of only the names whose entries may have changed for the caller since a
-    build at stamp `since` (the change log, storage.orm.catalog.ManifestChange), for
-    manifest_pb.patch; its `names` are those names (some may have left the manifest:
-    neither a Model nor a variant). None when the log does not reach back to `since` or
-    more than `max_names` changed: build from the whole index instead. One snapshot, as
-    load_index."""
+    build at stamp `since` of `previous_names` names (the change log,
+    storage.orm.catalog.ManifestChange), for manifest_pb.patch; its `names` are those names
+    (some may have left the manifest: neither a Model nor a variant). None when the log
+    does not reach back to `since` or too many changed (CHANGES_SHARE): build from the
+    whole index instead. One snapshot, as load_index."""
     repo.manifest_snapshot(session)
     current = stamp(session, org_id)
     changed = repo.manifest_changes(session, org_id, since[1], since[2])
-    if changed is None or len(changed) > max_names:
+    most = max(CHANGES_AT_LEAST, int(previous_names * CHANGES_SHARE))
+    if changed is None or len(changed) > most:
         return None
     return _index(session, org_id, current, changed, cached)
 
@@ -467,12 +470,6 @@ class ManifestCache(Generic[T]):
                 return None
             self._bodies.move_to_end(key[0])
             return hit[1], hit[2]
-
-    def last_body(self, caller: str | None) -> T | None:
-        """The most recent manifest built for the caller, whatever its stamp (to reuse
-        its unchanged parts in the next build)."""
-        last = self.last(caller)
-        return last[1] if last is not None else None
 
     def last(self, caller: str | None) -> tuple[Stamp, T] | None:
         """The most recent manifest built for the caller with its stamp."""

@@ -38,9 +38,6 @@ class ManifestBuilds:
         self.schedule = manifest.StoreSchedule()
         self._storing: dict[str | None, asyncio.Task[None]] = {}
         self._saving: set[asyncio.Task[None]] = set()
-        # A rebuild patches the previous build while at most this many names, or
-        # manifest.CHANGES_SHARE of them, changed (else it reads the whole index).
-        self.min_patch = 100
 
     def etag(self, stamp: manifest.Stamp) -> str | None:
         """The etag of the caller's manifest at `stamp`, when this process knows it."""
@@ -97,8 +94,9 @@ class ManifestBuilds:
 
         if last is not None:
             since, built = last
-            most = max(self.min_patch, int(len(built.names) * manifest.CHANGES_SHARE))
-            changes = await self.rt.read(manifest.load_changes, stamp[0], since, most, cached_tails)
+            changes = await self.rt.read(
+                manifest.load_changes, stamp[0], since, len(built.names), cached_tails
+            )
             if changes is not None:
                 built = await self.rt.call(
                     manifest_pb.patch, built, changes, pinned, utcnow(), self.tails

@@ -464,10 +464,10 @@ def test_manifest_cache_keeps_bodies_up_to_a_byte_budget() -> None:
     for org in "abc":
         cache.put((org, 1, 1), f"e-{org}", b"x" * 4)
     assert cache.body(("a", 1, 1)) is None  # 12 bytes: the oldest went
-    assert cache.body(("b", 1, 1)) == ("e-b", b"xxxx") and cache.last_body("c") == b"xxxx"
+    assert cache.body(("b", 1, 1)) == ("e-b", b"xxxx") and cache.last("c") == (("c", 1, 1), b"xxxx")
     cache.put(("d", 1, 1), "e-d", b"y" * 50)
     assert cache.body(("d", 1, 1)) == ("e-d", b"y" * 50)
-    assert [cache.last_body(o) for o in "bc"] == [None, None]
+    assert [cache.last(o) for o in "bc"] == [None, None]
     assert cache.etag(("a", 1, 1)) == "e-a" and cache.etag(("a", 2, 1)) is None
     cache.put(("d", 2, 1), "e-d2", b"z")  # a caller's new build replaces its old one
-    assert cache.last_body("d") == b"z" and cache.body(("d", 1, 1)) is None
+    assert cache.last("d") == (("d", 2, 1), b"z") and cache.body(("d", 1, 1)) is None

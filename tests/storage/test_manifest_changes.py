@@ -217,7 +217,7 @@ def build_patched(
         return pinned
 
     with transaction(factory, readonly=True) as session:
-        changes = manifest.load_changes(session, org, since, 100_000, cached)
+        changes = manifest.load_changes(session, org, since, len(previous.names), cached)
     assert changes is not None
     return manifest_pb.patch(previous, changes, pinned, utcnow(), tails), changes.stamp
 
