@@ -107,10 +107,11 @@ class DownloadUrls:
 def _bump(session: Session, variant_org_id: str | None) -> None:
     """Mark every manifest the row shows in as changed.
 
-    Writers under a variant bump before they write there: the bump locks the org's (or the
-    catalog's) row, and writing a version, package or resource locks the variant's row
-    (content_revision triggers, migration 0008). Taking them in that one order everywhere
-    (uploads do) keeps concurrent writers on PostgreSQL from deadlocking."""
+    Writers under a variant bump before they lock or write any row there: the bump locks
+    the org's (or the catalog's) row, and writing a version, package or resource locks the
+    variant's row (content_revision triggers, migration 0008) and keys the rows above it.
+    Taking them in that one order everywhere (tenancy.bump_org_revision) keeps concurrent
+    writers on PostgreSQL from deadlocking."""
     if variant_org_id is None:
         repo.bump_catalog_revision(session)
     else:
@@ -334,6 +335,9 @@ def deprecate_version(
     session: Session, org_id: str, ref: VersionRef, *, admin: bool
 ) -> CatalogVersionView:
     """active -> deprecated; any other starting state is FAILED_PRECONDITION."""
+    seen = _version(session, org_id, ref)
+    _bump(session, seen.variant.org_id)  # before locking the version: see _bump
+    session.expire(seen)  # read again under the lock below
     cv = _version(session, org_id, ref, for_update=True)
     _require_admin_for(cv.variant, admin, "deprecating a version of")
     if cv.lifecycle != "active":
@@ -344,7 +348,6 @@ def deprecate_version(
             reason="NOT_ACTIVE",
             metadata={"resource_name": name, "state": cv.lifecycle},
         )
-    _bump(session, cv.variant.org_id)  # first: see _bump
     cv.lifecycle = "deprecated"
     cv.deprecated_at = utcnow()
     session.flush()

@@ -73,6 +73,7 @@ def create_model(session: Session, org_id: str, model_id: str, fields: ModelFiel
     check_description(v, "model.description", fields.description)
     tags = normalize_tags(v, "model.tags", fields.tags)
     v.raise_if_any()
+    tenancy.bump_org_revision(session, org_id)  # first: see bump_org_revision
     if repo.get(session, org_id, model_id) is not None:
         raise AlreadyExists("model", names.model_name(model_id))
     now = utcnow()
@@ -93,7 +94,6 @@ def create_model(session: Session, org_id: str, model_id: str, fields: ModelFiel
     except IntegrityError:
         # A concurrent create of the same id won the race.
         raise AlreadyExists("model", names.model_name(model_id)) from None
-    tenancy.bump_org_revision(session, org_id)
     return ModelView(model, 0)
 
 
@@ -140,6 +140,7 @@ def update_model(
         check_description(v, "model.description", fields.description)
     tags = normalize_tags(v, "model.tags", fields.tags) if "tags" in paths else []
     v.raise_if_any()
+    tenancy.bump_org_revision(session, org_id)  # first: see bump_org_revision
     model = repo.get_for_update(session, org_id, model_id)
     if model is None:
         raise NotFound("model", names.model_name(model_id))
@@ -153,7 +154,6 @@ def update_model(
     if "enabled" in paths:
         model.enabled = fields.enabled
     model.revision += 1
-    tenancy.bump_org_revision(session, org_id)
     session.flush()
     return view(session, model)
 
@@ -161,12 +161,11 @@ def update_model(
 def delete_model(session: Session, org_id: str, model_id: str, etag: str) -> None:
     """Delete the model; the database cascades to versions, catalog versions, packages and
     resources. Object-store bytes stay until the garbage collector's grace window passes."""
+    tenancy.bump_org_revision(session, org_id)  # first: see bump_org_revision
     model = repo.get_for_update(session, org_id, model_id)
     if model is None:
         raise NotFound("model", names.model_name(model_id))
     check_etag(etag, model.id, model.revision, names.model_name(model_id))
-    # Before the delete, whose cascade locks the variant rows (see domain.catalog._bump).
-    tenancy.bump_org_revision(session, org_id)
     session.delete(model)
     session.flush()
 

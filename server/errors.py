@@ -154,6 +154,11 @@ def to_status(exc: BaseException) -> grpc.Status:
         limit //= 2
 
 
+# PostgreSQL's deadlock_detected and serialization_failure: the database failed this
+# transaction to let a concurrent one proceed.
+_CONFLICT_STATES = {"40P01", "40001"}
+
+
 def as_domain_error(exc: BaseException) -> d.DomainError | None:
     """Recognise domain errors and transient infrastructure failures; None means a bug."""
     if isinstance(exc, d.DomainError):
@@ -161,6 +166,13 @@ def as_domain_error(exc: BaseException) -> d.DomainError | None:
     if isinstance(exc, NotImplementedError):
         # The generated servicer base class raises this for RPCs not implemented yet.
         return d.Unimplemented("this RPC is not implemented yet")
+    if getattr(getattr(exc, "orig", None), "sqlstate", None) in _CONFLICT_STATES:
+        # Writers take their locks in one order (storage.repos.tenancy.bump_org_revision),
+        # so this is rare; the transaction was rolled back whole and may be retried.
+        return d.Aborted(
+            "a concurrent write conflicted with this one and nothing was written; retry",
+            reason="CONCURRENT_WRITE",
+        )
     if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
         return d.Unavailable("the database is unavailable; retry later")
     if isinstance(exc, sqlalchemy.exc.DataError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import grpc
+import psycopg
 import pytest
 import sqlalchemy.exc
 from google.rpc import error_details_pb2, status_pb2
@@ -123,3 +124,19 @@ def test_a_value_the_database_refuses_is_invalid_argument() -> None:
     assert "INSERT" not in status.details
     (info,) = unpack(decode(status), error_details_pb2.ErrorInfo)
     assert info.reason == "UNSTORABLE_VALUE"
+
+
+@pytest.mark.parametrize(
+    "exc_type", [psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure]
+)
+def test_a_write_the_database_failed_for_a_concurrent_one_is_aborted(exc_type: type) -> None:
+    """A transaction PostgreSQL failed to let a concurrent one proceed is a retryable
+    conflict (ABORTED), not an outage."""
+    exc = sqlalchemy.exc.OperationalError("UPDATE orgs ...", {}, exc_type("deadlock detected"))
+    status = to_status(exc)
+    assert status.code == grpc.StatusCode.ABORTED
+    assert "UPDATE" not in status.details
+    (info,) = unpack(decode(status), error_details_pb2.ErrorInfo)
+    assert info.reason == "CONCURRENT_WRITE"
+    refused = sqlalchemy.exc.OperationalError("SELECT 1", {}, psycopg.OperationalError("down"))
+    assert to_status(refused).code == grpc.StatusCode.UNAVAILABLE

@@ -3,8 +3,11 @@ server on both backends."""
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 
 from modelregistry.v1 import model_service_pb2 as mpb
 from modelregistry.v1 import models_pb2
@@ -271,3 +274,40 @@ def test_monthly_version_quota(registry: RunningServer) -> None:
     # Deleting a version frees its slot.
     c.versions.DeleteVersion(vpb.DeleteVersionRequest(name="models/m/versions/0.0"))
     version(c, "m", "again")
+
+
+def test_concurrent_writers_of_one_model_all_succeed(client: Client) -> None:
+    """Model updates and version creates race on one model: every call succeeds. (On
+    PostgreSQL an update that locked the model row before the org's, against a create
+    holding the org's and writing the model row, deadlocked and failed one of them.)"""
+    model(client, "busy")
+    failures: list[grpc.RpcError] = []
+
+    def updater(n: int) -> None:
+        for i in range(10):
+            try:
+                client.models.UpdateModel(
+                    mpb.UpdateModelRequest(
+                        model=models_pb2.Model(name="models/busy", description=f"{n}.{i}"),
+                        update_mask=field_mask_pb2.FieldMask(paths=["description"]),
+                    )
+                )
+            except grpc.RpcError as exc:
+                failures.append(exc)
+
+    def creator(n: int) -> None:
+        for i in range(10):
+            try:
+                version(client, "busy", f"{n}.{i}")
+            except grpc.RpcError as exc:
+                failures.append(exc)
+
+    threads = [
+        threading.Thread(target=fn, args=(n,)) for n in range(2) for fn in (updater, creator)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, [(f.code(), f.details()) for f in failures]
+    assert len(list_ids(client, "busy")) == 20

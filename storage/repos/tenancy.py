@@ -54,5 +54,11 @@ def keys_of(session: Session, org_id: str) -> list[ApiKey]:
 
 
 def bump_org_revision(session: Session, org_id: str) -> None:
-    """Mark the org's manifest changed; runs in the caller's transaction."""
+    """Mark the org's manifest changed; runs in the caller's transaction and holds the
+    org row's lock until it ends.
+
+    Writers call it before they lock or write any other row of the org (models, versions,
+    variants and what is under them): every writer then takes the org's lock first, so
+    two on PostgreSQL never hold one row each while waiting for the other's (a deadlock,
+    which the database breaks by failing one of them)."""
     session.execute(update(Org).where(Org.id == org_id).values(revision=Org.revision + 1))

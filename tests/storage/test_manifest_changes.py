@@ -292,9 +292,11 @@ def test_a_manifest_patched_from_the_log_equals_a_build_from_every_row(
 def test_patches_chained_while_writers_race_end_equal_to_a_build_from_every_row(
     factory: sessionmaker[Session],
 ) -> None:
-    """Writers that bump the org's revision before their writes (as quota-checked
-    uploads do) and after them, in concurrent transactions, while a reader keeps patching
-    its previous build: nothing a writer committed is missed."""
+    """Writers that bump the org's revision before their writes (as every writer in the
+    server does) and after them, in concurrent transactions, while a reader keeps
+    patching its previous build: nothing a writer committed is missed. (Writers bumping
+    last still lock the org row first, the order tenancy.bump_org_revision asks of
+    every writer: without it they deadlock with the others on PostgreSQL.)"""
     org = new_org(factory)
     with transaction(factory) as session:
         for i in range(8):
@@ -316,6 +318,8 @@ def test_patches_chained_while_writers_race_end_equal_to_a_build_from_every_row(
                     first = rnd.random() < 0.5
                     if first:
                         tenancy.bump_org_revision(session, org)
+                    else:
+                        session.execute(select(Org.id).where(Org.id == org).with_for_update())
                     step = rnd.randrange(3)
                     if step == 0:
                         session.add(Model(org_id=org, model_id=f"w{seed}-{i}"))
