@@ -172,6 +172,7 @@ def create_variant(
     taxonomy = _check_fields(v, "variant", fields, set(MUTABLE_FIELDS))
     v.raise_if_any()
     owner = None if blessed else org_id
+    _bump(session, owner)  # first: see _bump
     if repo.variant_in_scope(session, owner, model_id) is not None:
         raise AlreadyExists(
             "variant", model_id, f"a {'blessed' if blessed else 'org'} variant {model_id!r} exists"
@@ -191,7 +192,6 @@ def create_variant(
             session.flush()
     except IntegrityError:
         raise AlreadyExists("variant", model_id) from None
-    _bump(session, owner)
     return variant
 
 
