@@ -140,8 +140,9 @@ class Index:
     names: list[str]  # every model name, sorted (load_changes: the changed names only)
     models: dict[str, tuple[str, bool]]  # model name -> the Model's (framework, enabled)
     variants: dict[str, VariantKey]  # model name -> the key of the variant that resolves
-    # variant id -> its stored (framework, bytes, sha256 of the bytes)
-    stored: dict[str, tuple[str, bytes, bytes]]
+    blessed: set[str]  # the ids of those variants that are blessed (shared by every org)
+    # variant id -> its stored (bytes, framework, sha256 of the bytes)
+    stored: dict[str, tuple[bytes, str, bytes]]
     subtrees: Subtrees
 
 
@@ -210,12 +211,14 @@ def _index(
     cached: Callable[[list[VariantKey]], Collection[VariantKey]],
 ) -> Index:
     rows = repo.manifest_index(session, org_id, only)
-    # rows are (model_id, framework, enabled) and (id, content_revision, updated_at, name)
+    # rows are (model_id, framework, enabled) and (id, content_revision, updated_at, name,
+    # blessed)
     models: dict[str, tuple[str, bool]] = {r[0]: (r[1], r[2]) for r in rows.models}
     variants: dict[str, VariantKey] = {r[3]: (r[0], r[1], r[2]) for r in rows.variants}
+    blessed = {r[0] for r in rows.variants if r[4]}
     have = cached(list(variants.values()))
     missing = {key[0]: key for key in variants.values() if key not in have}
-    stored: dict[str, tuple[str, bytes, bytes]] = {}
+    stored: dict[str, tuple[bytes, str, bytes]] = {}
 
     def most(wanted: Collection[str]) -> bool:
         # Most of every name's variants (a cold cache): one pass over everything beats
@@ -223,11 +226,13 @@ def _index(
         return only is None and len(wanted) * 2 > len(variants)
 
     if missing:
-        for vid, revision, updated_at, framework, data, digest in repo.manifest_tails(
+        wanted = missing.get
+        for vid, revision, updated_at, data, framework, digest in repo.manifest_tails(
             session, org_id, None if most(missing) else missing.keys()
         ):
-            if missing.get(vid) == (vid, revision, updated_at):  # stored under today's key
-                stored[vid] = (framework, bytes(data), bytes(digest))
+            key = wanted(vid)
+            if key is not None and key[1] == revision and key[2] == updated_at:
+                stored[vid] = (data, framework, digest)  # stored under today's key
     unbuilt = [vid for vid in missing if vid not in stored]
     subtrees = Subtrees({}, {}, {}, {})
     if unbuilt:
@@ -235,7 +240,7 @@ def _index(
             repo.manifest_subtrees(session, org_id, None if most(unbuilt) else unbuilt)
         )
     names = sorted(models.keys() | variants.keys() if only is None else only)
-    return Index(current, names, models, variants, stored, subtrees)
+    return Index(current, names, models, variants, blessed, stored, subtrees)
 
 
 SAVE_BATCH = 1000  # subtrees stored per transaction

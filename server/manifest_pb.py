@@ -426,25 +426,23 @@ def _tails(
     index: manifest.Index, pinned: dict[manifest.VariantKey, Tail], cache: TailCache
 ) -> tuple[dict[manifest.VariantKey, Tail], dict[manifest.VariantKey, Tail]]:
     """(every tail of the index's variants, those serialized from rows now): from
-    `pinned` (TailCache.pin), the index's stored bytes, or its subtrees' rows; the ones
-    not pinned are cached."""
+    `pinned` (TailCache.pin), the index's stored bytes, or its subtrees' rows. Blessed
+    variants' tails not pinned are cached for every caller; an org's own are not (its
+    later builds take them from this build, or from its stored manifest)."""
     tails = dict(pinned)
     subtrees = index.subtrees
     fresh: dict[manifest.VariantKey, Tail] = {}
     if subtrees.variants or index.stored:
-        loaded: dict[manifest.VariantKey, Tail] = {}
-        stored = index.stored
+        stored = index.stored.get
         for name, vkey in index.variants.items():
             if vkey not in tails:
-                held = stored.get(vkey[0])
+                held = stored(vkey[0])
                 if held is not None:
-                    loaded[vkey] = (held[1], held[0], held[2])
+                    tails[vkey] = held
                 else:
-                    fresh[vkey] = tail(name, subtrees.variants[vkey[0]], subtrees)
-        tails.update(loaded)
-        tails.update(fresh)
-        cache.put(loaded)
-        cache.put(fresh)
+                    tails[vkey] = fresh[vkey] = tail(name, subtrees.variants[vkey[0]], subtrees)
+        blessed = index.blessed
+        cache.put({key: tails[key] for key in index.variants.values() if key[0] in blessed})
     return tails, fresh
 
 

@@ -213,7 +213,7 @@ class World:
     def index(
         self,
         have: set[manifest.VariantKey],
-        stored: dict[manifest.VariantKey, tuple[str, bytes, bytes]] | None = None,
+        stored: dict[manifest.VariantKey, tuple[bytes, str, bytes]] | None = None,
     ) -> manifest.Index:
         """As domain.manifest.load_index gives it: the stored bytes of keys not in `have`
         that `stored` holds (under their current key), subtrees for the others."""
@@ -242,6 +242,7 @@ class World:
             sorted(self.models.keys() | self.variants.keys()),
             {name: (m.framework, m.enabled) for name, m in self.models.items()},
             keys,
+            {v.id for v in self.variants.values() if v.org_id is None},
             current,
             sub,
         )
@@ -252,7 +253,7 @@ class World:
         names = sorted(self.changed)
         models = {n: m for n, m in whole.models.items() if n in self.changed}
         keys = {n: k for n, k in whole.variants.items() if n in self.changed}
-        return manifest.Index(STAMP, names, models, keys, {}, whole.subtrees)
+        return manifest.Index(STAMP, names, models, keys, whole.blessed, {}, whole.subtrees)
 
 
 def reference(data: manifest.ManifestData) -> pb.GetManifestResponse:
@@ -276,7 +277,7 @@ def build(
     world: World,
     cache: manifest_pb.TailCache,
     previous: manifest_pb.Built | None = None,
-    stored: dict[manifest.VariantKey, tuple[str, bytes, bytes]] | None = None,
+    stored: dict[manifest.VariantKey, tuple[bytes, str, bytes]] | None = None,
 ) -> manifest_pb.Built:
     keys = [manifest.variant_key(v) for v in world.variants.values()]
     pinned = cache.pin(keys, previous)
@@ -309,8 +310,12 @@ def test_bytes_parse_to_the_field_by_field_manifest(seed: int, postgres: bool) -
     for name, e in built.entries.items():
         entry_bytes = pb.GetManifestResponse.FromString(e[2] + e[3]).models[name]
         assert entry_bytes == expected.models[name]
-    # a second caller whose tails are all cached, and a rebuild with nothing changed
-    assert build(world, shared).message() == expected
+    # only blessed variants' tails are shared between callers (an org's own come from its
+    # previous build)
+    blessed = {v.id for v in world.variants.values() if v.org_id is None}
+    assert set(shared.pin(built.tails)) == {key for key in built.tails if key[0] in blessed}
+    # a second caller (its own tails stored), and a rebuild with nothing changed
+    assert build(world, shared, stored=dict(built.tails)).message() == expected
     assert build(world, manifest_pb.TailCache(), previous=built).etag == expected.etag
 
     previous = built
@@ -331,14 +336,14 @@ def test_stored_tails_build_the_same_bytes(seed: int) -> None:
     world = World(seed, postgres=seed % 2 == 1)
     first = build(world, manifest_pb.TailCache())
     assert {key for key, *_ in first.unsaved()} == set(first.tails)
-    stored = {key: (framework, data, digest) for key, framework, data, digest in first.unsaved()}
+    stored = {key: (data, framework, digest) for key, framework, data, digest in first.unsaved()}
     for _ in range(3):
         cold = build(world, manifest_pb.TailCache(), stored=stored)
         assert cold.response() == build(world, manifest_pb.TailCache()).response()
         assert cold.message() == reference(world.data())
         # only variants whose key moved on since their tail was stored are serialized
         assert set(cold.fresh) == set(cold.tails) - set(stored)
-        stored.update((key, (t[1], t[0], t[2])) for key, t in cold.fresh.items())
+        stored.update(cold.fresh)
         world.mutate()
 
 

@@ -338,7 +338,8 @@ class ManifestIndexRows:
     """One row per model name of a caller's manifest, without the variants' subtrees."""
 
     models: Sequence[Any]  # model_id, framework, enabled
-    variants: Sequence[Any]  # id, content_revision, updated_at (_key_time), name
+    # id, content_revision, updated_at (_key_time), name, blessed
+    variants: Sequence[Any]
 
 
 def manifest_index(
@@ -352,12 +353,12 @@ def manifest_index(
     model_query = select(Model.model_id, Model.framework, Model.enabled).where(
         Model.org_id == org_id
     )
-    variant_query = select(
+    columns = (
         CatalogVariant.id,
         CatalogVariant.content_revision,
         _key_time(session, CatalogVariant.updated_at),
         CatalogVariant.name,
-    ).where(variants.resolved_for(org_id))
+    )
     if names is None:
         chunks: list[list[str] | None] = [None]
     else:
@@ -369,27 +370,30 @@ def manifest_index(
         if org_id is not None:
             query = model_query if chunk is None else model_query.where(Model.model_id.in_(chunk))
             model_rows.extend(conn.execute(query, execution_options=BINARY_RESULTS).all())
-        query = variant_query
-        if chunk is not None:
-            query = query.where(CatalogVariant.name.in_(chunk))
+        where = () if chunk is None else (CatalogVariant.name.in_(chunk),)
         # .all(): one fetchall, where iterating fetches row by row (30 ms more for 20,000)
-        variant_rows.extend(conn.execute(query, execution_options=BINARY_RESULTS).all())
+        variant_rows.extend(
+            conn.execute(
+                variants.resolved_rows(org_id, columns, *where),
+                execution_options=BINARY_RESULTS,
+            ).all()
+        )
     return ManifestIndexRows(model_rows, variant_rows)
 
 
 def manifest_tails(
     session: Session, org_id: str | None, variant_ids: Collection[str] | None
 ) -> Sequence[Any]:
-    """(variant id, content_revision, updated_at (_key_time), framework, data, digest) of the stored
-    subtrees of `variant_ids`, or of every variant the org can see when None. The caller
-    keeps those whose key is still the variant's (manifest_index's)."""
+    """(variant id, content_revision, updated_at (_key_time), data, framework, digest) of
+    the stored subtrees of `variant_ids`, or of every variant the org can see when None.
+    The caller keeps those whose key is still the variant's (manifest_index's)."""
     conn = session.connection()
     query = select(
         ManifestTail.variant_id,
         ManifestTail.content_revision,
         _key_time(session, ManifestTail.variant_updated_at),
-        ManifestTail.framework,
         ManifestTail.data,
+        ManifestTail.framework,
         ManifestTail.digest,
     )
     if variant_ids is None:
