@@ -30,7 +30,7 @@ class ManifestBuilds:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.manifests = manifest.ManifestCache(manifest_pb.Built.byte_size)
-        # Serialized variant subtrees, shared by every caller's manifest.
+        # Serialized subtrees of blessed variants, shared by every caller's manifest.
         self.tails = manifest_pb.TailCache()
         # One build per stamp at a time: a fleet polling right after a change waits for
         # the build in progress instead of starting its own.

@@ -6,9 +6,9 @@ map entry is a length-delimited message {1: key, 2: value}. So a GetManifest res
 built by joining bytes: per model name, the entry's fields 1-4 (model_id, model, enabled,
 framework; a few dozen bytes from the Model row) and fields 5-7 (variant, latest_version,
 versions: the heavy part) serialized once per variant content key
-(domain.manifest.VariantKey) and kept in a TailCache shared by every caller. A rebuild after
-a change serializes only what changed: entries whose (Model row, variant key) equal the
-previous build's are taken from it as they are.
+(domain.manifest.VariantKey), kept with the build (and a blessed variant's in a TailCache
+shared by every caller). A rebuild after a change serializes only what changed: entries
+whose (Model row, variant key) equal the previous build's are taken from it as they are.
 
 Each entry's bytes are exactly its deterministic serialization (fields in number order,
 the same bytes the protobuf library writes; tests/test_manifest_bytes.py checks it against
@@ -264,8 +264,9 @@ def tail(name: str, variant: Any, subtrees: manifest.Subtrees) -> Tail:
 
 
 class TailCache:
-    """VariantKey -> Tail for every caller (a blessed variant's tail serves every org),
-    least recently used first out beyond `max_bytes`. Thread-safe."""
+    """VariantKey -> Tail of blessed variants, for every caller (an org's own variants'
+    tails are kept with its builds), least recently used first out beyond `max_bytes`.
+    Thread-safe."""
 
     def __init__(self, max_bytes: int = 256 << 20) -> None:
         self._items: OrderedDict[manifest.VariantKey, Tail] = OrderedDict()
