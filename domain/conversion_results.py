@@ -22,6 +22,7 @@ from storage.db import transaction
 from storage.objectstore import ObjectStore
 from storage.orm import utcnow
 from storage.repos import conversions as repo
+from storage.repos import tenancy
 
 log = logging.getLogger("modelregistry.conversion")
 
@@ -50,6 +51,9 @@ def record(
 ) -> None:
     """One transaction: the packages, the job's results and its final event."""
     with transaction(sessions) as s:
+        # The org's lock before the job's: recording packages takes it, and so does a
+        # version delete, before its cascade reaches the job (bump_org_revision's order).
+        tenancy.lock_org(s, task.org_id)
         job = owned(s, task, worker_id)
         if job.cancel_requested:
             raise Cancelled()

@@ -54,6 +54,7 @@ from storage.objectstore import IncompleteUpload, ObjectInfo, ObjectStore
 from storage.objectstore.multipart import multipart_for
 from storage.orm import UploadSession, utcnow
 from storage.repos import objects as repo
+from storage.repos import tenancy
 
 log = logging.getLogger("modelregistry.gc")
 
@@ -269,7 +270,7 @@ def _sweep_batch(
     # The check and the deletes under the org's lock: see the module docstring.
     with _transaction(sessions, commit=not dry) as session:
         if org_id is not None:
-            repo.lock_org(session, org_id)
+            tenancy.lock_org(session, org_id)
         referenced = _referenced(session, org_id, [i.key for i in chunk]) - dry_expiring
         for info in chunk:
             marker = marks.get(mark_key(info.key))

@@ -14,7 +14,6 @@ from storage.orm import (
     CatalogVariant,
     CatalogVersion,
     ConversionJob,
-    Org,
     UploadSession,
 )
 
@@ -39,16 +38,6 @@ def package_in_scope(
     if row is None:
         return None
     return row[0], row[1], row[2]
-
-
-def lock_org(session: Session, org_id: str) -> bool:
-    """Take the org row's lock (the one every upload's recording transaction takes, see
-    domain.artifacts.record_packages) without changing it; False when there is no such org.
-    On SQLite the write transaction already excludes every other writer."""
-    return (
-        session.scalars(select(Org.id).where(Org.id == org_id).with_for_update()).one_or_none()
-        is not None
-    )
 
 
 def keys_referenced_by_resources(session: Session, keys: Iterable[str]) -> set[str]:

@@ -62,3 +62,13 @@ def bump_org_revision(session: Session, org_id: str) -> None:
     two on PostgreSQL never hold one row each while waiting for the other's (a deadlock,
     which the database breaks by failing one of them)."""
     session.execute(update(Org).where(Org.id == org_id).values(revision=Org.revision + 1))
+
+
+def lock_org(session: Session, org_id: str) -> bool:
+    """Take the org row's lock (the one bump_org_revision takes) without changing it;
+    False when there is no such org. On SQLite the write transaction already excludes
+    every other writer."""
+    # FOR NO KEY UPDATE, as an UPDATE of the row takes: inserts of rows referencing the
+    # org (telemetry) need only a key-share lock and are not held up.
+    locked = select(Org.id).where(Org.id == org_id).with_for_update(key_share=True)
+    return session.scalars(locked).one_or_none() is not None
