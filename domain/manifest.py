@@ -195,8 +195,8 @@ def load_changes(
     does not reach back to `since` or too many changed (CHANGES_SHARE): build from the
     whole index instead. One snapshot, as load_index."""
     repo.manifest_snapshot(session)
-    current = stamp(session, org_id)
-    changed = repo.manifest_changes(session, org_id, since[1], since[2])
+    revisions, changed = repo.manifest_changes(session, org_id, since[1], since[2])
+    current = (org_id, *revisions)
     most = max(CHANGES_AT_LEAST, int(previous_names * CHANGES_SHARE))
     if changed is None or len(changed) > most:
         return None

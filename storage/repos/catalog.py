@@ -460,36 +460,58 @@ def save_manifest_tails(
 
 def manifest_changes(
     session: Session, org_id: str | None, org_since: int, catalog_since: int
-) -> set[str] | None:
-    """The model names whose entries may have changed for the caller after its org
-    revision `org_since` and the catalog's `catalog_since` (ManifestChange: rows logged
-    after them, or still pending); None when the log does not reach back that far."""
+) -> tuple[tuple[int, int], set[str] | None]:
+    """(the caller's revisions now, as manifest_revisions reads them; the model names whose
+    entries may have changed for it after its org revision `org_since` and the catalog's
+    `catalog_since`, or None when the log does not reach back that far). The names are the
+    ManifestChange rows logged after those revisions, or still pending."""
     conn = session.connection()
-    catalog_floor = (
-        select(CatalogState.manifest_changes_floor)
-        .where(CatalogState.id == CATALOG_STATE_ID)
-        .scalar_subquery()
-    )
-    org_floor: Any = 0
     if org_id is None:
-        floor = conn.execute(select(catalog_floor)).scalar()
+        row = conn.execute(_CATALOG_REVISION_AND_FLOOR).first()
+        org_revision = org_floor = 0
+        catalog_revision, catalog_floor = row if row is not None else (0, 0)
     else:
-        row = conn.execute(
-            select(Org.manifest_changes_floor, catalog_floor).where(Org.id == org_id)
-        ).first()
-        if row is None:
-            return None
-        org_floor, floor = row
-    if org_since < int(org_floor) or catalog_since < int(floor or 0):
-        return None
+        found = conn.execute(_REVISIONS_AND_FLOORS, {"org_id": org_id}).first()
+        if found is None:
+            return (0, 0), None
+        org_revision, org_floor, catalog_revision, catalog_floor = found
+    revisions = int(org_revision), int(catalog_revision or 0)
+    if org_since < int(org_floor) or catalog_since < int(catalog_floor or 0):
+        return revisions, None
+    if org_id is None:
+        names = conn.execute(_CATALOG_CHANGES, {"catalog_since": catalog_since})
+    else:
+        names = conn.execute(
+            _CHANGES,
+            {"org_id": org_id, "org_since": org_since, "catalog_since": catalog_since},
+        )
+    return revisions, set(names.scalars())
 
-    def after(since: int) -> ColumnElement[bool]:
-        return or_(ManifestChange.revision > since, ManifestChange.revision.is_(None))
 
-    where = and_(ManifestChange.org_id.is_(None), after(catalog_since))
-    if org_id is not None:
-        where = or_(where, and_(ManifestChange.org_id == org_id, after(org_since)))
-    return set(conn.execute(select(ManifestChange.name).where(where)).scalars())
+def _changed_after(since: str) -> ColumnElement[bool]:
+    return or_(ManifestChange.revision > bindparam(since), ManifestChange.revision.is_(None))
+
+
+# Built once, as _REVISIONS: they run on every rebuild.
+_REVISIONS_AND_FLOORS = select(
+    Org.revision,
+    Org.manifest_changes_floor,
+    _CATALOG_REVISION_OF,
+    select(CatalogState.manifest_changes_floor)
+    .where(CatalogState.id == CATALOG_STATE_ID)
+    .scalar_subquery(),
+).where(Org.id == bindparam("org_id"))
+_CATALOG_REVISION_AND_FLOOR = select(
+    CatalogState.revision, CatalogState.manifest_changes_floor
+).where(CatalogState.id == CATALOG_STATE_ID)
+_CATALOG_CHANGED = and_(ManifestChange.org_id.is_(None), _changed_after("catalog_since"))
+_CATALOG_CHANGES = select(ManifestChange.name).where(_CATALOG_CHANGED)
+_CHANGES = select(ManifestChange.name).where(
+    or_(
+        _CATALOG_CHANGED,
+        and_(ManifestChange.org_id == bindparam("org_id"), _changed_after("org_since")),
+    )
+)
 
 
 def _snapshot_scope(org_id: str | None) -> str:

@@ -158,7 +158,9 @@ def test_readers_get_names_after_a_stamp_until_the_log_is_pruned(
 
     def changed(since: int, catalog_since: int = catalog_start) -> set[str] | None:
         with transaction(factory, readonly=True) as session:
-            return repo.manifest_changes(session, org, since, catalog_since)
+            revisions, names = repo.manifest_changes(session, org, since, catalog_since)
+            assert revisions == repo.manifest_revisions(session, org)
+            return names
 
     write("a")
     write("b")
