@@ -19,9 +19,14 @@ from support.toxiproxy import Proxy, ToxiproxyServer
 
 def via(url: str, proxy: Proxy) -> str:
     """`url` with its host:port replaced by the proxy's listen address."""
+    return via_address(url, proxy.listen)
+
+
+def via_address(url: str, address: str) -> str:
+    """`url` with its host:port replaced by `address`."""
     parts = urlsplit(url)
     userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-    return urlunsplit(parts._replace(netloc=userinfo + proxy.listen))
+    return urlunsplit(parts._replace(netloc=userinfo + address))
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Fault injection: the server reaches PostgreSQL and MinIO through Toxiproxy.
 
 Cases: the database down during CreateModel, ConfirmUpload and an upload's commit; the object
-store down mid-upload and mid-download; latency; connection resets; a client vanishing
+store down mid-upload and mid-download, and its answer to an upload's completion lost;
+latency; connection resets; a client vanishing
 mid-stream; the server killed with SIGKILL mid-upload and restarted (tests/reliability/
 test_kill.py). After each: the client got a retryable status (UNAVAILABLE or ABORTED) or
 success, never a wrong success (what it acknowledged reads back byte for byte); a retry
@@ -11,19 +12,22 @@ row is one GC reclaims; no job stays running (support/invariants.py).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
-from reliability.conftest import Faulty, via
+from reliability.conftest import Faulty, via, via_address
 
 from domain.limits import LimitSettings
 from modelregistry.v1 import model_service_pb2 as mpb
 from modelregistry.v1 import models_pb2
 from modelregistry.v1 import version_service_pb2 as vpb
+from support.cutting_proxy import CuttingProxy
 from support.invariants import audit
 from support.registry import Client, RunningServer
 from support.status import rich
@@ -378,3 +382,36 @@ def test_a_vanished_client_frees_its_upload_slot(faulty_backends) -> None:  # ty
         assert result.ok(), result
     finally:
         server.stop()
+
+
+# The object store's answer to CompleteMultipartUpload (POST <key>?uploadId=...).
+COMPLETE = re.compile(rb"POST [^ ]*\?uploadId=")
+
+
+@pytest.mark.parametrize("size", [2 * MiB + 5, PART + 3 * MiB])
+def test_object_store_completes_an_upload_but_its_answer_is_lost(
+    pg_server, minio_server, size: int
+) -> None:  # type: ignore[no-untyped-def]
+    """The object store assembles the uploaded object, but the connection drops before the
+    server hears so: the call answers a retryable status and the upload stays resumable.
+    Resumed by its id, the server finds the multipart upload gone and the object there,
+    reads it back to check its sha256, and records it: the bytes download whole."""
+    db, store = pg_server.new_database(), minio_server.new_bucket()
+    direct = urlsplit(store).netloc.rsplit("@", 1)[-1]
+    with CuttingProxy(direct, lose_reply_to=COMPLETE) as lossy:
+        server = RunningServer(db, via_address(store, lossy.address))
+        try:
+            c = server.new_org()
+            data = random_bytes(size)
+            f = F("model.onnx", data, upload_id=str(uuid.uuid4()))
+            code, err = outcome(upload, c, "models/m/versions/1", f, timeout=60)
+            assert lossy.replies_lost == 1
+            assert code in RETRYABLE, (code, err)
+            code, resp = retry(upload, c, "models/m/versions/1", f, timeout=60)
+            assert code == OK, (code, resp)
+            r = resp.packages[0].resources[0]
+            assert (r.size_bytes, r.sha256) == (size, sha(data))
+            assert download(c, r.name)[1] == data
+            assert audit(db, store).ok()
+        finally:
+            server.stop()

@@ -1,13 +1,16 @@
-"""A TCP proxy on loopback that cuts connections after some bytes: a flaky network for
-resume tests.
+r"""A TCP proxy on loopback that cuts connections after some bytes, or in place of the
+answer to a chosen request: a flaky network for resume tests.
 
 >>> with CuttingProxy("127.0.0.1:50051", cut_upstream_after=[20 * MiB]) as proxy:
 ...     proxy.address   # 127.0.0.1:<port>; the 1st connection dies after 20 MiB sent
+>>> with CuttingProxy(minio, lose_reply_to=re.compile(rb"POST [^ ]*\?uploadId=")) as p:
+...     ...             # the first such request reaches the server; its answer never returns
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -20,7 +23,9 @@ class CuttingProxy:
     shut down, as a dropped link) once it has carried more than `cut_upstream_after[i]`
     bytes client -> server, or `cut_downstream_after[i]` bytes server -> client; later
     connections are forwarded whole. `downstream_bytes_per_second` throttles server ->
-    client (a slow link)."""
+    client (a slow link). With `lose_reply_to`, the first request (of any connection) whose
+    bytes match it is forwarded whole, and the connection is cut when the answer starts
+    coming back, none of it forwarded: the request took effect, the client never learns."""
 
     def __init__(
         self,
@@ -29,12 +34,16 @@ class CuttingProxy:
         cut_upstream_after: Sequence[int] = (),
         cut_downstream_after: Sequence[int] = (),
         downstream_bytes_per_second: float | None = None,
+        lose_reply_to: re.Pattern[bytes] | None = None,
     ) -> None:
         host, _, port = target.rpartition(":")
         self.target = (host, int(port))
         self.up_limits = list(cut_upstream_after)
         self.down_limits = list(cut_downstream_after)
         self.down_rate = downstream_bytes_per_second
+        self.lose_reply_to = lose_reply_to
+        self._reply_chosen = False  # a request matching it went upstream
+        self.replies_lost = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.connections = 0
@@ -100,6 +109,8 @@ class _Pair:
         self.a, self.b = a, b
         self.closed = False
         self.lock = threading.Lock()
+        self.lose_next_reply = False  # a request matching lose_reply_to went upstream
+        self.sent = b""  # the latest upstream bytes, for matches across reads
 
     def close(self, cut: bool) -> None:
         with self.lock:
@@ -128,6 +139,9 @@ class _Pair:
                 data = src.recv(64 * 1024 if rate is not None else 256 * 1024)
                 if not data:
                     break
+                if self.proxy.lose_reply_to is not None and self._loses(src, data):
+                    self.close(cut=True)
+                    return
                 if limit is not None and carried + len(data) > limit:
                     dst.sendall(data[: max(0, limit - carried)])
                     self.close(cut=True)
@@ -137,3 +151,22 @@ class _Pair:
         except OSError:
             pass
         self.close(cut=False)
+
+    def _loses(self, src: socket.socket, data: bytes) -> bool:
+        """Upstream: arm on a matching request (once per proxy). Downstream: whether this
+        is the start of the armed request's answer, to be lost."""
+        proxy = self.proxy
+        assert proxy.lose_reply_to is not None
+        if src is self.b:
+            if not self.lose_next_reply:
+                return False
+            with proxy._lock:
+                proxy.replies_lost += 1
+            return True
+        if not proxy._reply_chosen:
+            self.sent = (self.sent + data)[-4096:]
+            if proxy.lose_reply_to.search(self.sent):
+                with proxy._lock:
+                    self.lose_next_reply = not proxy._reply_chosen
+                    proxy._reply_chosen = True
+        return False
