@@ -4,6 +4,7 @@ pull (resumable download), both verified by sha256.
     with RegistryClient("127.0.0.1:50051", key) as rc:
         pushed = rc.push(Path("model.onnx"), "mobilenet", "1.0")
         rc.pull("mobilenet", "1.0", Path("out/model.onnx"))
+        rc.pull_package("piper", "2", Path("out/piper"))  # weights, tokenizer, ...
 
 Every failure that is not retryable, or retries that make no progress, raise ClientError
 with a one-line message. The work lives in client/upload.py (push), client/download.py
@@ -59,3 +60,16 @@ class RegistryClient(Connection):
         """Download the primary weights of the version's package (of format `fmt`, or its
         first package) to `out`, resuming from `out.part` if an earlier pull left one."""
         return download.pull(self, model, version, out, fmt=fmt, progress=progress)
+
+    def pull_package(
+        self,
+        model: str,
+        version: str,
+        out_dir: Path,
+        *,
+        fmt: str | None = None,
+        progress: Callable[[str, int], Progress] | None = None,
+    ) -> list[PullResult]:
+        """Download every stored file of the version's package (of format `fmt`, or its
+        first package) into `out_dir`, each resumable and verified as pull's."""
+        return download.pull_package(self, model, version, out_dir, fmt=fmt, progress=progress)

@@ -59,12 +59,19 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     pull = sub.add_parser(
         "pull",
-        help="download a version's primary weights file; resumes from the bytes on disk, "
-        "verifies sha256",
+        help="download a version's primary weights file (--all: every file of its package); "
+        "resumes from the bytes on disk, verifies sha256",
     )
     _common(pull)
     pull.add_argument("--format", default=None, help="which package (default: the first one)")
-    pull.add_argument("-o", "--output", required=True, help="where to write the file")
+    pull.add_argument(
+        "--all",
+        action="store_true",
+        help="every file of the package (weights, tokenizer, ...), into the -o directory",
+    )
+    pull.add_argument(
+        "-o", "--output", required=True, help="where to write the file (--all: a directory)"
+    )
     pull.set_defaults(func=cmd_pull)
 
 
@@ -127,28 +134,40 @@ def cmd_push(args: argparse.Namespace) -> int:
 def cmd_pull(args: argparse.Namespace) -> int:
     try:
         with _client(args) as rc:
-            result = rc.pull(
-                args.model,
-                args.version,
-                Path(args.output),
-                fmt=args.format,
-                progress=_progress(args),
-            )
+            if args.all:
+                results = rc.pull_package(
+                    args.model,
+                    args.version,
+                    Path(args.output),
+                    fmt=args.format,
+                    progress=_progress(args),
+                )
+            else:
+                results = [
+                    rc.pull(
+                        args.model,
+                        args.version,
+                        Path(args.output),
+                        fmt=args.format,
+                        progress=_progress(args),
+                    )
+                ]
     except ClientError as exc:
         return _fail("pull", str(exc))
     except KeyboardInterrupt:
         return _fail("pull", "interrupted (run the same pull again to resume)")
     except Exception as exc:
         return _fail("pull", f"unexpected error: {type(exc).__name__}: {exc}")
-    notes = []
-    if result.resumed_from:
-        notes.append(f"continued from {human_bytes(result.resumed_from)} on disk")
-    if result.resumed:
-        notes.append(f"resumed {result.resumed}x")
-    extra = f" ({', '.join(notes)})" if notes else ""
-    print(
-        f"pulled models/{args.model}/versions/{args.version} ({result.format}) to "
-        f"{result.path}: {human_bytes(result.size_bytes)}, sha256 {result.sha256} verified"
-        f"{extra}"
-    )
+    for result in results:
+        notes = []
+        if result.resumed_from:
+            notes.append(f"continued from {human_bytes(result.resumed_from)} on disk")
+        if result.resumed:
+            notes.append(f"resumed {result.resumed}x")
+        extra = f" ({', '.join(notes)})" if notes else ""
+        print(
+            f"pulled models/{args.model}/versions/{args.version} ({result.format}) to "
+            f"{result.path}: {human_bytes(result.size_bytes)}, sha256 {result.sha256} verified"
+            f"{extra}"
+        )
     return 0

@@ -1,7 +1,8 @@
-"""Pull: a resumable download of a model version's primary weights, verified by sha256.
+"""Pull: a resumable download of a model version's primary weights (or of every file of its
+package), verified by sha256.
 
-A pull writes to `PATH.part` (with `PATH.part.json` naming what it is a part of) and, after
-a drop or in a later run, continues from the bytes on disk.
+A pull writes each file to `PATH.part` (with `PATH.part.json` naming what it is a part of)
+and, after a drop or in a later run, continues from the bytes on disk.
 """
 
 from __future__ import annotations
@@ -46,6 +47,48 @@ def pull(
 ) -> PullResult:
     """Download the primary weights of the version's package (of format `fmt`, or its
     first package) to `out`, resuming from `out.part` if an earlier pull left one."""
+    pkg = _package(conn, model, version, fmt)
+    weights = sorted(
+        (r for r in pkg.resources if r.kind == "weights"), key=lambda r: r.load_order
+    ) or list(pkg.resources)
+    if not weights:
+        raise ClientError(f"{pkg.name} has no files")
+    return _download(conn, weights[0], pkg.format, out, progress)
+
+
+def pull_package(
+    conn: Connection,
+    model: str,
+    version: str,
+    out_dir: Path,
+    *,
+    fmt: str | None = None,
+    progress: Callable[[str, int], Progress] | None = None,
+) -> list[PullResult]:
+    """Download every file of the version's package (of format `fmt`, or its first
+    package) that has bytes, in load order, into `out_dir` under its file name; each
+    resumes and is verified as pull's. A resource recorded without bytes (a catalog
+    entry naming a file stored elsewhere) is left out: the package's listing names it."""
+    pkg = _package(conn, model, version, fmt)
+    files = sorted((r for r in pkg.resources if r.stored), key=lambda r: r.load_order)
+    if not files:
+        raise ClientError(f"{pkg.name} has no stored files")
+    seen: set[str] = set()
+    for r in files:
+        name = r.file_name
+        # The server sanitizes file names; a client still never writes outside out_dir.
+        if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            raise ClientError(f"{r.name} has a file name unfit for a local file: {name!r}")
+        if name in seen:
+            raise ClientError(f"{pkg.name} holds two files named {name!r}")
+        seen.add(name)
+    return [_download(conn, r, pkg.format, out_dir / r.file_name, progress) for r in files]
+
+
+def _package(
+    conn: Connection, model: str, version: str, fmt: str | None
+) -> catalog_pb2.ArtifactPackage:
+    """The version's package of format `fmt`, or its first package."""
     conn.wait_connected()
     parent = f"models/{model}/versions/{version}"
     try:
@@ -62,14 +105,7 @@ def pull(
     if not chosen:
         have = ", ".join(sorted({p.format for p in packages})) or "none"
         raise ClientError(f"{parent} has no {fmt} package (formats: {have})")
-    pkg = chosen[0]
-    weights = sorted(
-        (r for r in pkg.resources if r.kind == "weights"), key=lambda r: r.load_order
-    ) or list(pkg.resources)
-    if not weights:
-        raise ClientError(f"{pkg.name} has no files")
-    resource = weights[0]
-    return _download(conn, resource, pkg.format, out, progress)
+    return chosen[0]
 
 
 def _download(

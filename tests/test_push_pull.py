@@ -1,7 +1,8 @@
 """`modelregistry push` / `pull` as subprocesses against `modelregistry serve` (also a
-subprocess), on both backends: round trips with sha256, bundles, a push and a pull that
-resume after the TCP connection is cut mid-transfer, a pull that continues from the bytes
-a killed pull left on disk, and one clear line (exit code 1) for each failure."""
+subprocess), on both backends: round trips with sha256, bundles (pulled file by file or
+whole with --all), a push and a pull that resume after the TCP connection is cut
+mid-transfer, a pull that continues from the bytes a killed pull left on disk, and one
+clear line (exit code 1) for each failure."""
 
 from __future__ import annotations
 
@@ -161,6 +162,35 @@ def test_bundle_and_formats(server: Server, tmp_path: Path) -> None:
         "-q",
     )
     one_line_error(done, "pull", "no coreml package", "onnx, tflite")
+    # --all: every file of the package, under its own name
+    into = tmp_path / "tts"
+    done = ok(cli(server, "pull", "--model", "tts", "--version", "1", "--all", "-o", str(into)))
+    assert {p.name: p.read_bytes() for p in into.iterdir()} == {
+        "voice.onnx": data,
+        "tokens.txt": tokens.read_bytes(),
+        "espeak.bin": extra.read_bytes(),
+    }
+    assert done.stdout.count("verified") == 3 and "pull tokens.txt 100.0% [" in done.stderr
+    # run again: every file is pulled whole again, nothing left over
+    ok(cli(server, "pull", "--model", "tts", "--version", "1", "--all", "-o", str(into), "-q"))
+    assert sorted(p.name for p in into.iterdir()) == ["espeak.bin", "tokens.txt", "voice.onnx"]
+    done = ok(
+        cli(
+            server,
+            "pull",
+            "--model",
+            "tts",
+            "--version",
+            "1",
+            "--format",
+            "tflite",
+            "--all",
+            "-o",
+            str(tmp_path / "lite"),
+            "-q",
+        )
+    )
+    assert [p.name for p in (tmp_path / "lite").iterdir()] == ["voice.tflite"]
 
 
 def test_push_resumes_after_the_connection_is_cut(server: Server, tmp_path: Path) -> None:
