@@ -3,10 +3,11 @@
 Cases: the database down during CreateModel, ConfirmUpload and an upload's commit; the object
 store down mid-upload and mid-download, and its answer to an upload's completion lost;
 latency; connection resets; a client vanishing mid-stream; the server killed with SIGKILL
-mid-upload and restarted (tests/reliability/test_kill.py). After each: the client got a retryable status (UNAVAILABLE or ABORTED) or
-success, never a wrong success (what it acknowledged reads back byte for byte); a retry
-succeeds once the fault clears; no row points at a missing object; every object without a
-row is one GC reclaims; no job stays running (support/invariants.py).
+mid-upload and restarted (tests/reliability/test_kill.py). After each: the client got a
+retryable status (UNAVAILABLE or ABORTED) or success, never a wrong success (what it
+acknowledged reads back byte for byte); a retry succeeds once the fault clears; no row
+points at a missing object; every object without a row is one GC reclaims; no job stays
+running (support/invariants.py).
 """
 
 from __future__ import annotations
