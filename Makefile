@@ -20,6 +20,7 @@
 #   make clean            caches and build output (distclean: also .venv and ./var)
 #   make bench-telemetry  TelemetryService ingestion and window queries on PostgreSQL
 #   make bench-unary      server CPU per GetModel/GetVersion/ListModels vs a baseline revision
+#   make bench-quota      the monthly version quota count before/after migration 0014
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -260,6 +261,15 @@ BENCH_UNARY_ARGS ?=
 .PHONY: bench-unary
 bench-unary: install tools
 	$(VENV_PY) bench/bench_unary.py $(BENCH_UNARY_ARGS)
+
+# --- quota count benchmark -----------------------------------------------------------
+
+# The monthly version quota count before and after migration 0014, one throwaway
+# PostgreSQL, the same run (BENCH_QUOTA_ARGS="--orgs 100 --versions 1000").
+BENCH_QUOTA_ARGS ?=
+.PHONY: bench-quota
+bench-quota: install tools
+	$(VENV_PY) bench/bench_quota.py $(BENCH_QUOTA_ARGS)
 
 # --- upload benchmark (issue 3) -----------------------------------------------------
 

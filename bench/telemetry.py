@@ -84,7 +84,7 @@ def setup_org(url: str) -> tuple[str, str]:
                 s.add(model)
                 s.flush()
                 for v in VERSIONS:
-                    s.add(ModelVersion(model_uid=model.id, version=v))
+                    s.add(ModelVersion(org_id=model.org_id, model_uid=model.id, version=v))
             return org.id, token
     finally:
         engine.dispose()

@@ -155,6 +155,7 @@ def new_version(
     """Insert a draft version after the quota check; the caller holds the org lock."""
     check_version_quota(session, org_id)
     mv = ModelVersion(
+        org_id=model.org_id,
         model_uid=model.id,
         version=version_id,
         lifecycle_status="draft",

@@ -70,10 +70,13 @@ class ModelVersion(UuidPk, Timestamps, Base):
     __table_args__ = (
         UniqueConstraint("model_uid", "version"),
         CheckConstraint("lifecycle_status IN ('draft', 'published')", name="lifecycle_status"),
-        # The monthly quota count (storage.repos.versions.created_since): this month's rows
-        # only, model_uid included so the count never reads the table.
-        Index("ix_model_versions_created_at", "created_at", "model_uid"),
+        # The monthly quota count (storage.repos.versions.created_since): the org's rows of
+        # this month only, from the index alone.
+        Index("ix_model_versions_org_id_created_at", "org_id", "created_at"),
     )
+
+    # The model's org (models never move), for the quota count: set from the model.
+    org_id: Mapped[str] = org_fk(index=False)
 
     # Named *_uid because `model_id` means the slug everywhere else in the schema.
     model_uid: Mapped[str] = mapped_column(

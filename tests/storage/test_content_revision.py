@@ -36,7 +36,7 @@ def test_every_write_under_a_variant_bumps_it_and_only_it(factory: sessionmaker[
         session.add(org)
         session.flush()
         model = Model(org_id=org.id, model_id="resnet", framework="onnx")
-        mv = ModelVersion(model=model, version="1.0")
+        mv = ModelVersion(org_id=model.org_id, model=model, version="1.0")
         variant = CatalogVariant(org_id=org.id, name="resnet")
         bystander = CatalogVariant(org_id=None, name="other-blessed")
         session.add_all([model, mv, variant, bystander])

@@ -44,7 +44,9 @@ def make_uploaded_version(factory: sessionmaker[Session], org_id: str) -> dict[s
     """A model with one version whose upload created a catalog version, package, resource."""
     with transaction(factory) as session:
         model = Model(org_id=org_id, model_id="resnet", framework="onnx", tags=["vision"])
-        version = ModelVersion(model=model, version="1.0", labels={"stage": "dev"})
+        version = ModelVersion(
+            org_id=model.org_id, model=model, version="1.0", labels={"stage": "dev"}
+        )
         variant = CatalogVariant(org_id=org_id, name="resnet", task_taxonomy=["vision"])
         cversion = CatalogVersion(variant=variant, version="1.0", model_version=version)
         package = ArtifactPackage(catalog_version=cversion, format="onnx", metrics={"x": 1})
@@ -175,7 +177,9 @@ def test_check_constraints_reject_unknown_states(factory: sessionmaker[Session])
     org_id = make_org(factory)
     with pytest.raises(IntegrityError), transaction(factory) as session:
         model = Model(org_id=org_id, model_id="m")
-        session.add(ModelVersion(model=model, version="1", lifecycle_status="archived"))
+        session.add(
+            ModelVersion(org_id=model.org_id, model=model, version="1", lifecycle_status="archived")
+        )
 
 
 def test_json_columns_round_trip(factory: sessionmaker[Session]) -> None:
