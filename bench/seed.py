@@ -157,6 +157,7 @@ def seed_ours(database_url: str, n: int) -> tuple[str, float]:
                     version_rows.append(
                         {
                             "id": str(uuid.uuid4()),
+                            "org_id": org_id,
                             "model_uid": uid,
                             "version": v,
                             "lifecycle_status": "draft",
