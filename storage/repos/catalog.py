@@ -415,6 +415,9 @@ def save_manifest_tails(
     """Store (variant id, content_revision, updated_at as manifest_index read it,
     framework, data, digest) rows, replacing older ones. A variant deleted meanwhile is skipped;
     a row whose key is already stale is harmless (never used, see ManifestTail)."""
+    # In id order: two servers saving overlapping sets lock the rows in one order (on
+    # PostgreSQL, any other order can deadlock them).
+    tails = sorted(tails, key=lambda t: t[0])
     for i in range(0, len(tails), _ID_CHUNK):
         chunk = tails[i : i + _ID_CHUNK]
         orgs = {
