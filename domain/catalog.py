@@ -241,12 +241,14 @@ def update_variant(
     seen = repo.get_variant(session, org_id, uid)
     if seen is None:
         raise NotFound("variant", names.variant_name(uid))
+    # Before the lock (a variant never changes owner): a refused caller never holds up the
+    # catalog's writers.
+    _require_admin_for(seen, admin, "changing")
     _bump(session, seen.org_id)  # before locking the variant: see _bump
     session.expire(seen)  # read again under the lock below
     variant = repo.get_variant_for_update(session, org_id, uid)
     if variant is None:
         raise NotFound("variant", names.variant_name(uid))
-    _require_admin_for(variant, admin, "changing")
     check_etag(etag, variant.id, variant_etag_revision(variant), names.variant_name(uid))
     if "family" in paths:
         variant.family = fields.family
@@ -336,10 +338,11 @@ def deprecate_version(
 ) -> CatalogVersionView:
     """active -> deprecated; any other starting state is FAILED_PRECONDITION."""
     seen = _version(session, org_id, ref)
+    # Before the lock: a refused caller never holds up the catalog's writers.
+    _require_admin_for(seen.variant, admin, "deprecating a version of")
     _bump(session, seen.variant.org_id)  # before locking the version: see _bump
     session.expire(seen)  # read again under the lock below
     cv = _version(session, org_id, ref, for_update=True)
-    _require_admin_for(cv.variant, admin, "deprecating a version of")
     if cv.lifecycle != "active":
         name = names.catalog_version_name(cv.variant_id, cv.id)
         raise FailedPrecondition(
