@@ -9,7 +9,7 @@ from typing import Any
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Integer, MetaData, inspect
+from sqlalchemy import Column, Integer, MetaData, inspect, text
 
 from storage.db import create_engine_for
 from storage.migrate import alembic_config, current_revision, head_revision, upgrade
@@ -93,3 +93,42 @@ def test_upgrade_is_idempotent_and_downgrade_reverses(db_url: str) -> None:
         engine.dispose()
     upgrade(db_url)
     assert schema_diff(db_url, Base.metadata) == []
+
+
+def test_model_versions_get_their_org_from_the_model(db_url: str) -> None:
+    """0014 fills model_versions.org_id of existing rows from their model."""
+    upgrade(db_url, "0013")
+    engine = create_engine_for(db_url)
+    now = "2026-11-01 00:00:00"
+    try:
+        with engine.begin() as conn:
+            for org in ("o1", "o2"):
+                conn.execute(
+                    text(
+                        "INSERT INTO orgs (id, name, plan, model_versions_monthly, revision, "
+                        "created_at) VALUES (:org, :org, 'team', 10, 1, :now)"
+                    ),
+                    {"org": org, "now": now},
+                )
+                conn.execute(
+                    text(
+                        "INSERT INTO models (id, org_id, model_id, framework, description, "
+                        "tags, enabled, revision, created_at, updated_at) VALUES "
+                        "(:model, :org, 'm', 'onnx', '', '[]', true, 1, :now, :now)"
+                    ),
+                    {"model": f"m-{org}", "org": org, "now": now},
+                )
+                conn.execute(
+                    text(
+                        "INSERT INTO model_versions (id, model_uid, version, lifecycle_status, "
+                        "description, labels, created_at, updated_at) VALUES "
+                        "(:id, :model, '1', 'draft', '', '{}', :now, :now)"
+                    ),
+                    {"id": f"v-{org}", "model": f"m-{org}", "now": now},
+                )
+        upgrade(db_url)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, org_id FROM model_versions ORDER BY id")).all()
+        assert [tuple(r) for r in rows] == [("v-o1", "o1"), ("v-o2", "o2")]
+    finally:
+        engine.dispose()
