@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Engine
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from domain import keys
 from domain.conversion_worker import ConversionPool
 from server.context import pending_key_check
-from storage.db import transaction
+from storage.db import autocommit_factory, single_reads, transaction
 from storage.objectstore import ObjectStore
 
 P = ParamSpec("P")
@@ -33,6 +33,10 @@ class Runtime:
     transfers: ThreadPoolExecutor
     # This server's conversion workers, when it runs any (new jobs wake them at once).
     conversions: ConversionPool | None = None
+    autocommit: sessionmaker[Session] | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.autocommit = autocommit_factory(self.engine)
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking `fn` on the worker pool."""
@@ -66,6 +70,21 @@ class Runtime:
 
         def run() -> T:
             with transaction(self.sessions, readonly=True) as session:
+                if check is not None:
+                    check.confirm(keys.authenticate(session, check.token))
+                return fn(session, *args, **kwargs)
+
+        return await _run_in(self.executor, run)
+
+    async def read_single(
+        self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """As read, for `fn` whose statements need no snapshot in common: on PostgreSQL
+        outside a transaction (storage.db.single_reads), two round trips fewer."""
+        check = pending_key_check()
+
+        def run() -> T:
+            with single_reads(self.sessions, self.autocommit) as session:
                 if check is not None:
                     check.confirm(keys.authenticate(session, check.token))
                 return fn(session, *args, **kwargs)

@@ -71,6 +71,30 @@ def transaction(factory: sessionmaker[Session], *, readonly: bool = False) -> It
         yield session
 
 
+def autocommit_factory(engine: Engine) -> sessionmaker[Session] | None:
+    """On PostgreSQL, sessions whose statements each run on their own, outside any
+    transaction (autocommit); None elsewhere. For single_reads."""
+    if engine.dialect.name != "postgresql":
+        return None
+    return session_factory(engine.execution_options(isolation_level="AUTOCOMMIT"))
+
+
+@contextmanager
+def single_reads(
+    factory: sessionmaker[Session], autocommit: sessionmaker[Session] | None
+) -> Iterator[Session]:
+    """A session for reads that need no snapshot in common (each statement stands alone,
+    like a polling device's stamp read): with an `autocommit` factory (PostgreSQL) no
+    transaction, so no BEGIN and COMMIT round trips; else a read-only transaction (SQLite
+    has no round trips to save)."""
+    if autocommit is None:
+        with transaction(factory, readonly=True) as session:
+            yield session
+        return
+    with autocommit() as session:
+        yield session
+
+
 def ping(engine: Engine, timeout: float = PING_TIMEOUT_S) -> bool:
     """True when `SELECT 1` succeeds within `timeout` seconds; never raises.
 
