@@ -13,7 +13,15 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.db import create_engine_for, ping, session_factory, transaction
+from storage.db import (
+    autocommit_factory,
+    create_engine_for,
+    ping,
+    session_factory,
+    single_reads,
+    transaction,
+)
+from storage.migrate import upgrade
 from storage.orm import Org
 
 
@@ -139,5 +147,25 @@ def test_ping_gives_up_on_an_unreachable_host() -> None:
         started = time.monotonic()
         assert ping(engine, timeout=1.0) is False
         assert time.monotonic() - started < 2
+    finally:
+        engine.dispose()
+
+
+def test_single_reads_leave_no_transaction_behind(db_url: str) -> None:
+    """single_reads runs outside a transaction on PostgreSQL; the pooled connection it used
+    serves the next transaction as a transaction again (a write that fails is rolled back
+    whole)."""
+    upgrade(db_url)
+    engine = create_engine_for(db_url, pool_size=1, max_overflow=0)
+    factory = session_factory(engine)
+    try:
+        with single_reads(factory, autocommit_factory(engine)) as session:
+            assert session.execute(text("SELECT count(*) FROM orgs")).scalar() == 0
+        with pytest.raises(RuntimeError), transaction(factory) as session:
+            session.add(Org(name="half-written"))
+            session.flush()
+            raise RuntimeError("fails after a write")
+        with transaction(factory, readonly=True) as session:
+            assert session.execute(text("SELECT count(*) FROM orgs")).scalar() == 0
     finally:
         engine.dispose()
