@@ -360,8 +360,9 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
         return samples
 
     def first_build_ever() -> Samples:
-        """Nothing stored, nothing in memory: the first build after the upgrade that added
-        stored subtrees (every variant serialized from rows; stored afterwards, untimed)."""
+        """Nothing stored, nothing in memory: a caller's first build when no server has
+        serialized its variants yet (every variant from its rows; their subtrees stored
+        afterwards, untimed)."""
         samples = Samples()
         for _ in range(max(3, args.builds // 5)):
             forget_stored()
@@ -482,11 +483,11 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
         ("cold (restart or new replica), stored manifest", cold_stored, GOAL_BUILD_MS),
         ("cold, stored manifest one change behind", cold_behind, GOAL_BUILD_MS),
         ("cold, stored manifest beyond the change log", cold_far_behind, GOAL_BUILD_MS),
-        ("rebuild after a change (previous build)", rebuilds, GOAL_BUILD_MS),
         ("a caller's first build, subtrees stored", cold, GOAL_BUILD_MS),
+        ("  of that: reading the index and subtrees", loads, None),
         ("a caller's first build, nothing stored", never, None),
+        ("rebuild after a change (previous build)", rebuilds, GOAL_BUILD_MS),
         ("storing the manifest (after builds, async)", storing, None),
-        ("  of those without one: reading the index", loads, None),
         ("baseline: field-by-field build (replaced)", baseline, None),
         ("not-modified check (stamp + cache lookup)", checks, GOAL_CHECK_P99_MS),
     ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Concatenate, ParamSpec, TypeVar
 
@@ -52,42 +53,39 @@ class Runtime:
         self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run `fn(session, ...)` in one read-write transaction on the worker pool."""
-        check = pending_key_check()
-
-        def run() -> T:
-            with transaction(self.sessions) as session:
-                if check is not None:
-                    check.confirm(keys.authenticate(session, check.token))
-                return fn(session, *args, **kwargs)
-
-        return await _run_in(self.executor, run)
+        return await self._in_session(
+            lambda: transaction(self.sessions), lambda s: fn(s, *args, **kwargs)
+        )
 
     async def read(
         self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run `fn(session, ...)` in a read-only transaction on the worker pool."""
-        check = pending_key_check()
-
-        def run() -> T:
-            with transaction(self.sessions, readonly=True) as session:
-                if check is not None:
-                    check.confirm(keys.authenticate(session, check.token))
-                return fn(session, *args, **kwargs)
-
-        return await _run_in(self.executor, run)
+        return await self._in_session(
+            lambda: transaction(self.sessions, readonly=True), lambda s: fn(s, *args, **kwargs)
+        )
 
     async def read_single(
         self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """As read, for `fn` whose statements need no snapshot in common: on PostgreSQL
         outside a transaction (storage.db.single_reads), two round trips fewer."""
+        return await self._in_session(
+            lambda: single_reads(self.sessions, self.autocommit), lambda s: fn(s, *args, **kwargs)
+        )
+
+    async def _in_session(
+        self, session: Callable[[], AbstractContextManager[Session]], fn: Callable[[Session], T]
+    ) -> T:
+        """`fn(session)` on the worker pool, after the RPC's pending key check in the same
+        session (server/context.py: KeyCheck)."""
         check = pending_key_check()
 
         def run() -> T:
-            with single_reads(self.sessions, self.autocommit) as session:
+            with session() as s:
                 if check is not None:
-                    check.confirm(keys.authenticate(session, check.token))
-                return fn(session, *args, **kwargs)
+                    check.confirm(keys.authenticate(s, check.token))
+                return fn(s)
 
         return await _run_in(self.executor, run)
 
