@@ -246,12 +246,13 @@ def _index(
 SAVE_BATCH = 1000  # subtrees stored per transaction
 
 
-def save_built(session: Session, tails: Sequence[tuple[VariantKey, str, bytes, bytes]]) -> None:
-    """Store serialized subtrees, each under the key it was built from ((key, framework,
-    bytes, their sha256)), for every server's next cold build (repo.save_manifest_tails)."""
-    repo.save_manifest_tails(
-        session, [(*key, framework, data, digest) for key, framework, data, digest in tails]
-    )
+def save_built(
+    session: Session, tails: Sequence[tuple[VariantKey, tuple[bytes, str, bytes]]]
+) -> None:
+    """Store serialized subtrees, each under the key it was built from ((key, (bytes,
+    framework, their sha256)), as Index.stored holds them), for every server's next cold
+    build (repo.save_manifest_tails)."""
+    repo.save_manifest_tails(session, [(*key, *tail) for key, tail in tails])
 
 
 @dataclass(frozen=True)

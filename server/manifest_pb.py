@@ -332,9 +332,9 @@ class Built:
     # The tails this build serialized from rows (to be stored: domain.manifest.save_built).
     fresh: dict[manifest.VariantKey, Tail]
 
-    def unsaved(self) -> list[tuple[manifest.VariantKey, str, bytes, bytes]]:
+    def unsaved(self) -> list[tuple[manifest.VariantKey, Tail]]:
         """What domain.manifest.save_built stores for this build."""
-        return [(key, t[1], t[0], t[2]) for key, t in self.fresh.items()]
+        return list(self.fresh.items())
 
     def byte_size(self) -> int:
         """The entries' bytes (the whole manifest's, but for a few dozen bytes)."""

@@ -410,11 +410,12 @@ def manifest_tails(
 
 
 def save_manifest_tails(
-    session: Session, tails: Sequence[tuple[str, int, int | str, str, bytes, bytes]]
+    session: Session, tails: Sequence[tuple[str, int, int | str, bytes, str, bytes]]
 ) -> None:
-    """Store (variant id, content_revision, updated_at as manifest_index read it,
-    framework, data, digest) rows, replacing older ones. A variant deleted meanwhile is skipped;
-    a row whose key is already stale is harmless (never used, see ManifestTail)."""
+    """Store (variant id, content_revision, updated_at as manifest_index read it, data,
+    framework, digest) rows (manifest_tails' layout), replacing older ones. A variant
+    deleted meanwhile is skipped; a row whose key is already stale is harmless (never
+    used, see ManifestTail)."""
     # In id order: two servers saving overlapping sets lock the rows in one order (on
     # PostgreSQL, any other order can deadlock them).
     tails = sorted(tails, key=lambda t: t[0])
@@ -438,7 +439,7 @@ def save_manifest_tails(
                 "data": data,
                 "digest": digest,
             }
-            for vid, revision, updated_at, framework, data, digest in chunk
+            for vid, revision, updated_at, data, framework, digest in chunk
             if vid in orgs
         ]
         if not rows:
