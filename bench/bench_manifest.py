@@ -278,24 +278,22 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
         executor=ThreadPoolExecutor(defaults.worker_threads, thread_name_prefix="rpc-io"),
         transfers=ThreadPoolExecutor(defaults.transfer_threads, thread_name_prefix="store-io"),
     )
-    shared = manifest_pb.TailCache()
     gc.collect()  # as server.app.serve does once the server has started
     gc.freeze()
 
-    def build(
-        previous: manifest_pb.Built | None = None, cache: manifest_pb.TailCache | None = None
-    ) -> manifest_pb.Built:
-        """What GetManifest's _manifest runs on a cache miss."""
-        tails = cache if cache is not None else manifest_pb.TailCache()
+    def build() -> manifest_pb.Built:
+        """A build from the whole index with nothing in memory (ManifestBuilds' last
+        resort), without ManifestBuilds around it."""
+        tails = manifest_pb.TailCache()
         pinned: dict[manifest.VariantKey, manifest_pb.Tail] = {}
 
         def cached(keys: list[manifest.VariantKey]) -> dict[manifest.VariantKey, Any]:
-            pinned.update(tails.pin(keys, previous))
+            pinned.update(tails.pin(keys))
             return pinned
 
         with manifest_pb.gc_pause(), transaction(sessions, readonly=True) as session:
             index = manifest.load_index(session, org_id, cached)
-            built = manifest_pb.build(index, pinned, utcnow(), previous, tails)
+            built = manifest_pb.build(index, pinned, utcnow(), None, tails)
         return built
 
     def save_tails(built: manifest_pb.Built) -> None:
@@ -414,7 +412,7 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
             x += i * i
         return (time.process_time() - started) * 1000
 
-    built = build(cache=shared)
+    built = build()
     save_tails(built)
     assert field_by_field(check=True) == built.etag, "both builds must give the same etag"
     entries = len(built.names)
