@@ -7,8 +7,9 @@ Measures, server-side (in this process, the code GetManifest runs, no network):
   server holding the previous build (the names the change log lists, patched in); cold (a
   restarted server or a new replica) with the caller's whole manifest stored under the
   current stamp (one row read and decoded), stored one change behind (decoded, then the
-  change log's names patched in), and stored further behind than the change log reaches
-  (decoded, then every name's index row read and each unchanged entry reused); and a
+  change log's names patched in), stored 1,500 revisions behind with 10 models changed
+  (the same), and stored further behind than the change log reaches (decoded, then every
+  name's index row read and each unchanged entry reused); and a
   caller's first build, with no stored manifest: with every variant's subtree stored
   (every name's index row and stored subtree read, 10,000 entries joined), and with
   nothing stored (every subtree serialized from its rows). Storing the whole manifest
@@ -94,6 +95,7 @@ from storage.repos import tenancy
 T = TypeVar("T")
 GOAL_BUILD_MS = 150.0
 GOAL_CHECK_P99_MS = 2.0
+MANY_REVISIONS, MANY_CHANGED = 1500, 10
 
 
 def seed(session: Session, org_id: str, n: int, heavy: bool) -> None:
@@ -349,9 +351,32 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
             built = samples.measure(served_cold)
         return samples
 
+    def many_revisions_behind() -> Samples:
+        """A server without the caller's manifest in memory, its stored manifest
+        MANY_REVISIONS behind with MANY_CHANGED models changed among them (a busy hour of
+        an org's uploads between two fetches): decoded, then the changed names patched in
+        (before migration 0015 the log kept 1,000 revisions: the whole index was read)."""
+        nonlocal built
+        samples = Samples()
+        for _ in range(args.builds):
+            store(built)
+            with transaction(sessions) as session:
+                for i in range(MANY_REVISIONS):
+                    tenancy.bump_org_revision(session, org_id)
+                    if i % (MANY_REVISIONS // MANY_CHANGED) == 0:
+                        session.add(
+                            CatalogVersion(
+                                variant_id=rnd.choice(variant_ids), version=uuid.uuid4().hex[:12]
+                            )
+                        )
+                        session.flush()
+            built = samples.measure(served_cold)
+        return samples
+
     def beyond_the_log() -> None:
-        """The change log no longer reaches back to any earlier build (as after over 1,000
-        revisions, or when over a quarter of the names changed): raise the org's floor."""
+        """The change log no longer reaches back to any earlier build (as when a deleted
+        name's tombstone was pruned past it, or over a quarter of the names changed):
+        raise the org's floor."""
         with transaction(sessions) as session:
             session.execute(
                 update(Org).where(Org.id == org_id).values(manifest_changes_floor=Org.revision)
@@ -466,6 +491,7 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
     cold_stored = timed(served_cold, args.builds, warmup=1)
     rebuilds = rebuild_after_change()
     cold_behind = cold_one_change_behind()
+    cold_many_behind = many_revisions_behind()
     cold_far_behind = cold_beyond_the_log()
     loads = timed(load_index_only, args.builds)
     baseline = timed(field_by_field, max(3, args.builds // 5), warmup=1)
@@ -493,6 +519,11 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
     cases: list[tuple[str, Samples, float | None]] = [
         ("cold (restart or new replica), stored manifest", cold_stored, GOAL_BUILD_MS),
         ("cold, stored manifest one change behind", cold_behind, GOAL_BUILD_MS),
+        (
+            f"cold, stored {MANY_REVISIONS:,} revs behind, {MANY_CHANGED} changed",
+            cold_many_behind,
+            GOAL_BUILD_MS,
+        ),
         ("cold, stored manifest beyond the change log", cold_far_behind, GOAL_BUILD_MS),
         ("a caller's first build, subtrees stored", cold, GOAL_BUILD_MS),
         ("  of that: reading the index and subtrees", loads, None),

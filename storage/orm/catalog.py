@@ -205,20 +205,25 @@ ANONYMOUS_SCOPE = "anonymous"
 
 
 class ManifestChange(Base):
-    """A model name whose manifest entry a revision of its scope changed: written by
-    triggers (migration 0013) on every write of a Model or catalog variant (a variant's
-    versions, packages and resources bump the variant's row, migration 0008), for the
-    org's scope or, for blessed variants (org_id NULL), the catalog's.
+    """A model name whose manifest entry changed, and the revision of its scope (the org's
+    or, for blessed variants with org_id NULL, the catalog's) that last changed it: kept
+    by triggers (migrations 0013, 0015) on every write of a Model or catalog variant (a
+    variant's versions, packages and resources bump the variant's row, migration 0008).
 
-    `revision` is NULL while pending: the bump of the scope's revision stamps its pending
-    rows. A build that has the manifest at an older stamp rebuilds only the names logged
-    after it (or pending) instead of reading every name's row. The log is complete after
-    the scope's manifest_changes_floor (Org, CatalogState): every 1000 revisions of a scope
-    the triggers raise it to the last 1000 and delete older rows.
+    One row per (scope, name). A write marks it pending (`revision` NULL); the bump of the
+    scope's revision stamps its pending rows. A build that has the manifest at an older
+    stamp rebuilds only the names stamped after it (or pending) instead of reading every
+    name's row. The log is complete after the scope's manifest_changes_floor (Org,
+    CatalogState): a name no row of the scope has any longer keeps its row (a tombstone:
+    older manifests drop its entry) until, at a multiple of 1000 revisions, it is 10,000
+    revisions old; deleting it raises the floor to there.
     """
 
     __tablename__ = "manifest_changes"
-    __table_args__ = (Index("ix_manifest_changes_scope", "org_id", "revision", "name"),)
+    __table_args__ = (
+        Index("ix_manifest_changes_scope", "org_id", "revision", "name"),
+        Index("ix_manifest_changes_name", "org_id", "name"),
+    )
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True

@@ -1,8 +1,9 @@
-"""The manifest change log (migration 0013's triggers, storage.orm.catalog.ManifestChange):
-every write of a Model or catalog variant, or under a variant, logs its name for the right
-scope whoever writes it; a revision bump stamps the scope's pending names; readers get the
-names changed after a stamp, pending ones included, or None when the log was pruned past
-it. And a manifest patched from the log equals one built from every row."""
+"""The manifest change log (migrations 0013 and 0015's triggers,
+storage.orm.catalog.ManifestChange): every write of a Model or catalog variant, or under a
+variant, marks its name pending for the right scope whoever writes it; a revision bump
+stamps the scope's pending names; readers get the names changed after a stamp, pending
+ones included, however far back, or None when a tombstone was pruned past it. And a
+manifest patched from the log equals one built from every row."""
 
 from __future__ import annotations
 
@@ -139,7 +140,7 @@ def test_every_kind_of_write_logs_the_names_it_changes(factory: sessionmaker[Ses
     logs(lambda s: s.execute(delete(Model)), resnet)
 
 
-def test_readers_get_names_after_a_stamp_until_the_log_is_pruned(
+def test_readers_get_names_after_a_stamp_however_far_back_until_a_tombstone_is_pruned(
     factory: sessionmaker[Session],
 ) -> None:
     org = new_org(factory)
@@ -162,6 +163,10 @@ def test_readers_get_names_after_a_stamp_until_the_log_is_pruned(
             assert revisions == repo.manifest_revisions(session, org)
             return names
 
+    def jump(table: type[Org] | type[CatalogState], to: int) -> None:
+        with transaction(factory) as session:
+            session.execute(update(table).values(revision=to))
+
     write("a")
     write("b")
     assert changed(start) == {"a", "b"}
@@ -175,24 +180,62 @@ def test_readers_get_names_after_a_stamp_until_the_log_is_pruned(
     assert changed(start + 3) == {"c", "llama"}  # blessed names, pending
     with transaction(factory) as session:
         repo.bump_catalog_revision(session)
-    assert changed(start + 3, catalog_start + 1) == {"c"}
+    catalog = catalog_start + 1
+    assert changed(start + 3, catalog) == {"c"}
 
-    # Every 1000 revisions of a scope its stamping trigger keeps the last 1000 only.
+    # A name written again keeps its one row, at the revision that last changed it.
     with transaction(factory) as session:
-        session.execute(update(Org).where(Org.id == org).values(revision=1997))  # stamps c
+        tenancy.bump_org_revision(session, org)  # start + 4: stamps c
+        session.execute(update(Model).where(Model.model_id == "a").values(description="x"))
+    assert {r for r in log(factory) if r[0] == org} == {
+        (org, start + 2, "b"), (org, start + 4, "c"), (org, None, "a")
+    }  # fmt: skip
+    assert changed(start + 3, catalog) == {"a", "c"}
+
+    # However far behind a manifest is, the names changed since are listed.
+    jump(Org, 11_996)  # stamps a
     for i in range(4):
-        write(f"x{i}")  # revisions 1998-2001: at 2000 the floor goes to 1000
-    assert changed(start, catalog_start + 1) is None  # older stamps read the whole index
-    assert changed(999, catalog_start + 1) is None
-    assert changed(1000, catalog_start + 1) == {"c", "x0", "x1", "x2", "x3"}
-    with transaction(factory, readonly=True) as session:
-        kept = session.scalars(select(ManifestChange.revision).where(ManifestChange.org_id == org))
-        assert min(r for r in kept if r is not None) > 1000
+        write(f"x{i}")  # revisions 11,997-12,000
+    assert changed(start, catalog) == {"a", "b", "c", "x0", "x1", "x2", "x3"}
+    assert changed(11_998, catalog) == {"x2", "x3"}
+
+    # A deleted name's row tells older manifests to drop its entry, until it is 10,000
+    # revisions old at a multiple of 1000: then it goes and the floor rises past it.
     with transaction(factory) as session:
-        session.execute(update(CatalogState).values(revision=1999))
-        repo.bump_catalog_revision(session)
-    assert changed(1000, catalog_start + 1) is None
-    assert changed(1997, 1000) == {"x0", "x1", "x2", "x3"}
+        tenancy.bump_org_revision(session, org)  # 12,001
+        session.execute(delete(Model).where(Model.model_id == "b"))
+    jump(Org, 21_999)  # stamps b at 21,999
+    write("y")  # 22,000: b is not 10,000 revisions old yet
+    assert changed(start, catalog) == {"a", "b", "c", "x0", "x1", "x2", "x3", "y"}
+    jump(Org, 31_999)
+    write("z")  # 32,000: b (21,999) goes, the floor rises to 22,000
+    assert changed(start, catalog) is None  # older manifests read the whole index
+    assert changed(21_999, catalog) is None
+    assert changed(22_000, catalog) == {"z"}
+    assert {r[2] for r in log(factory) if r[0] == org} == {
+        "a",
+        "c",
+        "x0",
+        "x1",
+        "x2",
+        "x3",
+        "y",
+        "z",
+    }
+
+    # The same for blessed names, per catalog revision.
+    with transaction(factory) as session:
+        repo.bump_catalog_revision(session)  # catalog + 1
+        session.execute(delete(CatalogVariant).where(CatalogVariant.name == "llama"))
+    assert changed(22_000, catalog) == {"z", "llama"}
+    gone_at = ((catalog + 1) // 1000 + 1) * 1000  # stamped here, the next multiple of 1000
+    jump(CatalogState, gone_at)
+    assert changed(22_000, catalog) == {"z", "llama"}
+    jump(CatalogState, gone_at + 9_999)
+    with transaction(factory) as session:
+        repo.bump_catalog_revision(session)  # gone_at + 10,000
+    assert changed(22_000, catalog) is None
+    assert changed(22_000, gone_at) == {"z"}
 
 
 def build_whole(

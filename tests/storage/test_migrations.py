@@ -132,3 +132,35 @@ def test_model_versions_get_their_org_from_the_model(db_url: str) -> None:
         assert [tuple(r) for r in rows] == [("v-o1", "o1"), ("v-o2", "o2")]
     finally:
         engine.dispose()
+
+
+def test_the_change_log_collapses_to_one_row_per_name(db_url: str) -> None:
+    """0015 keeps, per (scope, name), the pending row if any, else the newest."""
+    upgrade(db_url, "0014")
+    engine = create_engine_for(db_url)
+    rows = [  # (org_id, revision, name)
+        ("o1", 3, "a"), ("o1", 7, "a"), ("o1", None, "a"),  # pending wins
+        ("o1", 3, "b"), ("o1", 9, "b"),  # the newest wins
+        ("o2", 4, "b"),  # another scope's row of the name stays
+        (None, 5, "b"), (None, 6, "b"),  # blessed rows collapse too
+        (None, 2, "c"),
+    ]  # fmt: skip
+    try:
+        with engine.begin() as conn:
+            for org_id, revision, name in rows:
+                conn.execute(
+                    text(
+                        "INSERT INTO manifest_changes (org_id, revision, name) "
+                        "VALUES (:org_id, :revision, :name)"
+                    ),
+                    {"org_id": org_id, "revision": revision, "name": name},
+                )
+        upgrade(db_url)
+        with engine.connect() as conn:
+            kept = conn.execute(text("SELECT org_id, revision, name FROM manifest_changes")).all()
+        assert {tuple(r) for r in kept} == {
+            ("o1", None, "a"), ("o1", 9, "b"), ("o2", 4, "b"), (None, 6, "b"), (None, 2, "c"),
+        }  # fmt: skip
+        assert len(kept) == 5
+    finally:
+        engine.dispose()
