@@ -60,16 +60,18 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import field_mask_pb2
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from domain import keys, manifest
 from modelregistry.v1 import model_service_pb2 as pb
-from modelregistry.v1 import model_service_pb2_grpc
+from modelregistry.v1 import model_service_pb2_grpc, models_pb2
 from server import manifest_pb, manifest_snapshot
 from server.app import RegistryServer
 from server.manifest_builds import ManifestBuilds
@@ -96,6 +98,8 @@ T = TypeVar("T")
 GOAL_BUILD_MS = 150.0
 GOAL_CHECK_P99_MS = 2.0
 MANY_REVISIONS, MANY_CHANGED = 1500, 10
+FIRST_EVER_RUNS = 5
+WARM_SECONDS = 0.5
 
 
 def seed(session: Session, org_id: str, n: int, heavy: bool) -> None:
@@ -537,12 +541,14 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
         print("\n".join(samples.lines(label, goal)))
 
     # --- over gRPC, for context -------------------------------------------------------
-    async def make() -> RegistryServer:
+    async def make(manifest_warm_seconds: float = 0.0) -> RegistryServer:
         return RegistryServer(
             Settings(
                 listen="127.0.0.1:0",
                 database_url=url,
                 object_store=str(tmp / "blobs"),
+                conversion_workers=0,
+                manifest_warm_seconds=manifest_warm_seconds,
             )
         )
 
@@ -579,6 +585,47 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
                 samples.measure(rpc_first_page)
             return samples
 
+        def rpc_first_ever(after_a_write: bool) -> Samples:
+            """The first GetManifest of a fresh server with nothing stored (as after a
+            bulk import of every model): built on that request, or, when a write went
+            through the server first, in the background after it (ManifestBuilds.written;
+            the request comes once that build is stored)."""
+            samples = Samples()
+            for i in range(FIRST_EVER_RUNS):
+                forget_stored()
+                fresh = run(make(manifest_warm_seconds=WARM_SECONDS))
+                fresh_port = run(fresh.start())
+                with grpc.insecure_channel(f"127.0.0.1:{fresh_port}") as fresh_channel:
+                    there = model_service_pb2_grpc.ModelServiceStub(fresh_channel)
+                    if after_a_write:
+                        there.UpdateModel(
+                            pb.UpdateModelRequest(
+                                model=models_pb2.Model(
+                                    name="models/model-00001", description=f"run {i}"
+                                ),
+                                update_mask=field_mask_pb2.FieldMask(paths=["description"]),
+                            ),
+                            metadata=auth,
+                        )
+                        wait_until_stored()
+                    first = partial(there.GetManifest, pb.GetManifestRequest(), metadata=auth)
+                    samples.measure(first)
+                run(fresh.stop(1.0))
+            return samples
+
+        def wait_until_stored() -> None:
+            """Until the org's manifest at its current stamp is stored."""
+            with transaction(sessions, readonly=True) as session:
+                current = manifest.stamp(session, org_id)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                with transaction(sessions, readonly=True) as session:
+                    stored = manifest.load_stored(session, org_id)
+                if stored is not None and manifest.at_least(stored.stamp, current):
+                    return
+                time.sleep(0.05)
+            raise RuntimeError("the manifest was not built after the write")
+
         print(
             " over gRPC on loopback (includes API key check, transfer, client parsing; "
             "CPU is client and server):"
@@ -588,6 +635,8 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
             ("first page (default size), manifest built", timed(rpc_first_page, args.builds)),
             ("every page, manifest built", timed(rpc_all_pages, args.builds)),
             ("first page after a change (rebuild)", rpc_rebuild()),
+            ("new server, nothing stored: first page", rpc_first_ever(False)),
+            ("  the same after a write to the server", rpc_first_ever(True)),
         ):
             print("\n".join(rpc.lines(label)))
     finally:

@@ -100,7 +100,8 @@ class RegistryServer:
 
     def _add_services(self) -> None:
         rt = self.runtime
-        self.model_service = ModelService(rt)
+        self.model_service = ModelService(rt, self.settings.manifest_warm_seconds)
+        rt.on_commit = self.model_service.manifests.written
         model_service.add_to_server(self.model_service, self.server)
         version_service_pb2_grpc.add_VersionServiceServicer_to_server(
             VersionService(rt, UploadLimits(self.settings.max_upload_file_bytes)), self.server

@@ -8,6 +8,12 @@ names the change log lists since that build's stamp (domain.manifest.load_change
 manifest_pb.patch); without one, or when the log does not reach back or lists too many,
 it reads the whole index and reuses the entries whose rows are unchanged. The variants'
 tails it needs come from memory, manifest_tails, or rows.
+
+After a write commits on this server (Runtime.on_commit), the written callers' manifests
+are built again in the background (`warm_after` seconds later, once however many writes
+land meanwhile): the builds that read every name's row (a caller's first, or after a bulk
+import changed a quarter of its names) and serialize new variants then run here, off any
+device's request, and leave the manifest in memory and stored for every server.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ log = logging.getLogger("modelregistry.manifest")
 
 
 class ManifestBuilds:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, warm_after: float = 0.0) -> None:
         self.rt = runtime
+        self.warm_after = warm_after  # seconds; 0: no builds after writes
         self.manifests = manifest.ManifestCache(manifest_pb.Built.byte_size)
         # Serialized subtrees of blessed variants, shared by every caller's manifest.
         self.tails = manifest_pb.TailCache()
@@ -38,6 +45,9 @@ class ManifestBuilds:
         self.schedule = manifest.StoreSchedule()
         self._storing: dict[str | None, asyncio.Task[None]] = {}
         self._saving: set[asyncio.Task[None]] = set()
+        self._warming: dict[str | None, asyncio.Task[None]] = {}
+        self._warm_again: set[str | None] = set()
+        self._warm_slot = asyncio.Semaphore(1)  # one background build at a time
 
     def etag(self, stamp: manifest.Stamp) -> str | None:
         """The etag of the caller's manifest at `stamp`, when this process knows it."""
@@ -70,6 +80,38 @@ class ManifestBuilds:
             self._save_later(built)
             self._store_later(at)
         return built
+
+    def written(self, scopes: frozenset[str | None]) -> None:
+        """Runtime.on_commit: a write changed the manifests of `scopes` (org ids; None,
+        the blessed catalog: the anonymous caller's, whose build serializes the blessed
+        variants every caller shares). Build each again warm_after seconds from now, or
+        once more after the build already pending."""
+        if self.warm_after <= 0:
+            return
+        for caller in scopes:
+            if caller in self._warming:
+                self._warm_again.add(caller)
+            else:
+                self._warming[caller] = asyncio.create_task(
+                    self._warm(caller), context=contextvars.Context()
+                )
+
+    async def _warm(self, caller: str | None) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.warm_after)
+                self._warm_again.discard(caller)
+                try:
+                    async with self._warm_slot:
+                        await self.get(await self.rt.read(manifest.stamp, caller))
+                except Exception:
+                    log.warning("could not build the manifest of %s after a write", caller,
+                                exc_info=True)  # fmt: skip
+                if caller not in self._warm_again:
+                    return
+        finally:
+            # With no await since the check above: a write landing now starts a new task.
+            self._warming.pop(caller, None)
 
     async def _build(self, stamp: manifest.Stamp) -> tuple[manifest_pb.Built, manifest.Stamp, bool]:
         """(the manifest, the stamp it is at, whether it was built rather than read).
@@ -167,8 +209,9 @@ class ManifestBuilds:
             return
 
     async def close(self) -> None:
-        """Stop pending stores (they are a cache: the next build stores again)."""
-        tasks = [*self._storing.values(), *self._saving]
+        """Stop pending stores and builds after writes (they are a cache: the next build
+        stores again)."""
+        tasks = [*self._storing.values(), *self._saving, *self._warming.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

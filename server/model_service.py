@@ -43,10 +43,10 @@ def _fields(m: models_pb2.Model) -> models.ModelFields:
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, manifest_warm_after: float = 0.0) -> None:
         self.rt = runtime
         self.presigned = PresignedRpcs(runtime, max_file_bytes=0)  # downloads only
-        self.manifests = ManifestBuilds(runtime)
+        self.manifests = ManifestBuilds(runtime, manifest_warm_after)
 
     async def CreateModel(self, request: pb.CreateModelRequest, context: Ctx) -> models_pb2.Model:
         org = principal().require_org()

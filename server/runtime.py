@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from domain import keys
 from domain.conversion_worker import ConversionPool
 from server.context import pending_key_check
-from storage.db import autocommit_factory, single_reads, transaction
+from storage.db import autocommit_factory, revisions_bumped, single_reads, transaction
 from storage.objectstore import ObjectStore
 
 P = ParamSpec("P")
@@ -34,6 +34,9 @@ class Runtime:
     transfers: ThreadPoolExecutor
     # This server's conversion workers, when it runs any (new jobs wake them at once).
     conversions: ConversionPool | None = None
+    # Called on the event loop once a write transaction that bumped manifest revisions
+    # (storage.db.note_revision_bump) has committed, with those scopes.
+    on_commit: Callable[[frozenset[str | None]], None] | None = None
     autocommit: sessionmaker[Session] | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -78,14 +81,19 @@ class Runtime:
         self, session: Callable[[], AbstractContextManager[Session]], fn: Callable[[Session], T]
     ) -> T:
         """`fn(session)` on the worker pool, after the RPC's pending key check in the same
-        session (server/context.py: KeyCheck)."""
+        session (server/context.py: KeyCheck); then on_commit, if it bumped revisions."""
         check = pending_key_check()
+        loop = asyncio.get_running_loop()
 
         def run() -> T:
             with session() as s:
                 if check is not None:
                     check.confirm(keys.authenticate(s, check.token))
-                return fn(s)
+                result = fn(s)
+                bumped = revisions_bumped(s)
+            if bumped and self.on_commit is not None:
+                loop.call_soon_threadsafe(self.on_commit, bumped)
+            return result
 
         return await _run_in(self.executor, run)
 

@@ -46,6 +46,9 @@ class Settings:
     transfer_threads: int = 64
     # Per-org admission control (per server process).
     limits: LimitSettings = field(default_factory=LimitSettings)
+    # Seconds after a write commits that this server builds the written manifests again
+    # in the background (server/manifest_builds.py); 0 turns it off.
+    manifest_warm_seconds: float = 2.0
     # Seconds a client stream may stay silent before it is closed.
     stream_idle_timeout: float = 60.0
     # Days raw telemetry events are kept (and how far back telemetry windows may reach).
@@ -76,6 +79,7 @@ class Settings:
             insecure=env("INSECURE", "") not in ("", "0", "false"),
             max_upload_file_bytes=int(env("MAX_UPLOAD_FILE_BYTES", str(16 * 1024**3))),
             telemetry_retention_days=float(env("TELEMETRY_RETENTION_DAYS", "30")),
+            manifest_warm_seconds=float(env("MANIFEST_WARM_SECONDS", "2")),
             conversion_workers=int(env("CONVERSION_WORKERS", "1")),
             conversion_memory_mb=int(env("CONVERSION_MEMORY_MB", "4096")),
             conversion_cpu_seconds=int(env("CONVERSION_CPU_SECONDS", "600")),

@@ -71,6 +71,22 @@ def transaction(factory: sessionmaker[Session], *, readonly: bool = False) -> It
         yield session
 
 
+# session.info key: the manifest scopes whose revision the transaction bumped.
+_BUMPED = "modelregistry.revisions_bumped"
+
+
+def note_revision_bump(session: Session, scope: str | None) -> None:
+    """Record that the session's transaction bumped a manifest scope's revision (an org
+    id, None for the blessed catalog), for whoever runs it to act on once it commits
+    (server.runtime.Runtime.on_commit)."""
+    session.info.setdefault(_BUMPED, set()).add(scope)
+
+
+def revisions_bumped(session: Session) -> frozenset[str | None]:
+    """The scopes note_revision_bump recorded in the session's transaction."""
+    return frozenset(session.info.get(_BUMPED, ()))
+
+
 def autocommit_factory(engine: Engine) -> sessionmaker[Session] | None:
     """On PostgreSQL, sessions whose statements each run on their own, outside any
     transaction (autocommit); None elsewhere. For single_reads."""

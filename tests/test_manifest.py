@@ -494,3 +494,33 @@ def test_stored_manifests_are_per_caller(
     assert scopes[ids[0]] == ids[0] and scopes[ids[1]] == ids[1]
     assert "anonymous" in scopes and scopes["anonymous"] is None
     assert len({mine.etag, theirs.etag, anonymous.etag}) == 3
+
+
+def test_a_write_gets_the_manifest_built_and_stored_before_anyone_asks(
+    client: Client, db: CatalogDb
+) -> None:
+    """After writes commit, the server builds the written org's manifest in the background
+    (Settings.manifest_warm_seconds) and stores it: the first GetManifest after them, on
+    any server, finds it built. A burst of writes ends with a build of the last one."""
+    names = [unique("warm") for _ in range(5)]
+    for name in names:
+        create_model(client, name)
+    scope = org_id(db, client.org)
+    with transaction(db.sessions) as session:
+        revision = session.scalars(select(Org.revision).where(Org.id == scope)).one()
+    deadline = time.monotonic() + 20
+    while True:
+        with transaction(db.sessions) as session:
+            stored = session.execute(
+                select(ManifestSnapshot.org_revision, ManifestSnapshot.data).where(
+                    ManifestSnapshot.scope == scope
+                )
+            ).first()
+        if stored is not None and stored[0] == revision:
+            break
+        assert time.monotonic() < deadline, "the manifest was not built after the writes"
+        time.sleep(0.05)
+    built = manifest_snapshot.decode(stored[1])
+    assert built is not None and set(names) <= set(built.names)
+    served = manifest(client)
+    assert served.etag == built.etag and set(served.models) == set(built.names)

@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, selectinload
 
-from storage.db import BINARY_RESULTS
+from storage.db import BINARY_RESULTS, note_revision_bump
 from storage.orm import (
     ANONYMOUS_SCOPE,
     ArtifactPackage,
@@ -64,6 +64,7 @@ def bump_catalog_revision(session: Session) -> None:
     )
     if getattr(result, "rowcount", 1) == 0:  # a schema made without the migration's seed row
         session.execute(insert(CatalogState).values(id=CATALOG_STATE_ID, revision=2))
+    note_revision_bump(session, None)
 
 
 def lock_catalog(session: Session) -> None:
