@@ -48,6 +48,7 @@ class ManifestBuilds:
         self._warming: dict[str | None, asyncio.Task[None]] = {}
         self._warm_again: set[str | None] = set()
         self._warm_slot = asyncio.Semaphore(1)  # one background build at a time
+        self._closed = False
 
     def etag(self, stamp: manifest.Stamp) -> str | None:
         """The etag of the caller's manifest at `stamp`, when this process knows it."""
@@ -86,7 +87,7 @@ class ManifestBuilds:
         the blessed catalog: the anonymous caller's, whose build serializes the blessed
         variants every caller shares). Build each again warm_after seconds from now, or
         once more after the build already pending."""
-        if self.warm_after <= 0:
+        if self.warm_after <= 0 or self._closed:
             return
         for caller in scopes:
             if caller in self._warming:
@@ -211,6 +212,7 @@ class ManifestBuilds:
     async def close(self) -> None:
         """Stop pending stores and builds after writes (they are a cache: the next build
         stores again)."""
+        self._closed = True
         tasks = [*self._storing.values(), *self._saving, *self._warming.values()]
         for task in tasks:
             task.cancel()
