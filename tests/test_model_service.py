@@ -149,6 +149,7 @@ def test_filters(client: Client) -> None:
     assert sorted(list_all(client, enabled=True)) == ["detector", "speller"]
     assert list_all(client, search="objects") == ["detector"]
     assert sorted(list_all(client, search="detect")) == ["detector", "old-detector"]
+    assert sorted(list_all(client, search="DeTeCt")) == ["detector", "old-detector"]
     assert list_all(client, search="100%") == []
     assert list_all(client, framework="onnx", tag="vision", enabled=True) == ["detector"]
     assert list_all(client, order_by=pb.MODEL_ORDER_MODEL_ID_DESC) == [

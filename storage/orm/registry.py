@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint, func
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from storage.orm.base import ID_LENGTH, Base, CreatedAt, Json, Timestamps, UuidPk
@@ -33,12 +33,6 @@ class Model(UuidPk, Timestamps, Base):
             postgresql_ops={"tags": "jsonb_path_ops"},
         ),
         Index(
-            "ix_models_model_id_trgm",
-            "model_id",
-            postgresql_using="gin",
-            postgresql_ops={"model_id": "gin_trgm_ops"},
-        ),
-        Index(
             "ix_models_description_trgm",
             "description",
             postgresql_using="gin",
@@ -63,6 +57,17 @@ class Model(UuidPk, Timestamps, Base):
     optimized_configs: Mapped[list[OptimizedConfig]] = relationship(
         back_populates="model", cascade="all, delete-orphan", passive_deletes=True
     )
+
+
+# Search on model_id (pg_trgm GIN on PostgreSQL) indexes lower(model_id), the expression
+# only the search queries: on model_id itself the planner used it for equality too
+# (migration 0016).
+Index(
+    "ix_models_model_id_trgm",
+    func.lower(Model.__table__.c.model_id).label("model_id_lower"),
+    postgresql_using="gin",
+    postgresql_ops={"model_id_lower": "gin_trgm_ops"},
+)
 
 
 class ModelVersion(UuidPk, Timestamps, Base):

@@ -540,6 +540,16 @@ def stored_manifest(session: Session, org_id: str | None) -> tuple[int, int, byt
     return None if row is None else (int(row[0]), int(row[1]), bytes(row[2]))
 
 
+def stored_manifest_stamp(session: Session, org_id: str | None) -> tuple[int, int] | None:
+    """The (org revision, catalog revision) of the caller's stored manifest, or None."""
+    row = session.execute(
+        select(ManifestSnapshot.org_revision, ManifestSnapshot.catalog_revision).where(
+            ManifestSnapshot.scope == _snapshot_scope(org_id)
+        )
+    ).first()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
 def store_manifest(
     session: Session, org_id: str | None, org_revision: int, catalog_revision: int, data: bytes
 ) -> None:

@@ -91,6 +91,7 @@ def _params(org_id: str, f: ModelFilter) -> dict[str, Any]:
         params["tag"] = f.tag
     if f.search:
         params["pattern"] = f"%{_escape_like(f.search)}%"
+        params["lower_pattern"] = params["pattern"].lower()
     if f.capability:
         params["capability"] = f.capability
     return params
@@ -109,15 +110,18 @@ def _conditions(shape: _Shape, dialect_name: str) -> list[ColumnElement[bool]]:
         tag_param = bindparam("tag", type_=String())
         conds.append(json_ops.array_contains(Model.tags, tag_param, dialect_name))
     if search:
-        # ILIKE rather than lower(...) LIKE: on PostgreSQL the pg_trgm indexes of migration
-        # 0004 serve it; SQLite compiles it to lower(x) LIKE lower(y), the same match.
+        # On PostgreSQL pg_trgm indexes serve both: description's ILIKE (migration 0004)
+        # and model_id's as lower(model_id) LIKE the lowered pattern, the expression its
+        # index is on (migration 0016; model ids are lowercase, so the same match).
+        # SQLite compiles ILIKE to lower(x) LIKE lower(y), the same match again.
         pattern = bindparam("pattern", type_=String())
         conds.append(
             or_(
-                Model.model_id.ilike(pattern, escape="\\"),
+                func.lower(Model.model_id).like(bindparam("lower_pattern", type_=String()),
+                                                escape="\\"),
                 Model.description.ilike(pattern, escape="\\"),
             )
-        )
+        )  # fmt: skip
     if capability:
         conds.append(
             exists(

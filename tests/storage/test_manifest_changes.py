@@ -401,3 +401,38 @@ def test_patches_chained_while_writers_race_end_equal_to_a_build_from_every_row(
     assert at == expected_at
     assert entries(built) == entries(expected) and built.etag == expected.etag
     assert set(created) <= set(expected.names) and patches > 1
+
+
+def test_a_large_build_is_ahead_when_nothing_is_stored_or_many_names_changed(
+    factory: sessionmaker[Session],
+) -> None:
+    """What decides whether a server builds a caller's manifest in the background after a
+    write (ManifestBuilds.written): no stored manifest, or over WARM_AT_CHANGES names
+    changed since the stored one."""
+    org = new_org(factory)
+
+    def add_models(names: list[str]) -> None:
+        with transaction(factory) as session:
+            tenancy.bump_org_revision(session, org)
+            session.add_all([Model(org_id=org, model_id=name) for name in names])
+
+    def ahead() -> tuple[manifest.Stamp | None, manifest.Stamp]:
+        with transaction(factory, readonly=True) as session:
+            return manifest.large_build_ahead(session, org), manifest.stamp(session, org)
+
+    add_models(["a"])
+    found, current = ahead()
+    assert found == current  # nothing stored
+    with transaction(factory) as session:
+        manifest.save_stored(session, manifest.Stored(current, b"stored"))
+    assert ahead()[0] is None
+    add_models([f"m{i}" for i in range(manifest.WARM_AT_CHANGES - 1)])
+    with transaction(factory) as session:
+        tenancy.bump_org_revision(session, org)  # stamps the pending names
+        session.execute(update(Model).where(Model.model_id == "m0").values(description="x"))
+        session.execute(update(Model).where(Model.model_id == "a").values(description="x"))
+    # m0 changed twice counts once: exactly WARM_AT_CHANGES, which the next request patches
+    assert ahead()[0] is None
+    add_models(["one-more"])
+    found, current = ahead()
+    assert found == current
