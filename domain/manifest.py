@@ -243,6 +243,25 @@ def _index(
     return Index(current, names, models, variants, blessed, stored, subtrees)
 
 
+# After a write, the next build of the written caller's manifest is left to the first
+# request unless it would read every name's row or patch in more names than this: then the
+# server that made the write builds it in the background (ManifestBuilds.written).
+WARM_AT_CHANGES = CHANGES_AT_LEAST
+
+
+def large_build_ahead(session: Session, org_id: str | None) -> Stamp | None:
+    """The caller's current stamp when its next build on a server without its manifest
+    in memory would be large: no stored manifest, one the change log does not reach back
+    to, or over WARM_AT_CHANGES names changed since it; else None."""
+    stored = repo.stored_manifest_stamp(session, org_id)
+    if stored is None:
+        return stamp(session, org_id)
+    revisions, changed = repo.manifest_changes(session, org_id, *stored)
+    if changed is not None and len(changed) <= WARM_AT_CHANGES:
+        return None
+    return (org_id, *revisions)
+
+
 SAVE_BATCH = 1000  # subtrees stored per transaction
 
 

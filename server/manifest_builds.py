@@ -11,9 +11,11 @@ tails it needs come from memory, manifest_tails, or rows.
 
 After a write commits on this server (Runtime.on_commit), the written callers' manifests
 are built again in the background (`warm_after` seconds later, once however many writes
-land meanwhile): the builds that read every name's row (a caller's first, or after a bulk
-import changed a quarter of its names) and serialize new variants then run here, off any
-device's request, and leave the manifest in memory and stored for every server.
+land meanwhile) when their next build would be large (domain.manifest.large_build_ahead:
+nothing stored, or over a hundred names changed since): the builds that read every name's
+row (a caller's first, or after a bulk import) and serialize many variants then run here,
+off any device's request, and leave the manifest in memory and stored for every server.
+Smaller changes are left to the next request, whose patch is cheap.
 """
 
 from __future__ import annotations
@@ -85,8 +87,8 @@ class ManifestBuilds:
     def written(self, scopes: frozenset[str | None]) -> None:
         """Runtime.on_commit: a write changed the manifests of `scopes` (org ids; None,
         the blessed catalog: the anonymous caller's, whose build serializes the blessed
-        variants every caller shares). Build each again warm_after seconds from now, or
-        once more after the build already pending."""
+        variants every caller shares). Build each again warm_after seconds from now if
+        its next build would be large, or look again after the build already pending."""
         if self.warm_after <= 0 or self._closed:
             return
         for caller in scopes:
@@ -104,7 +106,9 @@ class ManifestBuilds:
                 self._warm_again.discard(caller)
                 try:
                     async with self._warm_slot:
-                        await self.get(await self.rt.read(manifest.stamp, caller))
+                        ahead = await self.rt.read(manifest.large_build_ahead, caller)
+                        if ahead is not None:
+                            await self.get(ahead)
                 except Exception:
                     log.warning("could not build the manifest of %s after a write", caller,
                                 exc_info=True)  # fmt: skip
