@@ -115,13 +115,13 @@ def _conditions(shape: _Shape, dialect_name: str) -> list[ColumnElement[bool]]:
         # index is on (migration 0016; model ids are lowercase, so the same match).
         # SQLite compiles ILIKE to lower(x) LIKE lower(y), the same match again.
         pattern = bindparam("pattern", type_=String())
+        lower_pattern = bindparam("lower_pattern", type_=String())
         conds.append(
             or_(
-                func.lower(Model.model_id).like(bindparam("lower_pattern", type_=String()),
-                                                escape="\\"),
+                func.lower(Model.model_id).like(lower_pattern, escape="\\"),
                 Model.description.ilike(pattern, escape="\\"),
             )
-        )  # fmt: skip
+        )
     if capability:
         conds.append(
             exists(
