@@ -28,6 +28,7 @@ from typing import Any
 
 from domain import manifest
 from server import manifest_pb, manifest_snapshot
+from server.metrics import MANIFEST_BUILDS
 from server.runtime import Runtime
 from storage.orm import utcnow
 
@@ -56,8 +57,9 @@ class ManifestBuilds:
         """The etag of the caller's manifest at `stamp`, when this process knows it."""
         return self.manifests.etag(stamp)
 
-    async def get(self, stamp: manifest.Stamp) -> manifest_pb.Built:
-        """The caller's manifest at `stamp` or later: cached, being built, or built now."""
+    async def get(self, stamp: manifest.Stamp, trigger: str = "request") -> manifest_pb.Built:
+        """The caller's manifest at `stamp` or later: cached, being built, or built now
+        (timed in MANIFEST_BUILDS under `trigger`: a request, or a write)."""
         cached = self.manifests.body(stamp)
         if cached is not None:
             return cached[1]
@@ -67,8 +69,10 @@ class ManifestBuilds:
         future: asyncio.Future[manifest_pb.Built] = asyncio.get_running_loop().create_future()
         self._building[stamp] = future
         try:
+            started = time.perf_counter()
             with manifest_pb.gc_pause():
-                built, at, fresh = await self._build(stamp)
+                built, at, source = await self._build(stamp)
+            MANIFEST_BUILDS.labels(source, trigger).observe(time.perf_counter() - started)
             self.manifests.put(at, built.etag, built)
             future.set_result(built)
         except BaseException as exc:
@@ -77,7 +81,7 @@ class ManifestBuilds:
             raise
         finally:
             del self._building[stamp]
-        if fresh:
+        if source != "stored":
             # In the background: the caller is answered without waiting for a write (on
             # SQLite, for the one writer's lock).
             self._save_later(built)
@@ -108,7 +112,7 @@ class ManifestBuilds:
                     async with self._warm_slot:
                         ahead = await self.rt.read(manifest.large_build_ahead, caller)
                         if ahead is not None:
-                            await self.get(ahead)
+                            await self.get(ahead, trigger="write")
                 except Exception:
                     log.warning("could not build the manifest of %s after a write", caller,
                                 exc_info=True)  # fmt: skip
@@ -118,8 +122,9 @@ class ManifestBuilds:
             # With no await since the check above: a write landing now starts a new task.
             self._warming.pop(caller, None)
 
-    async def _build(self, stamp: manifest.Stamp) -> tuple[manifest_pb.Built, manifest.Stamp, bool]:
-        """(the manifest, the stamp it is at, whether it was built rather than read).
+    async def _build(self, stamp: manifest.Stamp) -> tuple[manifest_pb.Built, manifest.Stamp, str]:
+        """(the manifest, the stamp it is at, where it came from: "stored" as it was,
+        "patch" from a previous build and the change log, "index" from every name's row).
         get runs it under manifest_pb.gc_pause, from decoding the stored manifest to the
         build that reuses it: a collection between the steps would walk all they made."""
         last = self.manifests.last(stamp[0])
@@ -130,7 +135,7 @@ class ManifestBuilds:
                 decoded = await self.rt.call(manifest_snapshot.decode, stored.data)
                 if decoded is not None:
                     if manifest.at_least(stored.stamp, stamp):
-                        return decoded, stored.stamp, False
+                        return decoded, stored.stamp, "stored"
                     last = stored.stamp, decoded
         previous = last[1] if last is not None else None
         pinned: dict[manifest.VariantKey, manifest_pb.Tail] = {}
@@ -148,7 +153,7 @@ class ManifestBuilds:
                 built = await self.rt.call(
                     manifest_pb.patch, built, changes, pinned, utcnow(), self.tails
                 )
-                return built, changes.stamp, True
+                return built, changes.stamp, "patch"
         index = await self.rt.read(manifest.load_index, stamp[0], cached_tails)
         built = await self.rt.call(
             manifest_pb.build,
@@ -158,7 +163,7 @@ class ManifestBuilds:
             previous,
             self.tails,
         )
-        return built, index.stamp, True
+        return built, index.stamp, "index"
 
     async def _save_tails(self, built: manifest_pb.Built) -> None:
         """Store the subtrees this build serialized, for every server's next cold build.

@@ -41,6 +41,14 @@ RPC_LATENCY = Histogram(
 STREAMS_IN_FLIGHT = Gauge(
     "modelregistry_streams_in_flight", "Streaming RPCs currently open, by method", ["method"]
 )
+MANIFEST_BUILDS = Histogram(
+    "modelregistry_manifest_build_seconds",
+    "GetManifest builds (server/manifest_builds.py) by what they started from (stored: the "
+    "stored manifest as it is; patch: a previous build and the change log; index: every "
+    "name's row) and what started them (a request, or a write on this server)",
+    ["source", "trigger"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 BYTES_UPLOADED = Counter("modelregistry_bytes_uploaded_total", "Artifact bytes received")
 BYTES_DOWNLOADED = Counter("modelregistry_bytes_downloaded_total", "Artifact bytes sent")
 

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelregistry.v1 import model_service_pb2 as pb
-from modelregistry.v1 import models_pb2, telemetry_service_pb2
+from modelregistry.v1 import model_service_pb2_grpc, models_pb2, telemetry_service_pb2
 from support import uploads
 from support.registry import Client
 from support.serve import ServeProcess, run_cli
@@ -200,3 +200,31 @@ def test_bad_metrics_listen_fails_at_start(tmp_path: Path) -> None:
         assert "host:port" in server.log()
     finally:
         server.stop()
+
+
+def test_manifest_builds_by_source_and_trigger(served: tuple[ServeProcess, int, Client]) -> None:
+    """A request's build and the build after a write are timed apart: an anonymous
+    GetManifest on this fresh database builds from every name's row once, then answers
+    from memory; a write to the org gets its manifest built without any request."""
+    server, port, c = served
+    hist = "modelregistry_manifest_build_seconds_count"
+    before = scrape(port)
+    with grpc.insecure_channel(server.address) as channel:  # no key: the blessed catalog
+        anonymous = model_service_pb2_grpc.ModelServiceStub(channel)
+        for _ in range(2):
+            anonymous.GetManifest(pb.GetManifestRequest())
+    after = scrape(port)
+    assert (
+        value(after, hist, source="index", trigger="request")
+        - value(before, hist, source="index", trigger="request")
+        == 1
+    )
+    c.models.CreateModel(
+        pb.CreateModelRequest(model_id="manifest-metrics", model=models_pb2.Model(framework="onnx"))
+    )
+    deadline = time.monotonic() + 30
+    while not any(
+        value(scrape(port), hist, source=source, trigger="write") for source in ("index", "patch")
+    ):
+        assert time.monotonic() < deadline, "no build followed the write"
+        time.sleep(0.2)
