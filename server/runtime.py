@@ -4,6 +4,7 @@ synchronous domain code (which runs in worker threads)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -92,7 +93,8 @@ class Runtime:
                 result = fn(s)
                 bumped = revisions_bumped(s)
             if bumped and self.on_commit is not None:
-                loop.call_soon_threadsafe(self.on_commit, bumped)
+                with contextlib.suppress(RuntimeError):  # the loop closed: shutting down
+                    loop.call_soon_threadsafe(self.on_commit, bumped)
             return result
 
         return await _run_in(self.executor, run)
