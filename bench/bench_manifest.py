@@ -530,7 +530,7 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
             cold_many_behind,
             GOAL_BUILD_MS,
         ),
-        ("cold, stored manifest beyond the change log", cold_far_behind, GOAL_BUILD_MS),
+        ("cold, stored manifest, whole index read", cold_far_behind, GOAL_BUILD_MS),
         ("a caller's first build, subtrees stored", cold, GOAL_BUILD_MS),
         ("  of that: reading the index and subtrees", loads, None),
         ("a caller's first build, nothing stored", never, None),
