@@ -21,7 +21,9 @@ Measures, server-side (in this process, the code GetManifest runs, no network):
   with a current etag costs);
 and, for context, GetManifest over gRPC against a real server on this machine (adds
 authentication of the key, the transfer, and the client's parsing): not-modified, the first
-page, every page, and every page after a change.
+page, every page, and every page after a change; and a new server's first GetManifest with
+nothing stored (as after a bulk import), on the request, and once the build a write through
+that server started is stored (server.manifest_builds.ManifestBuilds.written).
 
 Each case also reports the most time one call spent in the garbage collector (collections
 run wherever allocations trigger them). The process freezes what exists before the cases
