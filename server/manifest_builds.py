@@ -24,7 +24,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 from domain import manifest
 from server import manifest_pb, manifest_snapshot
@@ -57,7 +57,9 @@ class ManifestBuilds:
         """The etag of the caller's manifest at `stamp`, when this process knows it."""
         return self.manifests.etag(stamp)
 
-    async def get(self, stamp: manifest.Stamp, trigger: str = "request") -> manifest_pb.Built:
+    async def get(
+        self, stamp: manifest.Stamp, trigger: Literal["request", "write"] = "request"
+    ) -> manifest_pb.Built:
         """The caller's manifest at `stamp` or later: cached, being built, or built now
         (timed in MANIFEST_BUILDS under `trigger`: a request, or a write)."""
         cached = self.manifests.body(stamp)
@@ -114,8 +116,9 @@ class ManifestBuilds:
                         if ahead is not None:
                             await self.get(ahead, trigger="write")
                 except Exception:
-                    log.warning("could not build the manifest of %s after a write", caller,
-                                exc_info=True)  # fmt: skip
+                    log.warning(
+                        "could not build the manifest of %s after a write", caller, exc_info=True
+                    )
                 if caller not in self._warm_again:
                     return
         finally:
