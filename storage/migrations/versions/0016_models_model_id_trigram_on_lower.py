@@ -18,6 +18,7 @@ Create Date: 2026-11-27
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -41,28 +42,18 @@ def _trigram_index_exists() -> bool:
     )
 
 
-def upgrade() -> None:
+def _replace(columns: list[Any], **options: Any) -> None:
+    """Drop the index and create it again over `columns` (where 0004 created it)."""
     if not _trigram_index_exists():
         return
     op.drop_index(NAME, table_name="models")
-    op.create_index(
-        NAME,
-        "models",
-        [sa.text("lower(model_id) gin_trgm_ops")]
-        if op.get_bind().dialect.name == "postgresql"
-        else [sa.text("lower(model_id)")],
-        postgresql_using="gin",
-    )
+    op.create_index(NAME, "models", columns, postgresql_using="gin", **options)
+
+
+def upgrade() -> None:
+    postgres = op.get_bind().dialect.name == "postgresql"
+    _replace([sa.text("lower(model_id) gin_trgm_ops" if postgres else "lower(model_id)")])
 
 
 def downgrade() -> None:
-    if not _trigram_index_exists():
-        return
-    op.drop_index(NAME, table_name="models")
-    op.create_index(
-        NAME,
-        "models",
-        ["model_id"],
-        postgresql_using="gin",
-        postgresql_ops={"model_id": "gin_trgm_ops"},
-    )
+    _replace(["model_id"], postgresql_ops={"model_id": "gin_trgm_ops"})
