@@ -128,43 +128,21 @@ def test_bundle_and_formats(server: Server, tmp_path: Path) -> None:
     )
     lite, lite_data = write(tmp_path, "voice.tflite", 4000)
     ok(cli(server, "push", str(lite), "--model", "tts", "--version", "1", "-q"))
+
+    def pull(*args: str) -> subprocess.CompletedProcess[str]:
+        return cli(server, "pull", "--model", "tts", "--version", "1", *args)
+
     out = tmp_path / "a.onnx"
-    ok(cli(server, "pull", "--model", "tts", "--version", "1", "-o", str(out), "-q"))
+    ok(pull("-o", str(out), "-q"))
     assert out.read_bytes() == data  # the first package's primary weights
-    done = ok(
-        cli(
-            server,
-            "pull",
-            "--model",
-            "tts",
-            "--version",
-            "1",
-            "--format",
-            "tflite",
-            "-o",
-            str(tmp_path / "b.tflite"),
-            "-q",
-        )
-    )
+    done = ok(pull("--format", "tflite", "-o", str(tmp_path / "b.tflite"), "-q"))
     assert (tmp_path / "b.tflite").read_bytes() == lite_data
     assert "(tflite)" in done.stdout
-    done = cli(
-        server,
-        "pull",
-        "--model",
-        "tts",
-        "--version",
-        "1",
-        "--format",
-        "coreml",
-        "-o",
-        str(tmp_path / "c"),
-        "-q",
-    )
+    done = pull("--format", "coreml", "-o", str(tmp_path / "c"), "-q")
     one_line_error(done, "pull", "no coreml package", "onnx, tflite")
     # --all: every file of the package, under its own name
     into = tmp_path / "tts"
-    done = ok(cli(server, "pull", "--model", "tts", "--version", "1", "--all", "-o", str(into)))
+    done = ok(pull("--all", "-o", str(into)))
     assert {p.name: p.read_bytes() for p in into.iterdir()} == {
         "voice.onnx": data,
         "tokens.txt": tokens.read_bytes(),
@@ -172,24 +150,9 @@ def test_bundle_and_formats(server: Server, tmp_path: Path) -> None:
     }
     assert done.stdout.count("verified") == 3 and "pull tokens.txt 100.0% [" in done.stderr
     # run again: every file is pulled whole again, nothing left over
-    ok(cli(server, "pull", "--model", "tts", "--version", "1", "--all", "-o", str(into), "-q"))
+    ok(pull("--all", "-o", str(into), "-q"))
     assert sorted(p.name for p in into.iterdir()) == ["espeak.bin", "tokens.txt", "voice.onnx"]
-    done = ok(
-        cli(
-            server,
-            "pull",
-            "--model",
-            "tts",
-            "--version",
-            "1",
-            "--format",
-            "tflite",
-            "--all",
-            "-o",
-            str(tmp_path / "lite"),
-            "-q",
-        )
-    )
+    done = ok(pull("--format", "tflite", "--all", "-o", str(tmp_path / "lite"), "-q"))
     assert [p.name for p in (tmp_path / "lite").iterdir()] == ["voice.tflite"]
 
 
