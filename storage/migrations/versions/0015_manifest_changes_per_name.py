@@ -24,7 +24,7 @@ Create Date: 2026-11-27
 """
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -128,11 +128,33 @@ def upgrade() -> None:
     op.create_index("ix_manifest_changes_name", "manifest_changes", ["org_id", "name"])
     for statement in COLLAPSE:
         op.execute(statement)
+    _replace_triggers(PG_LOG_FUNCTION, _sqlite_log, _stamp_statements)
+
+
+def downgrade() -> None:
+    """0013's triggers again; the collapsed rows stay (each name's newest change is all a
+    reader of either log needs)."""
+    previous = _revision_0013()
+    _replace_triggers(
+        previous.PG_LOG_FUNCTION.replace("CREATE ", "CREATE OR REPLACE ", 1),
+        previous._sqlite_log,
+        previous._stamp_statements,
+    )
+    op.drop_index("ix_manifest_changes_name", table_name="manifest_changes")
+
+
+def _replace_triggers(
+    pg_log_function: str,
+    sqlite_log: Callable[[str, str], str],
+    stamp_statements: Callable[[str], list[str]],
+) -> None:
+    """Replace the log's triggers (created by 0013) with ones built from these: on
+    PostgreSQL the functions the triggers call, on SQLite the triggers themselves."""
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
-        bind.exec_driver_sql(PG_LOG_FUNCTION)
+        bind.exec_driver_sql(pg_log_function)
         for table in SCOPES:
-            body = "".join(f"  {statement};\n" for statement in _stamp_statements(table))
+            body = "".join(f"  {statement};\n" for statement in stamp_statements(table))
             bind.exec_driver_sql(
                 f"CREATE OR REPLACE FUNCTION {table}_manifest_stamp() RETURNS trigger "
                 f"LANGUAGE plpgsql AS $$\nBEGIN\n{body}  RETURN NULL;\nEND $$"
@@ -141,50 +163,18 @@ def upgrade() -> None:
     for table in NAME_OF:
         for event, rows in EVENTS.items():
             trigger = f"trg_{table}_manifest_log_{event.lower()}"
-            body = "; ".join(_sqlite_log(table, row) for row in rows)
+            body = "; ".join(sqlite_log(table, row) for row in rows)
             bind.exec_driver_sql(f"DROP TRIGGER {trigger}")
             bind.exec_driver_sql(
                 f"CREATE TRIGGER {trigger} AFTER {event} ON {table} BEGIN {body}; END"
             )
     for table in SCOPES:
-        body = "; ".join(_stamp_statements(table))
+        body = "; ".join(stamp_statements(table))
         bind.exec_driver_sql(f"DROP TRIGGER trg_{table}_manifest_stamp")
         bind.exec_driver_sql(
             f"CREATE TRIGGER trg_{table}_manifest_stamp AFTER UPDATE OF revision ON {table} "
             f"BEGIN {body}; END"
         )
-
-
-def downgrade() -> None:
-    """0013's triggers again; the collapsed rows stay (each name's newest change is all a
-    reader of either log needs)."""
-    previous = _revision_0013()
-    bind = op.get_bind()
-    if bind.dialect.name == "postgresql":
-        bind.exec_driver_sql(previous.PG_LOG_FUNCTION.replace("CREATE ", "CREATE OR REPLACE ", 1))
-        for table in SCOPES:
-            body = "".join(f"  {statement};\n" for statement in previous._stamp_statements(table))
-            bind.exec_driver_sql(
-                f"CREATE OR REPLACE FUNCTION {table}_manifest_stamp() RETURNS trigger "
-                f"LANGUAGE plpgsql AS $$\nBEGIN\n{body}  RETURN NULL;\nEND $$"
-            )
-    else:
-        for table in NAME_OF:
-            for event, rows in EVENTS.items():
-                trigger = f"trg_{table}_manifest_log_{event.lower()}"
-                body = "; ".join(previous._sqlite_log(table, row) for row in rows)
-                bind.exec_driver_sql(f"DROP TRIGGER {trigger}")
-                bind.exec_driver_sql(
-                    f"CREATE TRIGGER {trigger} AFTER {event} ON {table} BEGIN {body}; END"
-                )
-        for table in SCOPES:
-            body = "; ".join(previous._stamp_statements(table))
-            bind.exec_driver_sql(f"DROP TRIGGER trg_{table}_manifest_stamp")
-            bind.exec_driver_sql(
-                f"CREATE TRIGGER trg_{table}_manifest_stamp AFTER UPDATE OF revision "
-                f"ON {table} BEGIN {body}; END"
-            )
-    op.drop_index("ix_manifest_changes_name", table_name="manifest_changes")
 
 
 def _revision_0013() -> ModuleType:
