@@ -300,14 +300,14 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
             return pinned
 
         with manifest_pb.gc_pause(), transaction(sessions, readonly=True) as session:
-            index = manifest.load_index(session, org_id, cached)
+            index = manifest.load_index(session, org_id, cached, manifest_pb.ENTRY_FORMAT)
             built = manifest_pb.build(index, pinned, utcnow(), None, tails)
         return built
 
     def save_tails(built: manifest_pb.Built) -> None:
         """What ManifestBuilds._save_tails stores after a build (in the background)."""
         with transaction(sessions) as session:
-            manifest.save_built(session, built.unsaved())
+            manifest.save_built(session, built.unsaved(), manifest_pb.ENTRY_FORMAT)
 
     def forget_stored() -> None:
         with transaction(sessions) as session:
@@ -489,7 +489,7 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
 
     def load_index_only() -> None:
         with manifest_pb.gc_pause(), transaction(sessions, readonly=True) as session:
-            manifest.load_index(session, org_id, set)
+            manifest.load_index(session, org_id, set, manifest_pb.ENTRY_FORMAT)
 
     speed_before = cpu_reference()
     never = first_build_ever()

@@ -25,9 +25,10 @@ content_revision is bumped by database triggers on every write of the variant's 
 packages or resources, updated_at by every write of its own fields, so equal keys mean an
 equal subtree. The server keeps the serialized subtree per key (server/manifest_pb.py);
 only the subtrees of keys it does not hold are loaded: their serialized bytes from the
-manifest_tails table when stored under the current key (written back after each build,
-so a restarted server or a new replica does not re-serialize every variant), else their
-rows.
+manifest_tails table when stored under the current key and in the reader's format of the
+serialization (written back after each build, so a restarted server or a new replica does
+not re-serialize every variant; a release that serializes otherwise does not read them),
+else their rows.
 
 Rebuilds (load_changes): database triggers log every written model name per revision of
 its scope (the org's, or the blessed catalog's; storage.orm.catalog.ManifestChange), so a
@@ -164,14 +165,16 @@ def load_index(
     session: Session,
     org_id: str | None,
     cached: Callable[[list[VariantKey]], Collection[VariantKey]],
+    entry_format: int,
 ) -> Index:
     """The caller's manifest index; `cached(keys)` answers which of the variants' keys the
     caller already holds built (and keeps them for it). Of the others, the serialized
-    subtrees stored under their current keys are read, and the rows of the rest. Stamp,
-    index, stored bytes and rows come from one snapshot."""
+    subtrees stored under their current keys in the caller's `entry_format` (the version
+    of the serialization, server/manifest_pb.ENTRY_FORMAT) are read, and the rows of the
+    rest. Stamp, index, stored bytes and rows come from one snapshot."""
     repo.manifest_snapshot(session)
     current = stamp(session, org_id)
-    return _index(session, org_id, current, None, cached)
+    return _index(session, org_id, current, None, cached, entry_format)
 
 
 # A rebuild reads the changed names' rows only while they are at most CHANGES_AT_LEAST
@@ -187,6 +190,7 @@ def load_changes(
     since: Stamp,
     previous_names: int,
     cached: Callable[[list[VariantKey]], Collection[VariantKey]],
+    entry_format: int,
 ) -> Index | None:
     """The index of only the names whose entries may have changed for the caller since a
     build at stamp `since` of `previous_names` names (the change log,
@@ -200,7 +204,7 @@ def load_changes(
     most = max(CHANGES_AT_LEAST, int(previous_names * CHANGES_SHARE))
     if changed is None or len(changed) > most:
         return None
-    return _index(session, org_id, current, changed, cached)
+    return _index(session, org_id, current, changed, cached, entry_format)
 
 
 def _index(
@@ -209,6 +213,7 @@ def _index(
     current: Stamp,
     only: Collection[str] | None,
     cached: Callable[[list[VariantKey]], Collection[VariantKey]],
+    entry_format: int,
 ) -> Index:
     rows = repo.manifest_index(session, org_id, only)
     # rows are (model_id, framework, enabled) and (id, content_revision, updated_at, name,
@@ -228,7 +233,7 @@ def _index(
     if missing:
         wanted = missing.get
         for vid, revision, updated_at, data, framework, digest in repo.manifest_tails(
-            session, org_id, None if most(missing) else missing.keys()
+            session, org_id, None if most(missing) else missing.keys(), entry_format
         ):
             key = wanted(vid)
             if key is not None and key[1] == revision and key[2] == updated_at:
@@ -266,12 +271,14 @@ SAVE_BATCH = 1000  # subtrees stored per transaction
 
 
 def save_built(
-    session: Session, tails: Sequence[tuple[VariantKey, tuple[bytes, str, bytes]]]
+    session: Session,
+    tails: Sequence[tuple[VariantKey, tuple[bytes, str, bytes]]],
+    entry_format: int,
 ) -> None:
     """Store serialized subtrees, each under the key it was built from ((key, (bytes,
-    framework, their sha256)), as Index.stored holds them), for every server's next cold
-    build (repo.save_manifest_tails)."""
-    repo.save_manifest_tails(session, [(*key, *tail) for key, tail in tails])
+    framework, their sha256)), as Index.stored holds them) and the `entry_format` they
+    are in, for every server's next cold build (repo.save_manifest_tails)."""
+    repo.save_manifest_tails(session, [(*key, *tail) for key, tail in tails], entry_format)
 
 
 @dataclass(frozen=True)

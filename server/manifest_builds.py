@@ -150,14 +150,21 @@ class ManifestBuilds:
         if last is not None:
             since, built = last
             changes = await self.rt.read(
-                manifest.load_changes, stamp[0], since, len(built.names), cached_tails
+                manifest.load_changes,
+                stamp[0],
+                since,
+                len(built.names),
+                cached_tails,
+                manifest_pb.ENTRY_FORMAT,
             )
             if changes is not None:
                 built = await self.rt.call(
                     manifest_pb.patch, built, changes, pinned, utcnow(), self.tails
                 )
                 return built, changes.stamp, "patch"
-        index = await self.rt.read(manifest.load_index, stamp[0], cached_tails)
+        index = await self.rt.read(
+            manifest.load_index, stamp[0], cached_tails, manifest_pb.ENTRY_FORMAT
+        )
         built = await self.rt.call(
             manifest_pb.build,
             index,
@@ -179,7 +186,11 @@ class ManifestBuilds:
         try:
             # Short transactions: a first build can store 10,000s (SQLite has one writer).
             for i in range(0, len(unsaved), manifest.SAVE_BATCH):
-                await self.rt.write(manifest.save_built, unsaved[i : i + manifest.SAVE_BATCH])
+                await self.rt.write(
+                    manifest.save_built,
+                    unsaved[i : i + manifest.SAVE_BATCH],
+                    manifest_pb.ENTRY_FORMAT,
+                )
         except Exception:
             log.warning("could not store %d manifest subtrees", len(unsaved), exc_info=True)
 

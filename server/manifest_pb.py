@@ -47,6 +47,15 @@ from domain.etags import etag_of
 from modelregistry.v1 import catalog_pb2, manifest_pb2
 from modelregistry.v1 import model_service_pb2 as pb
 
+# The version of the bytes an entry is serialized to from its rows. Serialized subtrees and
+# whole manifests are stored for every server (storage.orm.catalog.ManifestTail,
+# ManifestSnapshot) under it, and a server uses only those of its own: bump it in the
+# change that makes the same rows serialize otherwise (a field filled that was not, a
+# value converted otherwise), or servers keep serving the old bytes, beside new ones,
+# until each variant changes. tests/test_manifest_bytes.py holds the digest of a fixed
+# entry per format and fails when the bytes change under the same number.
+ENTRY_FORMAT = 1
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NAIVE_EPOCH = datetime(1970, 1, 1)
 _STATES = {

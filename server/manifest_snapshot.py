@@ -8,13 +8,15 @@ manifest in memory either serves it as it is (the stamp it was stored under is s
 caller's) or passes it to manifest_pb.build as the previous build, which rebuilds only the
 entries whose rows changed since.
 
-Layout (little-endian): MAGIC, then three uint32 (entries, metadata length, generate_time
-length); the metadata, marshalled (not pickled: loading it runs nothing): the etag and,
-per entry, its name, the Model's (framework, enabled) or None, the variant key or None
-and the tail's framework; generate_time; per entry three uint32
-(map-entry prefix, tail, etag part lengths); per entry the tail's sha256; the etag parts;
-the entries' bytes, in name order. Data of another layout (another MAGIC), or metadata
-this Python cannot read, decodes to None: the caller builds without it.
+Layout (little-endian): MAGIC, then four uint32 (the entries' format,
+manifest_pb.ENTRY_FORMAT; entries; metadata length; generate_time length); the metadata,
+marshalled (not pickled: loading it runs nothing): the etag and, per entry, its name, the
+Model's (framework, enabled) or None, the variant key or None and the tail's framework;
+generate_time; per entry three uint32 (map-entry prefix, tail, etag part lengths); per
+entry the tail's sha256; the etag parts; the entries' bytes, in name order. Data of
+another layout (another MAGIC), or metadata this Python cannot read, or entries of another
+format (written by a release that serializes them otherwise), decodes to None: the caller
+builds without it.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from array import array
 from typing import Any
 
 from domain import manifest
-from server.manifest_pb import NO_TAIL_DIGEST, Built, Entry, Tail
+from server.manifest_pb import ENTRY_FORMAT, NO_TAIL_DIGEST, Built, Entry, Tail
 
-MAGIC = b"MRM\x01"  # a new layout takes a new one
-_HEADER = struct.Struct("<III")
+MAGIC = b"MRM\x02"  # a new layout takes a new one (\x01 had no entry format)
+_HEADER = struct.Struct("<IIII")
 _MARSHAL_VERSION = 4  # readable by every Python 3 since 3.4
 
 
@@ -70,7 +72,7 @@ def encode(built: Built) -> bytes:
     return b"".join(
         [
             MAGIC,
-            _HEADER.pack(len(names), len(meta), len(built.generate_time)),
+            _HEADER.pack(ENTRY_FORMAT, len(names), len(meta), len(built.generate_time)),
             meta,
             built.generate_time,
             lengths.tobytes(),
@@ -82,11 +84,14 @@ def encode(built: Built) -> bytes:
 
 
 def decode(data: bytes) -> Built | None:
-    """The Built `data` encodes, or None when it is of another layout (or unreadable)."""
+    """The Built `data` encodes, or None when it is of another layout or entry format (or
+    unreadable)."""
     if data[: len(MAGIC)] != MAGIC:
         return None
     try:
-        count, meta_size, time_size = _HEADER.unpack_from(data, len(MAGIC))
+        entry_format, count, meta_size, time_size = _HEADER.unpack_from(data, len(MAGIC))
+        if entry_format != ENTRY_FORMAT:
+            return None
         pos = len(MAGIC) + _HEADER.size
         etag, names, models, keys, frameworks = marshal.loads(data[pos : pos + meta_size])
     except (ValueError, EOFError, TypeError, struct.error):

@@ -15,7 +15,7 @@ from sqlalchemy import delete, select, update
 from modelregistry.v1 import catalog_pb2, manifest_pb2, model_service_pb2_grpc, models_pb2
 from modelregistry.v1 import catalog_service_pb2 as cpb
 from modelregistry.v1 import model_service_pb2 as mpb
-from server import manifest_snapshot
+from server import manifest_pb, manifest_snapshot
 from storage.db import transaction
 from storage.orm import CatalogVariant, ManifestSnapshot, ManifestTail, Org
 from support.catalog import CatalogDb, Pkg, Res, create_variant, unique, update_variant
@@ -380,6 +380,7 @@ def test_a_second_server_builds_from_stored_subtrees(
     for uid in shown:
         t = stored[uid]
         assert (t.content_revision, t.variant_updated_at) == current[uid]
+        assert t.entry_format == manifest_pb.ENTRY_FORMAT
     # A marker only the stored row carries: an entry without a Model takes its framework
     # from the stored subtree, so a second server showing it read the row, not the rows.
     # (Without the whole manifest stored: the second server would serve that instead.)

@@ -438,8 +438,86 @@ def test_a_stored_manifest_of_another_layout_is_not_used() -> None:
     data = manifest_snapshot.encode(build(World(3, postgres=False), manifest_pb.TailCache()))
     assert manifest_snapshot.decode(b"MRM\x00" + data[4:]) is None
     assert manifest_snapshot.decode(b"") is None
-    header = len(manifest_snapshot.MAGIC) + 12
+    header = len(manifest_snapshot.MAGIC) + manifest_snapshot._HEADER.size
     assert manifest_snapshot.decode(data[:header] + b"\xff" * 16 + data[header + 16 :]) is None
+
+
+def test_a_stored_manifest_of_another_entry_format_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A manifest stored by a release that serialized entries otherwise is rebuilt, not
+    served (manifest_pb.ENTRY_FORMAT)."""
+    built = build(World(3, postgres=False), manifest_pb.TailCache())
+    data = manifest_snapshot.encode(built)
+    assert manifest_snapshot.decode(data) is not None
+    monkeypatch.setattr(manifest_snapshot, "ENTRY_FORMAT", manifest_pb.ENTRY_FORMAT + 1)
+    assert manifest_snapshot.decode(data) is None
+
+
+# The sha256 of fixed_world()'s whole manifest, per manifest_pb.ENTRY_FORMAT. When the test
+# below fails, the same rows serialize to other bytes than the format's: bump ENTRY_FORMAT
+# (servers then ignore what older releases stored) and add the new digest here.
+MANIFEST_DIGESTS = {
+    1: "3ddb689ee9a0d4266f38e7e4404e9880e8453adaa63082d89af04a9abe097132",
+}
+
+
+def fixed_world() -> World:
+    """Every field of an entry filled (and a few left empty), with fixed ids and times:
+    an org's model with its own variant (two versions, a package of two resources), a
+    disabled model without a variant, and a blessed variant without a model."""
+    world = World(0, postgres=False)
+    world.changed.clear()
+    at = "2026-01-02 03:04:05.678901"
+    world.models = {
+        "detector": ModelRow("m-1", "detector", "", True),
+        "off": ModelRow("m-2", "off", "pytorch", False),
+    }
+    world.variants = {
+        "detector": VariantRow(
+            "v-1", "org-1", "detector", "yolo", '["vision", "detection"]', 3_000_000, "mit",
+            "finds things", at, "2026-01-03 00:00:00", 4,
+        ),
+        "llama": VariantRow(
+            "v-2", None, "llama", "", "[]", None, "", "", at, at, 1,
+        ),
+    }  # fmt: skip
+    world.versions = {
+        "v-1": [
+            VersionRow("cv-2", "v-1", "2.0", "active", "2026-01-05 00:00:00"),
+            VersionRow("cv-1", "v-1", "1.0", "deprecated", at),
+        ],
+        "v-2": [VersionRow("cv-3", "v-2", "7", "active", at)],
+    }
+    world.packages = {
+        "cv-2": [
+            PackageRow(
+                "p-1", "cv-2", "onnx", "int8", "onnxruntime", "conversion",
+                '{"latency_ms": 3.5}', at, "v-1",
+            )
+        ],
+        "cv-1": [],
+        "cv-3": [PackageRow("p-2", "cv-3", "gguf", "none", "", "upload", "{}", at, "v-2")],
+    }  # fmt: skip
+    world.resources = {
+        "p-1": [
+            ResourceRow("r-1", "p-1", "weights", "model.onnx", True, 12345, "ab" * 32, True, 0, at),
+            ResourceRow("r-2", "p-1", "config", "config.json", False, 0, None, False, 1, at),
+        ],
+        "p-2": [],
+    }  # fmt: skip
+    return world
+
+
+def test_the_entry_format_names_the_bytes() -> None:
+    built = build(fixed_world(), manifest_pb.TailCache())
+    assert built.message() == reference(fixed_world().data())
+    digest = hashlib.sha256(built.response()).hexdigest()
+    assert digest == MANIFEST_DIGESTS.get(manifest_pb.ENTRY_FORMAT), (
+        "the same rows serialize to other bytes than those of "
+        f"manifest_pb.ENTRY_FORMAT {manifest_pb.ENTRY_FORMAT}: bump it and add {digest!r} "
+        "to MANIFEST_DIGESTS"
+    )
 
 
 def test_store_schedule_stores_a_new_stamp_at_most_every_interval() -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -155,9 +156,9 @@ class ManifestTail(Base):
 
     A cache, keyed like server/manifest_pb.py's in-memory one by the variant's
     (content_revision, updated_at): a row is used only while both still equal the
-    variant's (domain.manifest.load_index compares them), so a stale row is never served,
-    only rebuilt and overwritten. Written by GetManifest after it serialized a variant;
-    dropped with the variant.
+    variant's (domain.manifest.load_index compares them) and its entry_format is the
+    reader's, so a stale row is never served, only rebuilt and overwritten. Written by
+    GetManifest after it serialized a variant; dropped with the variant.
     """
 
     __tablename__ = "manifest_tails"
@@ -170,6 +171,10 @@ class ManifestTail(Base):
     org_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), index=True)
     content_revision: Mapped[int] = mapped_column(BigInteger)
     variant_updated_at: Mapped[datetime]
+    # The serialization `data` is in (server/manifest_pb.ENTRY_FORMAT): a server reads only
+    # rows of its own, so bytes written by a release that serialized entries otherwise are
+    # rebuilt, not served. 1 for rows written before migration 0017 (the first format).
+    entry_format: Mapped[int] = mapped_column(SmallInteger, server_default=text("1"))
     # The entry's framework when its Model has none (domain.manifest.framework_of).
     framework: Mapped[str] = mapped_column(String(32))
     data: Mapped[bytes] = mapped_column(LargeBinary)

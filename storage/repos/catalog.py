@@ -383,11 +383,12 @@ def manifest_index(
 
 
 def manifest_tails(
-    session: Session, org_id: str | None, variant_ids: Collection[str] | None
+    session: Session, org_id: str | None, variant_ids: Collection[str] | None, entry_format: int
 ) -> Sequence[Any]:
     """(variant id, content_revision, updated_at (_key_time), data, framework, digest) of
-    the stored subtrees of `variant_ids`, or of every variant the org can see when None.
-    The caller keeps those whose key is still the variant's (manifest_index's)."""
+    the stored subtrees of `variant_ids`, or of every variant the org can see when None,
+    serialized in `entry_format` (ManifestTail.entry_format). The caller keeps those whose
+    key is still the variant's (manifest_index's)."""
     conn = session.connection()
     query = select(
         ManifestTail.variant_id,
@@ -396,7 +397,7 @@ def manifest_tails(
         ManifestTail.data,
         ManifestTail.framework,
         ManifestTail.digest,
-    )
+    ).where(ManifestTail.entry_format == entry_format)
     if variant_ids is None:
         visible: ColumnElement[bool] = ManifestTail.org_id.is_(None)
         if org_id is not None:
@@ -411,10 +412,13 @@ def manifest_tails(
 
 
 def save_manifest_tails(
-    session: Session, tails: Sequence[tuple[str, int, int | str, bytes, str, bytes]]
+    session: Session,
+    tails: Sequence[tuple[str, int, int | str, bytes, str, bytes]],
+    entry_format: int,
 ) -> None:
     """Store (variant id, content_revision, updated_at as manifest_index read it, data,
-    framework, digest) rows (manifest_tails' layout), replacing older ones. A variant
+    framework, digest) rows (manifest_tails' layout), serialized in `entry_format`,
+    replacing older ones (of any format: one row per variant). A variant
     deleted meanwhile is skipped; a row whose key is already stale is harmless (never
     used, see ManifestTail)."""
     # In id order: two servers saving overlapping sets lock the rows in one order (on
@@ -436,6 +440,7 @@ def save_manifest_tails(
                 "org_id": orgs[vid],
                 "content_revision": revision,
                 "variant_updated_at": _from_key_time(updated_at),
+                "entry_format": entry_format,
                 "framework": framework,
                 "data": data,
                 "digest": digest,
@@ -453,6 +458,7 @@ def save_manifest_tails(
                 set_={
                     "content_revision": excluded.content_revision,
                     "variant_updated_at": excluded.variant_updated_at,
+                    "entry_format": excluded.entry_format,
                     "framework": excluded.framework,
                     "data": excluded.data,
                     "digest": excluded.digest,

@@ -243,7 +243,7 @@ def build_whole(
 ) -> tuple[manifest_pb.Built, manifest.Stamp]:
     """The caller's manifest from every row (no previous build, nothing cached)."""
     with transaction(factory, readonly=True) as session:
-        index = manifest.load_index(session, org, lambda keys: set())
+        index = manifest.load_index(session, org, lambda keys: set(), manifest_pb.ENTRY_FORMAT)
     return manifest_pb.build(index, {}, utcnow(), None, manifest_pb.TailCache()), index.stamp
 
 
@@ -262,7 +262,9 @@ def build_patched(
         return pinned
 
     with transaction(factory, readonly=True) as session:
-        changes = manifest.load_changes(session, org, since, len(previous.names), cached)
+        changes = manifest.load_changes(
+            session, org, since, len(previous.names), cached, manifest_pb.ENTRY_FORMAT
+        )
     assert changes is not None
     return manifest_pb.patch(previous, changes, pinned, utcnow(), tails), changes.stamp
 
@@ -436,3 +438,35 @@ def test_a_large_build_is_ahead_when_nothing_is_stored_or_many_names_changed(
     add_models(["one-more"])
     found, current = ahead()
     assert found == current
+
+
+def test_stored_subtrees_are_read_only_in_the_readers_entry_format(
+    factory: sessionmaker[Session],
+) -> None:
+    """A subtree stored by a release that serializes entries otherwise (another
+    manifest_pb.ENTRY_FORMAT) is built again from rows, not served; storing it in the
+    reader's format replaces it (one row per variant)."""
+    org = new_org(factory)
+    with transaction(factory) as session:
+        session.add(Model(org_id=org, model_id="m", framework="onnx"))
+        session.add(CatalogVariant(org_id=org, name="m", family="f"))
+        tenancy.bump_org_revision(session, org)
+    built, _ = build_whole(factory, org)
+    variant_ids = {key[0] for key in built.fresh}
+    assert len(variant_ids) == 1
+    mine = manifest_pb.ENTRY_FORMAT
+
+    def index(entry_format: int) -> manifest.Index:
+        with transaction(factory, readonly=True) as session:
+            return manifest.load_index(session, org, lambda keys: set(), entry_format)
+
+    with transaction(factory) as session:
+        manifest.save_built(session, built.unsaved(), mine + 1)
+    other = index(mine)
+    assert other.stored == {} and set(other.subtrees.variants) == variant_ids
+    assert set(index(mine + 1).stored) == variant_ids
+
+    with transaction(factory) as session:
+        manifest.save_built(session, built.unsaved(), mine)
+    assert set(index(mine).stored) == variant_ids
+    assert index(mine + 1).stored == {}

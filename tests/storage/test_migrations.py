@@ -170,3 +170,34 @@ def test_the_change_log_collapses_to_one_row_per_name(db_url: str) -> None:
         assert len(kept) == 5
     finally:
         engine.dispose()
+
+
+def test_stored_subtrees_are_of_the_first_entry_format(db_url: str) -> None:
+    """0017: manifest_tails rows written before it are of entry format 1."""
+    upgrade(db_url, "0016")
+    engine = create_engine_for(db_url)
+    now = "2026-11-01 00:00:00"
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO catalog_variants (id, name, family, task_taxonomy, "
+                    "parameter_count, license, description, content_revision, created_at, "
+                    "updated_at) VALUES ('v1', 'm', '', '[]', 0, '', '', 3, :now, :now)"
+                ),
+                {"now": now},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO manifest_tails (variant_id, content_revision, "
+                    "variant_updated_at, framework, data, digest) "
+                    "VALUES ('v1', 3, :now, '', :data, :data)"
+                ),
+                {"now": now, "data": b"x"},
+            )
+        upgrade(db_url)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT variant_id, entry_format FROM manifest_tails")).all()
+        assert [tuple(r) for r in rows] == [("v1", 1)]
+    finally:
+        engine.dispose()
