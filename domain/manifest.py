@@ -56,7 +56,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session
@@ -265,6 +265,26 @@ def large_build_ahead(session: Session, org_id: str | None) -> Stamp | None:
     if changed is not None and len(changed) <= WARM_AT_CHANGES:
         return None
     return (org_id, *revisions)
+
+
+# A background build after writes is claimed for at most this long (storage.orm.catalog.
+# ManifestBuildClaim): other servers skip it meanwhile, and its server drops the claim
+# once the build is stored (a server that died leaves one that expires).
+BUILD_CLAIM_SECONDS = 60.0
+
+
+def claim_build(
+    session: Session, org_id: str | None, holder: str, seconds: float = BUILD_CLAIM_SECONDS
+) -> bool:
+    """Claim the building of the caller's manifest for `holder` (a random id) unless
+    another holder's claim is current: True when this one builds it."""
+    now = datetime.now(UTC)
+    return repo.claim_manifest_build(session, org_id, holder, now, now + timedelta(seconds=seconds))
+
+
+def release_build(session: Session, org_id: str | None, holder: str) -> None:
+    """Drop `holder`'s claim on the caller's build (a later holder's stays)."""
+    repo.release_manifest_build(session, org_id, holder)
 
 
 SAVE_BATCH = 1000  # subtrees stored per transaction

@@ -142,6 +142,7 @@ class RegistryServer:
         await self.health.check_once()
         await self.server.start()
         self.health.start()
+        self.model_service.manifests.watch_catalog()
         if self.runtime.conversions is not None:
             self.runtime.conversions.start()
         log.info(

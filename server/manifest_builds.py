@@ -15,7 +15,11 @@ land meanwhile) when their next build would be large (domain.manifest.large_buil
 nothing stored, or over a hundred names changed since): the builds that read every name's
 row (a caller's first, or after a bulk import) and serialize many variants then run here,
 off any device's request, and leave the manifest in memory and stored for every server.
-Smaller changes are left to the next request, whose patch is cheap.
+Smaller changes are left to the next request, whose patch is cheap. One server at a time
+makes such a build (a claim in the database: writes spread over several servers would
+have each make it). Blessed writes made
+without this server (`modelregistry catalog import`, another server) are noticed by
+watching the blessed catalog's revision (watch_catalog) and treated the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import random
 import time
+import uuid
 from typing import Any, Literal
 
 from domain import manifest
@@ -51,6 +57,7 @@ class ManifestBuilds:
         self._warming: dict[str | None, asyncio.Task[None]] = {}
         self._warm_again: set[str | None] = set()
         self._warm_slot = asyncio.Semaphore(1)  # one background build at a time
+        self._watching: asyncio.Task[None] | None = None
         self._closed = False
 
     def etag(self, stamp: manifest.Stamp) -> str | None:
@@ -105,6 +112,31 @@ class ManifestBuilds:
                     self._warm(caller), context=contextvars.Context()
                 )
 
+    def watch_catalog(self) -> None:
+        """Look at the blessed catalog's revision every warm_after seconds or so (one row
+        read; jittered, so servers started together look at different times), and when it
+        moved, or on the first look, act as after a blessed write of this server (written):
+        imports and other writers of blessed rows that bypass this server leave the
+        anonymous caller's large build, whose serialized blessed variants every caller
+        shares, to the background too. Off with builds after writes."""
+        if self.warm_after > 0 and self._watching is None and not self._closed:
+            self._watching = asyncio.create_task(
+                self._watch_catalog(), context=contextvars.Context()
+            )
+
+    async def _watch_catalog(self) -> None:
+        seen: int | None = None
+        while True:
+            await asyncio.sleep(self.warm_after * (0.5 + random.random()))
+            try:
+                revision = (await self.rt.read_single(manifest.stamp, None))[2]
+            except Exception:
+                log.warning("could not read the catalog's revision", exc_info=True)
+                continue
+            if revision != seen:
+                seen = revision
+                self.written(frozenset([None]))
+
     async def _warm(self, caller: str | None) -> None:
         try:
             while True:
@@ -114,7 +146,7 @@ class ManifestBuilds:
                     async with self._warm_slot:
                         ahead = await self.rt.read(manifest.large_build_ahead, caller)
                         if ahead is not None:
-                            await self.get(ahead, trigger="write")
+                            await self._build_claimed(ahead)
                 except Exception:
                     log.warning(
                         "could not build the manifest of %s after a write", caller, exc_info=True
@@ -124,6 +156,24 @@ class ManifestBuilds:
         finally:
             # With no await since the check above: a write landing now starts a new task.
             self._warming.pop(caller, None)
+
+    async def _build_claimed(self, stamp: manifest.Stamp) -> None:
+        """Build the caller's manifest at `stamp` and store it, unless another server has
+        claimed the caller's build (domain.manifest.claim_build); this server's claim is
+        held until what the build stores is stored."""
+        caller, holder = stamp[0], str(uuid.uuid4())
+        if not await self.rt.write(manifest.claim_build, caller, holder):
+            return
+        try:
+            await self.get(stamp, trigger="write")
+            stores = [t for t in (self._storing.get(caller), *self._saving) if t is not None]
+            if stores:
+                await asyncio.wait(stores)  # each logs its own failure
+        finally:
+            try:
+                await self.rt.write(manifest.release_build, caller, holder)
+            except Exception:
+                log.warning("could not drop the build claim of %s (it expires)", caller)
 
     async def _build(self, stamp: manifest.Stamp) -> tuple[manifest_pb.Built, manifest.Stamp, str]:
         """(the manifest, the stamp it is at, where it came from: "stored" as it was,
@@ -237,6 +287,8 @@ class ManifestBuilds:
         stores again)."""
         self._closed = True
         tasks = [*self._storing.values(), *self._saving, *self._warming.values()]
+        if self._watching is not None:
+            tasks.append(self._watching)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

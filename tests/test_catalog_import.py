@@ -6,18 +6,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import delete
 
+from domain import manifest
 from modelregistry.v1 import catalog_pb2
 from modelregistry.v1 import catalog_service_pb2 as cpb
 from modelregistry.v1 import model_service_pb2 as mpb
+from server import manifest_snapshot
 from server.cli import build_parser
+from storage.db import create_engine_for, session_factory, transaction
+from storage.orm import ManifestSnapshot
 from support.fixtures import BACKENDS, backend_urls
 from support.registry import Client, RunningServer
 from support.status import expect_error
@@ -167,6 +174,41 @@ variants:
     assert [(v.version_id, v.state == DEPRECATED) for v in entry.versions] == [
         ("1.1.0", False), ("1.0.0", True),
     ]  # fmt: skip
+
+
+def test_servers_build_the_blessed_manifest_after_an_import(
+    fresh: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An import writes without a server; the server notices the catalog's revision move
+    (ManifestBuilds.watch_catalog) and, the anonymous caller's next build being large
+    (here: nothing stored), builds and stores it in the background, as after its own
+    writes: the first GetManifest after the import finds it built."""
+    engine = create_engine_for(fresh.database_url, pool_size=1)
+    sessions = session_factory(engine)
+    try:
+        with transaction(sessions) as session:
+            session.execute(delete(ManifestSnapshot).where(ManifestSnapshot.org_id.is_(None)))
+        name = f"imported-{uuid.uuid4().hex[:8]}"
+        (tmp_path / "one.json").write_text(json.dumps({"variants": [{"model_id": name}]}))
+        assert run_import(fresh, tmp_path / "one.json", capsys)[0] == 0
+        with transaction(sessions, readonly=True) as session:
+            revision = manifest.stamp(session, None)[2]
+        deadline = time.monotonic() + 30
+        while True:
+            with transaction(sessions, readonly=True) as session:
+                stored = manifest.load_stored(session, None)
+            if stored is not None and stored.stamp[2] >= revision:
+                break
+            assert time.monotonic() < deadline, "the blessed manifest was not built"
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
+    built = manifest_snapshot.decode(stored.data)
+    assert built is not None and name in built.names
+    served = fresh.new_org().models.GetManifest(
+        mpb.GetManifestRequest(), metadata=[("x-no-auth", "1")]
+    )
+    assert served.etag == built.etag and name in served.models
 
 
 BAD_DOCS: list[tuple[str, Any, set[str]]] = [

@@ -372,11 +372,11 @@ def test_fuzz_rpc(target: Target, method: descriptor.MethodDescriptor) -> None:
         if code == grpc.StatusCode.OK:
             return
         after = target.snapshot()
-        # Caches an earlier, successful GetManifest writes in the background (its subtrees
-        # and whole manifest, server/manifest_builds.py), possibly while this call runs; a
-        # rejected call builds nothing. The change log is written by triggers on data, so
-        # it stays in the check.
-        for k in ("manifest_snapshots", "manifest_tails"):
+        # Caches an earlier, successful GetManifest or write leaves in the background (its
+        # subtrees and whole manifest, and the claim on building it after writes:
+        # server/manifest_builds.py), possibly while this call runs; a rejected call builds
+        # nothing. The change log is written by triggers on data, so it stays in the check.
+        for k in ("manifest_snapshots", "manifest_tails", "manifest_build_claims"):
             before.pop(k), after.pop(k)
         if reason == "UPLOAD_INCOMPLETE":
             # the client may resume it: its session row (and parts) stay until it expires

@@ -4,6 +4,7 @@ manifest, never because of another org), not_modified, anonymous callers."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -12,10 +13,12 @@ import pytest
 from google.protobuf import field_mask_pb2
 from sqlalchemy import delete, select, update
 
+from domain import manifest as domain_manifest
 from modelregistry.v1 import catalog_pb2, manifest_pb2, model_service_pb2_grpc, models_pb2
 from modelregistry.v1 import catalog_service_pb2 as cpb
 from modelregistry.v1 import model_service_pb2 as mpb
 from server import manifest_pb, manifest_snapshot
+from server.manifest_builds import ManifestBuilds
 from storage.db import transaction
 from storage.orm import CatalogVariant, ManifestSnapshot, ManifestTail, Org
 from support.catalog import CatalogDb, Pkg, Res, create_variant, unique, update_variant
@@ -525,3 +528,41 @@ def test_a_write_gets_the_manifest_built_and_stored_before_anyone_asks(
     assert built is not None and set(names) <= set(built.names)
     served = manifest(client)
     assert served.etag == built.etag and set(served.models) == set(built.names)
+
+
+def test_one_server_builds_after_writes_through_several(
+    registry: RunningServer, client: Client, db: CatalogDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes to one org through two servers: both look at its next build after them,
+    and one builds it while the other skips it (storage.orm.catalog.ManifestBuildClaim)
+    instead of making the same build. Builds are slowed so that both look while the
+    first one builds."""
+    build = ManifestBuilds._build
+
+    async def slow_build(
+        self: ManifestBuilds, stamp: domain_manifest.Stamp
+    ) -> tuple[manifest_pb.Built, domain_manifest.Stamp, str]:
+        await asyncio.sleep(1.5)
+        return await build(self, stamp)
+
+    monkeypatch.setattr(ManifestBuilds, "_build", slow_build)
+    replica = RunningServer(registry.database_url, registry.object_store)
+    try:
+        there = Client(replica.channel, client.key, client.org)
+        create_model(client, unique("here"))
+        create_model(there, unique("there"))
+        scope = org_id(db, client.org)
+        with transaction(db.sessions) as session:
+            revision = session.scalars(select(Org.revision).where(Org.id == scope)).one()
+        servers = [registry.server.model_service.manifests, replica.server.model_service.manifests]
+        deadline = time.monotonic() + 30
+        while any(scope in s._warming for s in servers):
+            assert time.monotonic() < deadline, "the builds after the writes did not end"
+            time.sleep(0.05)
+        built = [s for s in servers if s.manifests.last(scope) is not None]
+        assert len(built) == 1
+        with transaction(db.sessions) as session:
+            stored = domain_manifest.load_stored(session, scope)
+        assert stored is not None and stored.stamp[1] == revision
+    finally:
+        replica.stop()

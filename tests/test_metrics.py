@@ -6,6 +6,7 @@ import queue
 import re
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelregistry.v1 import model_service_pb2 as pb
-from modelregistry.v1 import model_service_pb2_grpc, models_pb2, telemetry_service_pb2
+from modelregistry.v1 import models_pb2, telemetry_service_pb2
 from support import uploads
 from support.registry import Client
 from support.serve import ServeProcess, run_cli
@@ -203,28 +204,50 @@ def test_bad_metrics_listen_fails_at_start(tmp_path: Path) -> None:
 
 
 def test_manifest_builds_by_source_and_trigger(served: tuple[ServeProcess, int, Client]) -> None:
-    """A request's build and the build after a write are timed apart: an anonymous
-    GetManifest on this fresh database builds from every name's row once, then answers
-    from memory; a write to the org gets its manifest built without any request."""
-    server, port, c = served
+    """Builds are timed by what started them: on this fresh database the server's first
+    look at the blessed catalog builds the anonymous caller's manifest in the background
+    (nothing stored: ManifestBuilds.watch_catalog); an org's first GetManifest builds from
+    every name's row once, then answers from memory; a write to another org gets that
+    org's manifest built without any request."""
+    server, port, _ = served
     hist = "modelregistry_manifest_build_seconds_count"
-    before = scrape(port)
-    with grpc.insecure_channel(server.address) as channel:  # no key: the blessed catalog
-        anonymous = model_service_pb2_grpc.ModelServiceStub(channel)
-        for _ in range(2):
-            anonymous.GetManifest(pb.GetManifestRequest())
-    after = scrape(port)
-    assert (
-        value(after, hist, source="index", trigger="request")
-        - value(before, hist, source="index", trigger="request")
-        == 1
-    )
-    c.models.CreateModel(
-        pb.CreateModelRequest(model_id="manifest-metrics", model=models_pb2.Model(framework="onnx"))
-    )
+
+    def after_writes() -> float:
+        scraped = scrape(port)
+        return sum(value(scraped, hist, source=s, trigger="write") for s in ("index", "patch"))
+
     deadline = time.monotonic() + 30
-    while not any(
-        value(scrape(port), hist, source=source, trigger="write") for source in ("index", "patch")
-    ):
-        assert time.monotonic() < deadline, "no build followed the write"
+    while value(scrape(port), hist, source="index", trigger="write") < 1:
+        assert time.monotonic() < deadline, "the blessed manifest was not built at start"
         time.sleep(0.2)
+    with grpc.insecure_channel(server.address) as channel:
+        reader = new_org_client(server, channel)
+        before = scrape(port)
+        for _ in range(2):
+            reader.models.GetManifest(pb.GetManifestRequest())
+        after = scrape(port)
+        assert (
+            value(after, hist, source="index", trigger="request")
+            - value(before, hist, source="index", trigger="request")
+            == 1
+        )
+        writer = new_org_client(server, channel)
+        built = after_writes()
+        writer.models.CreateModel(
+            pb.CreateModelRequest(
+                model_id="manifest-metrics", model=models_pb2.Model(framework="onnx")
+            )
+        )
+        deadline = time.monotonic() + 30
+        while after_writes() <= built:
+            assert time.monotonic() < deadline, "no build followed the write"
+            time.sleep(0.2)
+
+
+def new_org_client(server: ServeProcess, channel: grpc.Channel) -> Client:
+    """A new org with a key, made with the CLI (no write through the server)."""
+    db = server.extra[server.extra.index("--database-url") + 1]
+    name = f"org-{uuid.uuid4().hex[:8]}"
+    run_cli(server.cwd, "orgs", "create", name, "--database-url", db)
+    token = run_cli(server.cwd, "keys", "create", "--org", name, "--database-url", db).strip()
+    return Client(channel, token, name)

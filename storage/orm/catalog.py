@@ -209,6 +209,25 @@ class ManifestSnapshot(Base):
 ANONYMOUS_SCOPE = "anonymous"
 
 
+class ManifestBuildClaim(Base):
+    """A server building a caller's manifest in the background, after writes
+    (server/manifest_builds.py), until `until`: other servers skip that build instead of
+    making the same one (writes spread over several servers each look at the caller's
+    next build, and every server looks at the blessed catalog's). Taken when absent or
+    expired, dropped by its holder when the build is stored; a holder that died leaves one
+    that expires."""
+
+    __tablename__ = "manifest_build_claims"
+
+    # As ManifestSnapshot.scope: the org id, or ANONYMOUS_SCOPE.
+    scope: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    org_id: Mapped[str | None] = mapped_column(
+        String(ID_LENGTH), ForeignKey("orgs.id", ondelete="CASCADE")
+    )
+    holder: Mapped[str] = mapped_column(String(ID_LENGTH))  # a random id per claim
+    until: Mapped[datetime]
+
+
 class ManifestChange(Base):
     """A model name whose manifest entry changed, and the revision of its scope (the org's
     or, for blessed variants with org_id NULL, the catalog's) that last changed it: kept

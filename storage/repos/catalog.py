@@ -20,6 +20,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
+    delete,
     extract,
     func,
     insert,
@@ -37,6 +38,7 @@ from storage.orm import (
     ArtifactResource,
     CatalogVariant,
     CatalogVersion,
+    ManifestBuildClaim,
     ManifestChange,
     ManifestSnapshot,
     ManifestTail,
@@ -582,6 +584,38 @@ def store_manifest(
             },
             where=(ManifestSnapshot.org_revision <= excluded.org_revision)
             & (ManifestSnapshot.catalog_revision <= excluded.catalog_revision),
+        )
+    )
+
+
+def claim_manifest_build(
+    session: Session, org_id: str | None, holder: str, now: datetime, until: datetime
+) -> bool:
+    """Take the claim on building the caller's manifest (ManifestBuildClaim) for `holder`
+    until `until`, unless another holder's is current at `now`. True when taken. An org
+    deleted meanwhile has nothing to build (False)."""
+    if org_id is not None and session.get(Org, org_id) is None:
+        return False
+    stmt = dialects.insert(session, ManifestBuildClaim).values(
+        scope=_snapshot_scope(org_id), org_id=org_id, holder=holder, until=until
+    )
+    excluded = stmt.excluded
+    taken = session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[ManifestBuildClaim.scope],
+            set_={"holder": excluded.holder, "until": excluded.until},
+            where=ManifestBuildClaim.until <= now,
+        ).returning(ManifestBuildClaim.scope)
+    ).first()
+    return taken is not None
+
+
+def release_manifest_build(session: Session, org_id: str | None, holder: str) -> None:
+    """Drop `holder`'s claim on the caller's build (not one another holder took since)."""
+    session.execute(
+        delete(ManifestBuildClaim).where(
+            ManifestBuildClaim.scope == _snapshot_scope(org_id),
+            ManifestBuildClaim.holder == holder,
         )
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,6 +23,7 @@ from storage.orm import (
     ArtifactResource,
     CatalogVariant,
     CatalogVersion,
+    ManifestBuildClaim,
     ManifestChange,
     Model,
     Org,
@@ -470,3 +472,39 @@ def test_stored_subtrees_are_read_only_in_the_readers_entry_format(
         manifest.save_built(session, built.unsaved(), mine)
     assert set(index(mine).stored) == variant_ids
     assert index(mine + 1).stored == {}
+
+
+def test_one_holder_at_a_time_claims_a_callers_background_build(
+    factory: sessionmaker[Session],
+) -> None:
+    """domain.manifest.claim_build: taken when absent, refused while another holder's is
+    current, taken over once it expired; a holder drops only its own claim; each caller
+    (an org, the anonymous caller) has its own; a deleted org's is never taken."""
+    org = new_org(factory)
+
+    def claim(caller: str | None, holder: str) -> bool:
+        with transaction(factory) as session:
+            return manifest.claim_build(session, caller, holder)
+
+    def release(caller: str | None, holder: str) -> None:
+        with transaction(factory) as session:
+            manifest.release_build(session, caller, holder)
+
+    assert claim(org, "a") and not claim(org, "b")
+    release(org, "b")  # not b's
+    assert not claim(org, "b")
+    release(org, "a")
+    assert claim(org, "b")
+    assert claim(None, "x") and not claim(None, "y")  # the anonymous caller's, apart
+    with transaction(factory) as session:  # b's server died an hour ago
+        session.execute(
+            update(ManifestBuildClaim)
+            .where(ManifestBuildClaim.org_id == org)
+            .values(until=utcnow() - timedelta(hours=1))
+        )
+    assert claim(org, "c") and not claim(org, "b")
+    release(org, "b")  # the expired holder's release leaves c's claim
+    assert not claim(org, "d")
+    with transaction(factory) as session:
+        session.execute(delete(Org).where(Org.id == org))
+    assert not claim(org, "e")
