@@ -126,13 +126,17 @@ class ManifestBuilds:
 
     async def _watch_catalog(self) -> None:
         seen: int | None = None
+        failing = False
         while True:
             await asyncio.sleep(self.warm_after * (0.5 + random.random()))
             try:
                 revision = (await self.rt.read_single(manifest.stamp, None))[2]
             except Exception:
-                log.warning("could not read the catalog's revision", exc_info=True)
+                if not failing:  # once per outage, not every few seconds
+                    log.warning("could not read the catalog's revision", exc_info=True)
+                failing = True
                 continue
+            failing = False
             if revision != seen:
                 seen = revision
                 self.written(frozenset([None]))
@@ -182,14 +186,11 @@ class ManifestBuilds:
         build that reuses it: a collection between the steps would walk all they made."""
         last = self.manifests.last(stamp[0])
         if last is None:
-            stored = await self.rt.read(manifest.load_stored, stamp[0])
-            if stored is not None:
-                self.schedule.seen(stored.stamp)
-                decoded = await self.rt.call(manifest_snapshot.decode, stored.data)
-                if decoded is not None:
-                    if manifest.at_least(stored.stamp, stamp):
-                        return decoded, stored.stamp, "stored"
-                    last = stored.stamp, decoded
+            last = await self._stored(stamp[0])
+            if last is not None and manifest.at_least(last[0], stamp):
+                return last[1], last[0], "stored"
+        if last is None and stamp[0] is not None:
+            last = await self._blessed_base(stamp[0])
         previous = last[1] if last is not None else None
         pinned: dict[manifest.VariantKey, manifest_pb.Tail] = {}
 
@@ -224,6 +225,33 @@ class ManifestBuilds:
             self.tails,
         )
         return built, index.stamp, "index"
+
+    async def _stored(self, caller: str | None) -> tuple[manifest.Stamp, manifest_pb.Built] | None:
+        """The caller's stored manifest, decoded, with its stamp (None: nothing stored, or
+        of another layout or entry format)."""
+        stored = await self.rt.read(manifest.load_stored, caller)
+        if stored is None:
+            return None
+        self.schedule.seen(stored.stamp)
+        decoded = await self.rt.call(manifest_snapshot.decode, stored.data)
+        return None if decoded is None else (stored.stamp, decoded)
+
+    async def _blessed_base(self, org_id: str) -> tuple[manifest.Stamp, manifest_pb.Built] | None:
+        """For an org's build with no manifest of its own to start from: the anonymous
+        caller's (in memory, else stored), as the org's at org revision 0. An org with no
+        rows of its own sees exactly the blessed catalog, and the change log lists every
+        name the org ever wrote (else its floor is above 0 and load_changes says so), so
+        the org's first build patches in its own names instead of reading the row of every
+        blessed variant; with too many of its own, the whole index is read as before, and
+        the blessed entries are reused."""
+        base = self.manifests.last(None)
+        if base is None:
+            base = await self._stored(None)
+            if base is None:
+                return None
+            self.manifests.put(base[0], base[1].etag, base[1])
+        (_, _, catalog_revision), built = base
+        return (org_id, 0, catalog_revision), built
 
     async def _save_tails(self, built: manifest_pb.Built) -> None:
         """Store the subtrees this build serialized, for every server's next cold build.

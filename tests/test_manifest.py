@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
+from prometheus_client import REGISTRY
 from sqlalchemy import delete, select, update
 
 from domain import manifest as domain_manifest
@@ -20,7 +21,8 @@ from modelregistry.v1 import model_service_pb2 as mpb
 from server import manifest_pb, manifest_snapshot
 from server.manifest_builds import ManifestBuilds
 from storage.db import transaction
-from storage.orm import CatalogVariant, ManifestSnapshot, ManifestTail, Org
+from storage.orm import CatalogVariant, ManifestSnapshot, ManifestTail, Model, Org, utcnow
+from storage.repos import tenancy
 from support.catalog import CatalogDb, Pkg, Res, create_variant, unique, update_variant
 from support.registry import Client, RunningServer
 from support.status import expect_error
@@ -566,3 +568,31 @@ def test_one_server_builds_after_writes_through_several(
         assert stored is not None and stored.stamp[1] == revision
     finally:
         replica.stop()
+
+
+def test_an_orgs_first_manifest_starts_from_the_anonymous_one(
+    registry: RunningServer, client: Client, admin: Client, db: CatalogDb
+) -> None:
+    """An org with no manifest of its own (in memory or stored) gets the anonymous caller's,
+    which the server holds, patched with the org's own names: no build from every name's
+    row, and the same manifest as one."""
+    create_variant(admin, unique("blessed"), blessed=True)
+    manifest(client, anonymous=True)  # the server holds the anonymous manifest
+    scope = org_id(db, client.org)
+    with transaction(db.sessions) as session:  # written without the server: nothing built
+        tenancy.bump_org_revision(session, scope)
+        session.add(Model(org_id=scope, model_id=unique("own"), framework="onnx"))
+
+    def builds(source: str) -> float:
+        labels = {"source": source, "trigger": "request"}
+        return REGISTRY.get_sample_value("modelregistry_manifest_build_seconds_count", labels) or 0
+
+    before = {source: builds(source) for source in ("patch", "index")}
+    mine = manifest(client)
+    assert builds("patch") == before["patch"] + 1 and builds("index") == before["index"]
+    with transaction(db.sessions, readonly=True) as session:
+        index = domain_manifest.load_index(
+            session, scope, lambda keys: set(), manifest_pb.ENTRY_FORMAT
+        )
+    whole = manifest_pb.build(index, {}, utcnow(), None, manifest_pb.TailCache())
+    assert mine.etag == whole.etag and set(mine.models) == set(whole.names)

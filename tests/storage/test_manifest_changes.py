@@ -508,3 +508,62 @@ def test_one_holder_at_a_time_claims_a_callers_background_build(
     with transaction(factory) as session:
         session.execute(delete(Org).where(Org.id == org))
     assert not claim(org, "e")
+
+
+def test_an_orgs_first_manifest_patched_from_the_anonymous_one_equals_a_build_from_every_row(
+    factory: sessionmaker[Session],
+) -> None:
+    """server.manifest_builds: an org with no manifest of its own starts from the anonymous
+    caller's at (org, 0, its catalog revision), patched with the names the log lists since
+    (every name the org ever wrote, and blessed names changed since): the same bytes and
+    etag as building the org's from every row. An org whose log does not reach back to
+    revision 0 (a floor above it) gets None: its whole index is read instead."""
+    with transaction(factory) as session:
+        for name in ("b1", "b2", "shared", "gone"):
+            session.add(CatalogVariant(org_id=None, name=name, family="blessed"))
+        repo.bump_catalog_revision(session)
+    with transaction(factory) as session:
+        b1 = session.scalar(select(CatalogVariant.id).where(CatalogVariant.name == "b1"))
+        session.add(CatalogVersion(variant_id=b1, version="1"))
+        repo.bump_catalog_revision(session)
+    anonymous, (_, _, catalog_revision) = build_whole(factory, None)
+    org = new_org(factory)
+    writes: list[Callable[[Session], object]] = [
+        lambda s: s.add(Model(org_id=org, model_id="b1", framework="onnx")),  # a blessed name
+        lambda s: s.add(Model(org_id=org, model_id="own", framework="tflite")),
+        lambda s: s.add(CatalogVariant(org_id=org, name="own", family="mine")),
+        lambda s: s.add(CatalogVariant(org_id=org, name="shared", family="override")),
+        lambda s: s.add(Model(org_id=org, model_id="brief")),
+        lambda s: s.execute(delete(Model).where(Model.model_id == "brief")),  # a tombstone
+    ]
+    for write in writes:
+        with transaction(factory) as session:
+            tenancy.bump_org_revision(session, org)
+            write(session)
+    with transaction(factory) as session:  # blessed writes after the anonymous build
+        session.add(CatalogVariant(org_id=None, name="late", family="blessed"))
+        session.execute(delete(CatalogVariant).where(CatalogVariant.name == "gone"))
+        repo.bump_catalog_revision(session)
+    derived, at = build_patched(
+        factory, org, manifest_pb.TailCache(), anonymous, (org, 0, catalog_revision)
+    )
+    expected, expected_at = build_whole(factory, org)
+    assert at == expected_at and derived.names == expected.names
+    assert entries(derived) == entries(expected) and derived.etag == expected.etag
+    assert {"b1", "own", "shared", "late"} <= set(derived.names)
+    assert not {"brief", "gone"} & set(derived.names)
+
+    with transaction(factory) as session:  # as migration 0013 left orgs written before it
+        session.execute(update(Org).where(Org.id == org).values(manifest_changes_floor=1))
+    with transaction(factory, readonly=True) as session:
+        assert (
+            manifest.load_changes(
+                session,
+                org,
+                (org, 0, catalog_revision),
+                len(anonymous.names),
+                lambda keys: set(),
+                manifest_pb.ENTRY_FORMAT,
+            )
+            is None
+        )
