@@ -25,6 +25,11 @@ page, every page, and every page after a change; and a new server's first GetMan
 nothing stored (as after a bulk import), on the request, and once the build a write through
 that server started is stored (server.manifest_builds.ManifestBuilds.written).
 
+Then, on a database of its own, an org with 10 models of its own on a blessed catalog of
+10,000 variants (run_blessed): the org's first GetManifest derived from the anonymous
+caller's manifest, stored or held in memory, against the build from every name's row it
+replaced, timed in the same run.
+
 Each case also reports the most time one call spent in the garbage collector (collections
 run wherever allocations trigger them). The process freezes what exists before the cases
 start, as server.app.serve does once the server has started.
@@ -104,59 +109,116 @@ FIRST_EVER_RUNS = 5
 WARM_SECONDS = 0.5
 
 
-def seed(session: Session, org_id: str, n: int, heavy: bool) -> None:
+Rows = dict[str, list[dict[str, Any]]]
+
+
+def variant_rows(rows: Rows, owner: str | None, name: str, i: int, heavy: bool) -> None:
+    """A variant named `name` of `owner` (None: blessed) with its versions, packages and
+    resources, appended to `rows` by table."""
     now = utcnow()
-    models, variants, versions, packages, resources = [], [], [], [], []
+    vid = str(uuid.uuid4())
+    rows["variants"].append(
+        {"id": vid, "org_id": owner, "name": name, "family": "bench",
+         "task_taxonomy": ["image-classification"], "parameter_count": 1_000_000 + i,
+         "license": "apache-2.0", "description": f"variant {i}",
+         "created_at": now, "updated_at": now}
+    )  # fmt: skip
+    for j, lifecycle in enumerate(("deprecated", "active") if heavy else ("active",)):
+        cvid = str(uuid.uuid4())
+        rows["versions"].append(
+            {"id": cvid, "variant_id": vid, "version": f"1.{j}", "lifecycle": lifecycle,
+             "model_version_id": None, "deprecated_at": now if j == 0 else None,
+             "created_at": now + timedelta(microseconds=j)}
+        )  # fmt: skip
+        pid = str(uuid.uuid4())
+        rows["packages"].append(
+            {"id": pid, "catalog_version_id": cvid, "format": "onnx", "quantization": "none",
+             "runtime": "onnxruntime", "source": "upload", "metrics": {}, "created_at": now}
+        )  # fmt: skip
+        files = (("weights", "model.onnx"), ("vocab", "l.txt")) if heavy else (("weights", "m"),)
+        for k, (kind, file_name) in enumerate(files):
+            rows["resources"].append(
+                {"id": str(uuid.uuid4()), "package_id": pid, "kind": kind,
+                 "file_name": file_name, "storage_key": f"{owner}/{name}/1.{j}/{file_name}",
+                 "size_bytes": 1000 + i, "sha256": uuid.uuid4().hex * 2, "required": True,
+                 "load_order": k, "created_at": now}
+            )  # fmt: skip
+
+
+def model_row(rows: Rows, org_id: str, name: str, i: int) -> None:
+    now = utcnow()
+    rows["models"].append(
+        {"id": str(uuid.uuid4()), "org_id": org_id, "model_id": name, "framework": "onnx",
+         "description": "", "tags": ["bench"], "enabled": i % 50 != 0, "revision": 1,
+         "created_at": now, "updated_at": now}
+    )  # fmt: skip
+
+
+def insert_rows(session: Session, rows: Rows, org_id: str | None) -> None:
+    """Insert `rows`, then bump the revisions as every write does (which also stamps the
+    change log's rows of the names written)."""
+    for table, name in (
+        (Model, "models"), (CatalogVariant, "variants"), (CatalogVersion, "versions"),
+        (ArtifactPackage, "packages"), (ArtifactResource, "resources"),
+    ):  # fmt: skip
+        if rows[name]:
+            session.execute(insert(table), rows[name])
+    catalog_repo.bump_catalog_revision(session)
+    if org_id is not None:
+        tenancy.bump_org_revision(session, org_id)
+
+
+def new_rows() -> Rows:
+    return {name: [] for name in ("models", "variants", "versions", "packages", "resources")}
+
+
+def seed(session: Session, org_id: str, n: int, heavy: bool) -> None:
+    """`n` models of the org, each with its own variant, and 20 blessed variants."""
+    rows = new_rows()
     for i in range(n):
         name = f"model-{i:05d}"
-        models.append(
-            {"id": str(uuid.uuid4()), "org_id": org_id, "model_id": name, "framework": "onnx",
-             "description": "", "tags": ["bench"], "enabled": i % 50 != 0, "revision": 1,
-             "created_at": now, "updated_at": now}
-        )  # fmt: skip
-        vid = str(uuid.uuid4())
-        variants.append(
-            {"id": vid, "org_id": org_id, "name": name, "family": "bench",
-             "task_taxonomy": ["image-classification"], "parameter_count": 1_000_000 + i,
-             "license": "apache-2.0", "description": f"variant {i}",
-             "created_at": now, "updated_at": now}
-        )  # fmt: skip
-        for j, lifecycle in enumerate(("deprecated", "active") if heavy else ("active",)):
-            cvid = str(uuid.uuid4())
-            versions.append(
-                {"id": cvid, "variant_id": vid, "version": f"1.{j}", "lifecycle": lifecycle,
-                 "model_version_id": None, "deprecated_at": now if j == 0 else None,
-                 "created_at": now + timedelta(microseconds=j)}
-            )  # fmt: skip
-            pid = str(uuid.uuid4())
-            packages.append(
-                {"id": pid, "catalog_version_id": cvid, "format": "onnx", "quantization": "none",
-                 "runtime": "onnxruntime", "source": "upload", "metrics": {}, "created_at": now}
-            )  # fmt: skip
-            files = (
-                (("weights", "model.onnx"), ("vocab", "l.txt")) if heavy else (("weights", "m"),)
-            )
-            for k, (kind, file_name) in enumerate(files):
-                resources.append(
-                    {"id": str(uuid.uuid4()), "package_id": pid, "kind": kind,
-                     "file_name": file_name, "storage_key": f"{org_id}/{name}/1.{j}/{file_name}",
-                     "size_bytes": 1000 + i, "sha256": uuid.uuid4().hex * 2, "required": True,
-                     "load_order": k, "created_at": now}
-                )  # fmt: skip
+        model_row(rows, org_id, name, i)
+        variant_rows(rows, org_id, name, i, heavy)
     for _ in range(20):
-        variants.append(
+        rows["variants"].append(
             {"id": str(uuid.uuid4()), "org_id": None, "name": f"blessed-{uuid.uuid4().hex[:8]}",
              "family": "bench", "task_taxonomy": ["text-generation"], "parameter_count": None,
-             "license": "mit", "description": "", "created_at": now, "updated_at": now}
+             "license": "mit", "description": "", "created_at": utcnow(),
+             "updated_at": utcnow()}
         )  # fmt: skip
-    for table, rows in (
-        (Model, models), (CatalogVariant, variants), (CatalogVersion, versions),
-        (ArtifactPackage, packages), (ArtifactResource, resources),
-    ):  # fmt: skip
-        session.execute(insert(table), rows)
-    # As every write does: it also stamps the change log's rows of the seeded names.
-    catalog_repo.bump_catalog_revision(session)
-    tenancy.bump_org_revision(session, org_id)
+    insert_rows(session, rows, org_id)
+
+
+def build_from_rows(sessions: Any, caller: str | None) -> manifest_pb.Built:
+    """The caller's build from the whole index with nothing in memory (ManifestBuilds' last
+    resort), without ManifestBuilds around it: stored subtrees, else rows."""
+    tails = manifest_pb.TailCache()
+    pinned: dict[manifest.VariantKey, manifest_pb.Tail] = {}
+
+    def cached(keys: list[manifest.VariantKey]) -> dict[manifest.VariantKey, Any]:
+        pinned.update(tails.pin(keys))
+        return pinned
+
+    with manifest_pb.gc_pause(), transaction(sessions, readonly=True) as session:
+        index = manifest.load_index(session, caller, cached, manifest_pb.ENTRY_FORMAT)
+        built = manifest_pb.build(index, pinned, utcnow(), None, tails)
+    return built
+
+
+def save_built_tails(sessions: Any, built: manifest_pb.Built) -> None:
+    """What ManifestBuilds._save_tails stores after a build (in the background)."""
+    with transaction(sessions) as session:
+        manifest.save_built(session, built.unsaved(), manifest_pb.ENTRY_FORMAT)
+
+
+def store_built(sessions: Any, caller: str | None, built: manifest_pb.Built) -> None:
+    """What ManifestBuilds stores after a build (in the background), under the caller's
+    current stamp."""
+    with transaction(sessions, readonly=True) as session:
+        current = manifest.stamp(session, caller)
+    data = manifest_snapshot.encode(built)
+    with transaction(sessions) as session:
+        manifest.save_stored(session, manifest.Stored(current, data))
 
 
 class NeverStore(manifest.StoreSchedule):
@@ -248,10 +310,39 @@ def main(argv: list[str] | None = None) -> int:
 
         pg = PostgresServer().start()
         try:
-            return run_bench(args, tmp, pg.new_database())
+            code = run_bench(args, tmp, pg.new_database())
+            run_blessed(args, tmp, pg.new_database())
+            return code
         finally:
             pg.stop()
-    return run_bench(args, tmp, args.database_url or f"sqlite:///{tmp / 'bench.db'}")
+    code = run_bench(args, tmp, args.database_url or f"sqlite:///{tmp / 'bench.db'}")
+    if not args.database_url:
+        run_blessed(args, tmp, f"sqlite:///{tmp / 'blessed.db'}")
+    return code
+
+
+def in_process(
+    engine: Any, sessions: Any, tmp: Path
+) -> tuple[asyncio.AbstractEventLoop, Callable[[Any], Any], Runtime]:
+    """An event loop on a thread of its own, a function running a coroutine on it, and a
+    Runtime as the server's (then gc.freeze, as server.app.serve does once started)."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def run(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=120)
+
+    defaults = Settings()
+    rt = Runtime(
+        engine=engine,
+        sessions=sessions,
+        store=open_store(str(tmp / "blobs")),
+        executor=ThreadPoolExecutor(defaults.worker_threads, thread_name_prefix="rpc-io"),
+        transfers=ThreadPoolExecutor(defaults.transfer_threads, thread_name_prefix="store-io"),
+    )
+    gc.collect()
+    gc.freeze()
+    return loop, run, rt
 
 
 def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
@@ -271,43 +362,13 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")  # fmt: skip
 
     # --- server-side, in process ------------------------------------------------------
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    def run(coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=120)
-
-    defaults = Settings()
-    rt = Runtime(
-        engine=engine,
-        sessions=sessions,
-        store=open_store(str(tmp / "blobs")),
-        executor=ThreadPoolExecutor(defaults.worker_threads, thread_name_prefix="rpc-io"),
-        transfers=ThreadPoolExecutor(defaults.transfer_threads, thread_name_prefix="store-io"),
-    )
-    gc.collect()  # as server.app.serve does once the server has started
-    gc.freeze()
+    loop, run, rt = in_process(engine, sessions, tmp)
 
     def build() -> manifest_pb.Built:
-        """A build from the whole index with nothing in memory (ManifestBuilds' last
-        resort), without ManifestBuilds around it."""
-        tails = manifest_pb.TailCache()
-        pinned: dict[manifest.VariantKey, manifest_pb.Tail] = {}
-
-        def cached(keys: list[manifest.VariantKey]) -> dict[manifest.VariantKey, Any]:
-            pinned.update(tails.pin(keys))
-            return pinned
-
-        with manifest_pb.gc_pause(), transaction(sessions, readonly=True) as session:
-            index = manifest.load_index(session, org_id, cached, manifest_pb.ENTRY_FORMAT)
-            built = manifest_pb.build(index, pinned, utcnow(), None, tails)
-        return built
+        return build_from_rows(sessions, org_id)
 
     def save_tails(built: manifest_pb.Built) -> None:
-        """What ManifestBuilds._save_tails stores after a build (in the background)."""
-        with transaction(sessions) as session:
-            manifest.save_built(session, built.unsaved(), manifest_pb.ENTRY_FORMAT)
+        save_built_tails(sessions, built)
 
     def forget_stored() -> None:
         with transaction(sessions) as session:
@@ -319,12 +380,7 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
             session.execute(delete(ManifestSnapshot))
 
     def store(built: manifest_pb.Built) -> None:
-        """What ManifestBuilds stores after a build (in the background)."""
-        with transaction(sessions, readonly=True) as session:
-            current = manifest.stamp(session, org_id)
-        data = manifest_snapshot.encode(built)
-        with transaction(sessions) as session:
-            manifest.save_stored(session, manifest.Stored(current, data))
+        store_built(sessions, org_id, built)
 
     def without_stores(builds: ManifestBuilds) -> ManifestBuilds:
         """`builds` storing no whole manifest in the background: the cases store explicitly
@@ -662,6 +718,75 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
         loop.call_soon_threadsafe(loop.stop)
         engine.dispose()
     return 0
+
+
+OWN_MODELS = 10
+
+
+def run_blessed(args: argparse.Namespace, tmp: Path, url: str) -> None:
+    """An org with OWN_MODELS models (half of them named like blessed variants) and one
+    override, on a blessed catalog of args.models variants, and its first GetManifest on a
+    server (no manifest of its own in memory or stored; the anonymous caller's stored, as
+    servers leave it): since 6fe9163 the anonymous manifest patched with the org's names
+    (decoded from the stored one, or held in memory), before that every name's row read
+    and every entry joined (the baseline, timed in the same run)."""
+    upgrade(url)
+    engine = create_engine_for(url, pool_size=4)
+    sessions = session_factory(engine)
+    with transaction(sessions) as session:
+        org_id = keys.create_org(session, f"bench-{uuid.uuid4().hex[:8]}", "team").id
+    rows = new_rows()
+    for i in range(args.models):
+        variant_rows(rows, None, f"blessed-{i:05d}", i, args.shape == "heavy")
+    for i in range(OWN_MODELS):
+        model_row(rows, org_id, f"blessed-{i:05d}" if i % 2 else f"own-{i}", i)
+    variant_rows(rows, org_id, "blessed-00001", 1, args.shape == "heavy")
+    with transaction(sessions) as session:
+        insert_rows(session, rows, org_id)
+    loop, run, rt = in_process(engine, sessions, tmp)
+    anonymous = build_from_rows(sessions, None)
+    save_built_tails(sessions, anonymous)
+    store_built(sessions, None, anonymous)
+    with transaction(sessions, readonly=True) as session:
+        anonymous_stamp = manifest.stamp(session, None)
+    mine = build_from_rows(sessions, org_id)
+    save_built_tails(sessions, mine)
+
+    def first_get(holding_anonymous: bool) -> manifest_pb.Built:
+        async def once() -> manifest_pb.Built:
+            builds = ManifestBuilds(rt)
+            builds.schedule = NeverStore()
+            if holding_anonymous:
+                builds.manifests.put(anonymous_stamp, anonymous.etag, anonymous)
+            try:
+                return await builds.get(await rt.read(manifest.stamp, org_id))
+            finally:
+                await builds.close()
+
+        built: manifest_pb.Built = run(once())
+        assert built.etag == mine.etag, "the derived manifest must be the org's"
+        return built
+
+    derived_stored = timed(lambda: first_get(False), args.builds)
+    derived_held = timed(lambda: first_get(True), args.builds)
+    from_rows = timed(lambda: build_from_rows(sessions, org_id), args.builds)
+    print(
+        f" an org's first build, {OWN_MODELS} models of its own on {args.models:,} blessed "
+        f"variants ({len(mine.names):,} entries; the anonymous manifest stored):"
+    )
+    for label, samples, goal in (
+        ("from every name's row (before 6fe9163)", from_rows, GOAL_BUILD_MS),
+        ("from the stored anonymous manifest", derived_stored, GOAL_BUILD_MS),
+        ("from the anonymous manifest held in memory", derived_held, GOAL_BUILD_MS),
+    ):
+        print("\n".join(samples.lines(label, goal)))
+    base = percentiles(from_rows.wall)[0]
+    print(
+        f"  ratio of p50s, from rows / derived: {base / percentiles(derived_stored.wall)[0]:.1f}x "
+        f"(stored), {base / percentiles(derived_held.wall)[0]:.1f}x (held)"
+    )
+    loop.call_soon_threadsafe(loop.stop)
+    engine.dispose()
 
 
 def _org_variants(sessions: Any, org_id: str) -> list[str]:
