@@ -17,9 +17,13 @@ row (a caller's first, or after a bulk import) and serialize many variants then 
 off any device's request, and leave the manifest in memory and stored for every server.
 Smaller changes are left to the next request, whose patch is cheap. One server at a time
 makes such a build (a claim in the database: writes spread over several servers would
-have each make it). Blessed writes made
-without this server (`modelregistry catalog import`, another server) are noticed by
-watching the blessed catalog's revision (watch_catalog) and treated the same way.
+have each make it). Blessed writes made without this server (`modelregistry catalog
+import`, another server) are noticed by watching the blessed catalog's revision
+(watch_catalog) and treated the same way.
+
+An org's build with no previous build of its own (in memory or stored) starts from the
+anonymous caller's manifest (_blessed_base): the org's own names are patched into the
+blessed catalog instead of every blessed variant's row being read.
 """
 
 from __future__ import annotations

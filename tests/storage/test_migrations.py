@@ -173,7 +173,8 @@ def test_the_change_log_collapses_to_one_row_per_name(db_url: str) -> None:
 
 
 def test_stored_subtrees_are_of_the_first_entry_format(db_url: str) -> None:
-    """0017: manifest_tails rows written before it are of entry format 1."""
+    """0017: manifest_tails rows written before it are of entry format 1; stored whole
+    manifests, of a layout no longer read, are dropped."""
     upgrade(db_url, "0016")
     engine = create_engine_for(db_url)
     now = "2026-11-01 00:00:00"
@@ -195,9 +196,17 @@ def test_stored_subtrees_are_of_the_first_entry_format(db_url: str) -> None:
                 ),
                 {"now": now, "data": b"x"},
             )
+            conn.execute(
+                text(
+                    "INSERT INTO manifest_snapshots (scope, org_revision, catalog_revision, "
+                    "data) VALUES ('anonymous', 1, 1, :data)"
+                ),
+                {"data": b"MRM\x01"},
+            )
         upgrade(db_url)
         with engine.connect() as conn:
             rows = conn.execute(text("SELECT variant_id, entry_format FROM manifest_tails")).all()
-        assert [tuple(r) for r in rows] == [("v1", 1)]
+            snapshots = conn.execute(text("SELECT count(*) FROM manifest_snapshots")).scalar()
+        assert [tuple(r) for r in rows] == [("v1", 1)] and snapshots == 0
     finally:
         engine.dispose()
