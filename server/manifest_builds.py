@@ -153,8 +153,10 @@ class ManifestBuilds:
                 try:
                     async with self._warm_slot:
                         ahead = await self.rt.read(manifest.large_build_ahead, caller)
-                        if ahead is not None:
-                            await self._build_claimed(ahead)
+                        if ahead is not None and not await self._build_claimed(ahead):
+                            # Another server builds it, perhaps at an older stamp: look
+                            # again once it may have stored that.
+                            self._warm_again.add(caller)
                 except Exception:
                     log.warning(
                         "could not build the manifest of %s after a write", caller, exc_info=True
@@ -165,13 +167,13 @@ class ManifestBuilds:
             # With no await since the check above: a write landing now starts a new task.
             self._warming.pop(caller, None)
 
-    async def _build_claimed(self, stamp: manifest.Stamp) -> None:
+    async def _build_claimed(self, stamp: manifest.Stamp) -> bool:
         """Build the caller's manifest at `stamp` and store it, unless another server has
-        claimed the caller's build (domain.manifest.claim_build); this server's claim is
-        held until what the build stores is stored."""
+        claimed the caller's build (domain.manifest.claim_build): False then. This
+        server's claim is held until what the build stores is stored."""
         caller, holder = stamp[0], str(uuid.uuid4())
         if not await self.rt.write(manifest.claim_build, caller, holder):
-            return
+            return False
         try:
             await self.get(stamp, trigger="write")
             stores = [t for t in (self._storing.get(caller), *self._saving) if t is not None]
@@ -182,6 +184,7 @@ class ManifestBuilds:
                 await self.rt.write(manifest.release_build, caller, holder)
             except Exception:
                 log.warning("could not drop the build claim of %s (it expires)", caller)
+        return True
 
     async def _build(self, stamp: manifest.Stamp) -> tuple[manifest_pb.Built, manifest.Stamp, str]:
         """(the manifest, the stamp it is at, where it came from: "stored" as it was,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -21,7 +22,15 @@ from modelregistry.v1 import model_service_pb2 as mpb
 from server import manifest_pb, manifest_snapshot
 from server.manifest_builds import ManifestBuilds
 from storage.db import transaction
-from storage.orm import CatalogVariant, ManifestSnapshot, ManifestTail, Model, Org, utcnow
+from storage.orm import (
+    CatalogVariant,
+    ManifestBuildClaim,
+    ManifestSnapshot,
+    ManifestTail,
+    Model,
+    Org,
+    utcnow,
+)
 from storage.repos import tenancy
 from support.catalog import CatalogDb, Pkg, Res, create_variant, unique, update_variant
 from support.registry import Client, RunningServer
@@ -596,3 +605,28 @@ def test_an_orgs_first_manifest_starts_from_the_anonymous_one(
         )
     whole = manifest_pb.build(index, {}, utcnow(), None, manifest_pb.TailCache())
     assert mine.etag == whole.etag and set(mine.models) == set(whole.names)
+
+
+def test_a_build_another_server_claimed_is_looked_at_again(client: Client, db: CatalogDb) -> None:
+    """A server whose build after writes was refused (another server's claim, here one that
+    died holding it) looks again until it can claim the build or finds it stored."""
+    scope = org_id(db, client.org)
+    with transaction(db.sessions) as session:
+        session.add(
+            ManifestBuildClaim(
+                scope=scope, org_id=scope, holder="gone", until=utcnow() + timedelta(seconds=3)
+            )
+        )
+    create_model(client, unique("claimed"))
+    with transaction(db.sessions) as session:
+        revision = session.scalars(select(Org.revision).where(Org.id == scope)).one()
+    deadline = time.monotonic() + 30
+    while True:
+        with transaction(db.sessions) as session:
+            stored = domain_manifest.load_stored(session, scope)
+        if stored is not None and stored.stamp[1] == revision:
+            break
+        assert time.monotonic() < deadline, "the manifest was not built once the claim expired"
+        time.sleep(0.1)
+    with transaction(db.sessions) as session:
+        assert session.get(ManifestBuildClaim, scope) is None  # released after the build
