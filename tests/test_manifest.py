@@ -429,6 +429,21 @@ def org_id(db: CatalogDb, org: str) -> str:
         return session.scalars(select(Org.id).where(Org.name == org)).one()
 
 
+def wait_for_stored_revision(db: CatalogDb, scope: str) -> domain_manifest.Stored:
+    """Until the org's manifest at its current org revision is stored (built in the
+    background after writes, with no request)."""
+    with transaction(db.sessions) as session:
+        revision = session.scalars(select(Org.revision).where(Org.id == scope)).one()
+    deadline = time.monotonic() + 30
+    while True:
+        with transaction(db.sessions) as session:
+            stored = domain_manifest.load_stored(session, scope)
+        if stored is not None and stored.stamp[1] == revision:
+            return stored
+        assert time.monotonic() < deadline, "the manifest was not built after the writes"
+        time.sleep(0.05)
+
+
 def wait_for_stored_manifest(db: CatalogDb, org: str, etag: str) -> None:
     """Until the org's manifest with that etag is stored (a build stores it in the
     background)."""
@@ -520,22 +535,8 @@ def test_a_write_gets_the_manifest_built_and_stored_before_anyone_asks(
     names = [unique("warm") for _ in range(5)]
     for name in names:
         create_model(client, name)
-    scope = org_id(db, client.org)
-    with transaction(db.sessions) as session:
-        revision = session.scalars(select(Org.revision).where(Org.id == scope)).one()
-    deadline = time.monotonic() + 20
-    while True:
-        with transaction(db.sessions) as session:
-            stored = session.execute(
-                select(ManifestSnapshot.org_revision, ManifestSnapshot.data).where(
-                    ManifestSnapshot.scope == scope
-                )
-            ).first()
-        if stored is not None and stored[0] == revision:
-            break
-        assert time.monotonic() < deadline, "the manifest was not built after the writes"
-        time.sleep(0.05)
-    built = manifest_snapshot.decode(stored[1])
+    stored = wait_for_stored_revision(db, org_id(db, client.org))
+    built = manifest_snapshot.decode(stored.data)
     assert built is not None and set(names) <= set(built.names)
     served = manifest(client)
     assert served.etag == built.etag and set(served.models) == set(built.names)
@@ -618,15 +619,6 @@ def test_a_build_another_server_claimed_is_looked_at_again(client: Client, db: C
             )
         )
     create_model(client, unique("claimed"))
-    with transaction(db.sessions) as session:
-        revision = session.scalars(select(Org.revision).where(Org.id == scope)).one()
-    deadline = time.monotonic() + 30
-    while True:
-        with transaction(db.sessions) as session:
-            stored = domain_manifest.load_stored(session, scope)
-        if stored is not None and stored.stamp[1] == revision:
-            break
-        assert time.monotonic() < deadline, "the manifest was not built once the claim expired"
-        time.sleep(0.1)
+    wait_for_stored_revision(db, scope)
     with transaction(db.sessions) as session:
         assert session.get(ManifestBuildClaim, scope) is None  # released after the build
