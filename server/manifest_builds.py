@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from domain import manifest
 from server import manifest_pb, manifest_snapshot
-from server.metrics import MANIFEST_BUILDS
+from server.metrics import MANIFEST_BACKGROUND_LOOKS, MANIFEST_BUILDS
 from server.runtime import Runtime
 from storage.orm import utcnow
 
@@ -150,17 +150,23 @@ class ManifestBuilds:
             while True:
                 await asyncio.sleep(self.warm_after)
                 self._warm_again.discard(caller)
+                outcome = "small"
                 try:
                     async with self._warm_slot:
                         ahead = await self.rt.read(manifest.large_build_ahead, caller)
-                        if ahead is not None and not await self._build_claimed(ahead):
-                            # Another server builds it, perhaps at an older stamp: look
-                            # again once it may have stored that.
-                            self._warm_again.add(caller)
+                        if ahead is not None:
+                            outcome = "built"
+                            if not await self._build_claimed(ahead):
+                                # Another server builds it, perhaps at an older stamp: look
+                                # again once it may have stored that.
+                                outcome = "claimed"
+                                self._warm_again.add(caller)
                 except Exception:
+                    outcome = "failed"
                     log.warning(
                         "could not build the manifest of %s after a write", caller, exc_info=True
                     )
+                MANIFEST_BACKGROUND_LOOKS.labels(outcome).inc()
                 if caller not in self._warm_again:
                     return
         finally:

@@ -49,6 +49,13 @@ MANIFEST_BUILDS = Histogram(
     ["source", "trigger"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+MANIFEST_BACKGROUND_LOOKS = Counter(
+    "modelregistry_manifest_background_looks_total",
+    "Looks at a caller's next manifest build after writes (server/manifest_builds.py), by "
+    "outcome (built: built and stored here; small: left to the next request; claimed: "
+    "another server was building it; failed: an error, logged)",
+    ["outcome"],
+)
 BYTES_UPLOADED = Counter("modelregistry_bytes_uploaded_total", "Artifact bytes received")
 BYTES_DOWNLOADED = Counter("modelregistry_bytes_downloaded_total", "Artifact bytes sent")
 

@@ -618,7 +618,10 @@ def test_a_build_another_server_claimed_is_looked_at_again(client: Client, db: C
                 scope=scope, org_id=scope, holder="gone", until=utcnow() + timedelta(seconds=3)
             )
         )
+    looks = "modelregistry_manifest_background_looks_total"
+    claimed = REGISTRY.get_sample_value(looks, {"outcome": "claimed"}) or 0
     create_model(client, unique("claimed"))
     wait_for_stored_revision(db, scope)
+    assert (REGISTRY.get_sample_value(looks, {"outcome": "claimed"}) or 0) > claimed
     with transaction(db.sessions) as session:
         assert session.get(ManifestBuildClaim, scope) is None  # released after the build

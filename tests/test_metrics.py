@@ -7,8 +7,9 @@ import re
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -216,10 +217,21 @@ def test_manifest_builds_by_source_and_trigger(served: tuple[ServeProcess, int, 
         scraped = scrape(port)
         return sum(value(scraped, hist, source=s, trigger="write") for s in ("index", "patch"))
 
-    deadline = time.monotonic() + 30
-    while value(scrape(port), hist, source="index", trigger="write") < 1:
-        assert time.monotonic() < deadline, "the blessed manifest was not built at start"
-        time.sleep(0.2)
+    looks = "modelregistry_manifest_background_looks_total"
+
+    def wait_for(what: str, done: Callable[[dict[Any, float]], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while not done(scrape(port)):
+            assert time.monotonic() < deadline, what
+            time.sleep(0.2)
+
+    wait_for(
+        "the blessed manifest was not built at start",
+        lambda m: (
+            value(m, hist, source="index", trigger="write") >= 1
+            and value(m, looks, outcome="built") >= 1
+        ),
+    )
     with grpc.insecure_channel(server.address) as channel:
         reader = new_org_client(server, channel)
         before = scrape(port)
@@ -234,16 +246,25 @@ def test_manifest_builds_by_source_and_trigger(served: tuple[ServeProcess, int, 
 
         assert built_by_requests("patch") == 1 and built_by_requests("index") == 0
         writer = new_org_client(server, channel)
-        built = after_writes()
-        writer.models.CreateModel(
-            pb.CreateModelRequest(
-                model_id="manifest-metrics", model=models_pb2.Model(framework="onnx")
+        built, looked = after_writes(), scrape(port)
+        for model_id in ("manifest-metrics", "manifest-metrics-2"):
+            writer.models.CreateModel(
+                pb.CreateModelRequest(model_id=model_id, model=models_pb2.Model(framework="onnx"))
             )
+            if model_id == "manifest-metrics":  # nothing stored for the org: built
+                wait_for("no build followed the write", lambda m: after_writes() > built)
+                wait_for(
+                    "the look was not counted",
+                    lambda m: (
+                        value(m, looks, outcome="built")
+                        == value(looked, looks, outcome="built") + 1
+                    ),
+                )
+        # one name changed since the stored build: left to the next request
+        wait_for(
+            "the second look was not counted",
+            lambda m: value(m, looks, outcome="small") == value(looked, looks, outcome="small") + 1,
         )
-        deadline = time.monotonic() + 30
-        while after_writes() <= built:
-            assert time.monotonic() < deadline, "no build followed the write"
-            time.sleep(0.2)
 
 
 def new_org_client(server: ServeProcess, channel: grpc.Channel) -> Client:
