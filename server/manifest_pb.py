@@ -53,7 +53,7 @@ from modelregistry.v1 import model_service_pb2 as pb
 # change that makes the same rows serialize otherwise (a field filled that was not, a
 # value converted otherwise), or servers keep serving the old bytes, beside new ones,
 # until each variant changes. tests/test_manifest_bytes.py holds the digest of a fixed
-# entry per format and fails when the bytes change under the same number.
+# manifest per format and fails when the bytes change under the same number.
 ENTRY_FORMAT = 1
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
