@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import grpc
@@ -429,36 +429,48 @@ def org_id(db: CatalogDb, org: str) -> str:
         return session.scalars(select(Org.id).where(Org.name == org)).one()
 
 
+def wait_for_stored(
+    db: CatalogDb,
+    scope: str,
+    done: Callable[[domain_manifest.Stored], bool],
+    what: str,
+    seconds: float,
+) -> domain_manifest.Stored:
+    """Until the org's stored manifest is one `done` accepts (builds store in the
+    background), at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        with transaction(db.sessions) as session:
+            stored = domain_manifest.load_stored(session, scope)
+        if stored is not None and done(stored):
+            return stored
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 def wait_for_stored_revision(db: CatalogDb, scope: str) -> domain_manifest.Stored:
     """Until the org's manifest at its current org revision is stored (built in the
     background after writes, with no request)."""
     with transaction(db.sessions) as session:
         revision = session.scalars(select(Org.revision).where(Org.id == scope)).one()
-    deadline = time.monotonic() + 30
-    while True:
-        with transaction(db.sessions) as session:
-            stored = domain_manifest.load_stored(session, scope)
-        if stored is not None and stored.stamp[1] == revision:
-            return stored
-        assert time.monotonic() < deadline, "the manifest was not built after the writes"
-        time.sleep(0.05)
+    return wait_for_stored(
+        db,
+        scope,
+        lambda stored: stored.stamp[1] == revision,
+        "the manifest was not built after the writes",
+        seconds=30,
+    )
 
 
 def wait_for_stored_manifest(db: CatalogDb, org: str, etag: str) -> None:
     """Until the org's manifest with that etag is stored (a build stores it in the
     background)."""
-    deadline = time.monotonic() + 20
-    scope = org_id(db, org)
-    while True:
-        with transaction(db.sessions) as session:
-            data = session.scalar(
-                select(ManifestSnapshot.data).where(ManifestSnapshot.scope == scope)
-            )
-        built = manifest_snapshot.decode(data) if data is not None else None
-        if built is not None and built.etag == etag:
-            return
-        assert time.monotonic() < deadline, "the manifest was not stored"
-        time.sleep(0.05)
+
+    def has_etag(stored: domain_manifest.Stored) -> bool:
+        built = manifest_snapshot.decode(stored.data)
+        return built is not None and built.etag == etag
+
+    wait_for_stored(db, org_id(db, org), has_etag, "the manifest was not stored", seconds=20)
 
 
 def test_a_second_server_serves_the_stored_manifest(
