@@ -73,6 +73,13 @@ Stamp = tuple[str | None, int, int]
 # docstring). updated_at as storage.repos.catalog reads it for keys: epoch microseconds on
 # PostgreSQL, the stored ISO text on SQLite (key_time gives the same from a row's value).
 VariantKey = tuple[str, int, int | str]
+# A variant's stored subtree: (its serialized bytes, the framework an entry without a
+# Model's takes from it, sha256 of the bytes); server/manifest_pb.Tail.
+StoredTail = tuple[bytes, str, bytes]
+# The map entry a build made around a variant's stored subtree: (the Model row of the
+# name it was made with (framework, enabled), or None; its bytes before the subtree; its
+# part of the etag). See storage.orm.catalog.ManifestTail.
+StoredEntry = tuple[tuple[str, bool] | None, bytes, bytes]
 MAX_NAME = 128
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -142,8 +149,8 @@ class Index:
     models: dict[str, tuple[str, bool]]  # model name -> the Model's (framework, enabled)
     variants: dict[str, VariantKey]  # model name -> the key of the variant that resolves
     blessed: set[str]  # the ids of those variants that are blessed (shared by every org)
-    # variant id -> its stored (bytes, framework, sha256 of the bytes)
-    stored: dict[str, tuple[bytes, str, bytes]]
+    stored: dict[str, StoredTail]  # variant id -> its stored subtree
+    entries: dict[str, StoredEntry]  # variant id -> the entry stored around it, if any
     subtrees: Subtrees
 
 
@@ -223,7 +230,8 @@ def _index(
     blessed = {r[0] for r in rows.variants if r[4]}
     have = cached(list(variants.values()))
     missing = {key[0]: key for key in variants.values() if key not in have}
-    stored: dict[str, tuple[bytes, str, bytes]] = {}
+    stored: dict[str, StoredTail] = {}
+    entries: dict[str, StoredEntry] = {}
 
     def most(wanted: Collection[str]) -> bool:
         # Most of every name's variants (a cold cache): one pass over everything beats
@@ -232,12 +240,18 @@ def _index(
 
     if missing:
         wanted = missing.get
-        for vid, revision, updated_at, data, framework, digest in repo.manifest_tails(
+        for (
+            vid, revision, updated_at, data, framework, digest,
+            model_framework, enabled, prefix, etag_part,
+        ) in repo.manifest_tails(
             session, org_id, None if most(missing) else missing.keys(), entry_format
-        ):
+        ):  # fmt: skip
             key = wanted(vid)
             if key is not None and key[1] == revision and key[2] == updated_at:
                 stored[vid] = (data, framework, digest)  # stored under today's key
+                if prefix is not None:
+                    model = None if enabled is None else (model_framework, enabled)
+                    entries[vid] = (model, prefix, etag_part)
     unbuilt = [vid for vid in missing if vid not in stored]
     subtrees = Subtrees({}, {}, {}, {})
     if unbuilt:
@@ -245,7 +259,7 @@ def _index(
             repo.manifest_subtrees(session, org_id, None if most(unbuilt) else unbuilt)
         )
     names = sorted(models.keys() | variants.keys() if only is None else only)
-    return Index(current, names, models, variants, blessed, stored, subtrees)
+    return Index(current, names, models, variants, blessed, stored, entries, subtrees)
 
 
 # After a write, the next build of the written caller's manifest is left to the first
@@ -292,13 +306,23 @@ SAVE_BATCH = 1000  # subtrees stored per transaction
 
 def save_built(
     session: Session,
-    tails: Sequence[tuple[VariantKey, tuple[bytes, str, bytes]]],
+    tails: Sequence[tuple[VariantKey, StoredTail, StoredEntry | None]],
     entry_format: int,
 ) -> None:
-    """Store serialized subtrees, each under the key it was built from ((key, (bytes,
-    framework, their sha256)), as Index.stored holds them) and the `entry_format` they
-    are in, for every server's next cold build (repo.save_manifest_tails)."""
-    repo.save_manifest_tails(session, [(*key, *tail) for key, tail in tails], entry_format)
+    """Store serialized subtrees, each under the key it was built from, with the entry
+    made around it (or none), in the `entry_format` they are in, for every server's next
+    cold build (repo.save_manifest_tails)."""
+    repo.save_manifest_tails(
+        session, [_tail_row(key, tail, entry) for key, tail, entry in tails], entry_format
+    )
+
+
+def _tail_row(key: VariantKey, tail: StoredTail, entry: StoredEntry | None) -> Any:
+    """A row as repo.save_manifest_tails takes it."""
+    if entry is None:
+        return (*key, *tail, None, None, None, None)
+    model, prefix, etag_part = entry
+    return (*key, *tail, *(model or (None, None)), prefix, etag_part)
 
 
 @dataclass(frozen=True)

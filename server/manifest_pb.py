@@ -338,12 +338,18 @@ class Built:
     entries: dict[str, Entry]
     tails: dict[manifest.VariantKey, Tail]
     generate_time: bytes  # the serialized Timestamp
-    # The tails this build serialized from rows (to be stored: domain.manifest.save_built).
+    # The tails this build serialized from rows, and the entries it made around tails it
+    # read or serialized that are to be stored beside them (_entry_of): what
+    # domain.manifest.save_built stores.
     fresh: dict[manifest.VariantKey, Tail]
+    made: dict[manifest.VariantKey, manifest.StoredEntry]
 
-    def unsaved(self) -> list[tuple[manifest.VariantKey, Tail]]:
+    def unsaved(self) -> list[tuple[manifest.VariantKey, Tail, manifest.StoredEntry | None]]:
         """What domain.manifest.save_built stores for this build."""
-        return list(self.fresh.items())
+        made = self.made
+        rows = [(key, t, made.get(key)) for key, t in self.fresh.items()]
+        rows += [(key, self.tails[key], e) for key, e in made.items() if key not in self.fresh]
+        return rows
 
     def byte_size(self) -> int:
         """The entries' bytes (the whole manifest's, but for a few dozen bytes)."""
@@ -432,6 +438,33 @@ def _entry(
     return model, key, prefix, tail_bytes, etag_part
 
 
+def _entry_of(
+    name: str,
+    model: tuple[str, bool] | None,
+    key: manifest.VariantKey | None,
+    tails: dict[manifest.VariantKey, Tail],
+    index: manifest.Index,
+    fresh: dict[manifest.VariantKey, Tail],
+    made: dict[manifest.VariantKey, manifest.StoredEntry],
+) -> Entry:
+    """The entry of `name` with `model` and the variant of `key`: as stored around the
+    variant's tail when made with the same Model row (Index.entries), else made. One made
+    around a tail read from the database or serialized now goes to `made`, to be stored
+    with the tail, when the variant is the caller's own or the name has no Model: the one
+    entry every caller gets around a blessed tail but those with a Model of the name, so
+    callers never take turns overwriting it."""
+    if key is None:
+        return _entry(name, model, None, None)
+    t = tails[key]
+    stored = index.entries.get(key[0])
+    if stored is not None and stored[0] == model:
+        return model, key, stored[1], t[0], stored[2]
+    e = _entry(name, model, key, t)
+    if (model is None or key[0] not in index.blessed) and (key in fresh or key[0] in index.stored):
+        made[key] = (model, e[2], e[4])
+    return e
+
+
 def _tails(
     index: manifest.Index, pinned: dict[manifest.VariantKey, Tail], cache: TailCache
 ) -> tuple[dict[manifest.VariantKey, Tail], dict[manifest.VariantKey, Tail]]:
@@ -463,6 +496,7 @@ def _built(
     tails: dict[manifest.VariantKey, Tail],
     generated: datetime,
     fresh: dict[manifest.VariantKey, Tail],
+    made: dict[manifest.VariantKey, manifest.StoredEntry],
 ) -> Built:
     """The etag hashes, in name order, each name with its entry_digest (generate_time is
     not part of it)."""
@@ -477,6 +511,7 @@ def _built(
         tails,
         stamp.SerializeToString(),
         fresh,
+        made,
     )
 
 
@@ -488,8 +523,10 @@ def build(
     cache: TailCache,
 ) -> Built:
     """The manifest of `index`: tails from `pinned` (TailCache.pin) or serialized from the
-    index's subtrees (and cached), entries from `previous` when their rows are unchanged."""
+    index's subtrees (and cached), entries from `previous` when their rows are unchanged,
+    else as _entry_of gives them."""
     tails, fresh = _tails(index, pinned, cache)
+    made: dict[manifest.VariantKey, manifest.StoredEntry] = {}
     old_entry = (previous.entries if previous is not None else {}).get
     model_of = index.models.get
     key_of = index.variants.get
@@ -501,10 +538,10 @@ def build(
         key = key_of(name)
         e = old_entry(name)
         if e is None or e[0] != model or e[1] != key:
-            e = _entry(name, model, key, None if key is None else tails[key])
+            e = _entry_of(name, model, key, tails, index, fresh, made)
         entries[name] = e
         append(e)
-    return _built(index.names, order, entries, tails, generated, fresh)
+    return _built(index.names, order, entries, tails, generated, fresh, made)
 
 
 def patch(
@@ -519,6 +556,7 @@ def patch(
     manifest build gives from the whole index at changes.stamp, without touching the
     other names' rows."""
     new_tails, fresh = _tails(changes, pinned, cache)
+    made: dict[manifest.VariantKey, manifest.StoredEntry] = {}
     entries = dict(previous.entries)
     tails = dict(previous.tails)
     renamed = False  # names joined or left the manifest
@@ -541,13 +579,12 @@ def patch(
             rebuilt.append((name, model, key))
     # After every pop above: a renamed variant may keep its key under its new name.
     for name, model, key in rebuilt:
-        t = None
         if key is not None:
-            t = tails[key] = new_tails[key]
-        entries[name] = _entry(name, model, key, t)
+            tails[key] = new_tails[key]
+        entries[name] = _entry_of(name, model, key, tails, changes, fresh, made)
     names = sorted(entries) if renamed else previous.names
     order = [entries[name] for name in names]
-    return _built(names, order, entries, tails, generated, fresh)
+    return _built(names, order, entries, tails, generated, fresh, made)
 
 
 _gc_lock = threading.Lock()

@@ -122,4 +122,4 @@ def decode(data: bytes) -> Built | None:
         append((model, key, data[body:prefix_end], tail_bytes, data[part:part_end]))
         body, part, digest, i = end, part_end, digest + 32, i + 3
     return Built(etag, tuple(names), tuple(order), dict(zip(names, order, strict=True)), tails,
-                 generate_time, {})  # fmt: skip
+                 generate_time, {}, {})  # fmt: skip

@@ -371,9 +371,10 @@ def test_page_tokens_belong_to_their_caller_and_manifest(
 def test_a_second_server_builds_from_stored_subtrees(
     registry: RunningServer, client: Client, db: CatalogDb
 ) -> None:
-    """Each variant's serialized subtree is stored under its content key after a build, so
-    a restarted server or another replica does not re-serialize it; a stored subtree whose
-    variant changed since is never served."""
+    """Each variant's serialized subtree is stored under its content key after a build,
+    with the map entry made around it, so a restarted server or another replica neither
+    re-serializes it nor makes the entry again; a stored subtree whose variant changed
+    since is never served."""
     name = unique("stored")
     own = create_variant(client, name)
     db.add_version(own.uid, "1.0", [Pkg(format="tflite")])
@@ -395,21 +396,28 @@ def test_a_second_server_builds_from_stored_subtrees(
         t = stored[uid]
         assert (t.content_revision, t.variant_updated_at) == current[uid]
         assert t.entry_format == manifest_pb.ENTRY_FORMAT
-    # A marker only the stored row carries: an entry without a Model takes its framework
-    # from the stored subtree, so a second server showing it read the row, not the rows.
-    # (Without the whole manifest stored: the second server would serve that instead.)
+    mine = stored[own.uid]  # made for a name without a Model
+    assert mine.entry_enabled is None and mine.entry_framework is None
+    assert mine.entry_prefix is not None and mine.entry_etag is not None
+    # A marker only the stored row carries: the entry's framework (a name without a Model
+    # takes it from the variant's subtree), so a second server showing it took the stored
+    # entry, not one made from rows. (Without the whole manifest stored: the second server
+    # would serve that instead.)
     wait_for_stored_manifest(db, client.org, first.etag)
     scope = org_id(db, client.org)
+    assert mine.entry_prefix.count(b"tflite") == 1
     with transaction(db.sessions) as session:
         session.execute(
-            update(ManifestTail).where(ManifestTail.variant_id == own.uid).values(framework="x")
+            update(ManifestTail)
+            .where(ManifestTail.variant_id == own.uid)
+            .values(entry_prefix=mine.entry_prefix.replace(b"tflite", b"tflitX"))
         )
         session.execute(delete(ManifestSnapshot).where(ManifestSnapshot.scope == scope))
     replica = RunningServer(registry.database_url, registry.object_store)
     try:
         there = Client(replica.channel, client.key, client.org)
         second = manifest(there)
-        assert second.models[name].framework == "x"
+        assert second.models[name].framework == "tflitX"
         second.models[name].framework = "tflite"
         assert second.models == first.models
 

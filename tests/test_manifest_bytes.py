@@ -213,16 +213,19 @@ class World:
     def index(
         self,
         have: set[manifest.VariantKey],
-        stored: dict[manifest.VariantKey, tuple[bytes, str, bytes]] | None = None,
+        stored: dict[manifest.VariantKey, manifest.StoredTail] | None = None,
+        entries: dict[manifest.VariantKey, manifest.StoredEntry] | None = None,
     ) -> manifest.Index:
         """As domain.manifest.load_index gives it: the stored bytes of keys not in `have`
-        that `stored` holds (under their current key), subtrees for the others."""
+        that `stored` holds (under their current key) with the entries stored around them,
+        subtrees for the others."""
         keys = {name: manifest.variant_key(v) for name, v in self.variants.items()}
         current = {
             key[0]: held
             for key, held in (stored or {}).items()
             if key in keys.values() and key not in have
         }
+        around = {key[0]: e for key, e in (entries or {}).items() if key[0] in current}
         rows = self.rows()
         sub = manifest.group_subtrees(
             ManifestRows(
@@ -244,6 +247,7 @@ class World:
             keys,
             {v.id for v in self.variants.values() if v.org_id is None},
             current,
+            around,
             sub,
         )
 
@@ -253,7 +257,7 @@ class World:
         names = sorted(self.changed)
         models = {n: m for n, m in whole.models.items() if n in self.changed}
         keys = {n: k for n, k in whole.variants.items() if n in self.changed}
-        return manifest.Index(STAMP, names, models, keys, whole.blessed, {}, whole.subtrees)
+        return manifest.Index(STAMP, names, models, keys, whole.blessed, {}, {}, whole.subtrees)
 
 
 def reference(data: manifest.ManifestData) -> pb.GetManifestResponse:
@@ -277,11 +281,12 @@ def build(
     world: World,
     cache: manifest_pb.TailCache,
     previous: manifest_pb.Built | None = None,
-    stored: dict[manifest.VariantKey, tuple[bytes, str, bytes]] | None = None,
+    stored: dict[manifest.VariantKey, manifest.StoredTail] | None = None,
+    entries: dict[manifest.VariantKey, manifest.StoredEntry] | None = None,
 ) -> manifest_pb.Built:
     keys = [manifest.variant_key(v) for v in world.variants.values()]
     pinned = cache.pin(keys, previous)
-    index = world.index(set(pinned), stored)
+    index = world.index(set(pinned), stored, entries)
     return manifest_pb.build(index, pinned, GENERATED, previous, cache)
 
 
@@ -331,19 +336,43 @@ def test_bytes_parse_to_the_field_by_field_manifest(seed: int, postgres: bool) -
 
 @pytest.mark.parametrize("seed", range(4))
 def test_stored_tails_build_the_same_bytes(seed: int) -> None:
-    """A cold build from stored tails (a restarted server or another replica) answers
-    byte for byte what a build from rows does; only tails serialized from rows are new."""
+    """A cold build from stored tails and the entries stored around them (a restarted
+    server or another replica) answers byte for byte what a build from rows does; only
+    tails serialized from rows are new, and only entries whose Model row or tail changed
+    are made. An entry is stored for an org's own variant, and for a blessed one only
+    when made for a name without a Model (the entry every other caller shares)."""
     world = World(seed, postgres=seed % 2 == 1)
     first = build(world, manifest_pb.TailCache())
-    assert {key for key, _ in first.unsaved()} == set(first.tails)
-    stored = dict(first.unsaved())
-    for _ in range(3):
-        cold = build(world, manifest_pb.TailCache(), stored=stored)
+    assert {key for key, _, _ in first.unsaved()} == set(first.tails)
+    stored: dict[manifest.VariantKey, manifest.StoredTail] = {}
+    entries: dict[manifest.VariantKey, manifest.StoredEntry] = {}
+
+    def save(built: manifest_pb.Built) -> None:
+        for key, t, e in built.unsaved():
+            stored[key] = t
+            if e is None:
+                entries.pop(key, None)
+            else:
+                entries[key] = e
+
+    save(first)
+    for _ in range(4):
+        cold = build(world, manifest_pb.TailCache(), stored=stored, entries=entries)
         assert cold.response() == build(world, manifest_pb.TailCache()).response()
         assert cold.message() == reference(world.data())
         # only variants whose key moved on since their tail was stored are serialized
         assert set(cold.fresh) == set(cold.tails) - set(stored)
-        stored.update(cold.fresh)
+        models = {name: (m.framework, m.enabled) for name, m in world.models.items()}
+        for name, v in world.variants.items():
+            key, model, entry = manifest.variant_key(v), models.get(name), cold.entries[name]
+            kept = entries.get(key) if key in stored else None
+            if kept is not None and kept[0] == model:
+                assert entry[2] is kept[1] and key not in cold.made  # taken as stored
+            elif v.org_id is not None or model is None:
+                assert cold.made[key] == (model, entry[2], entry[4])  # made, to be stored
+            else:  # a blessed tail's entry for a caller with a Model of the name
+                assert key not in cold.made
+        save(cold)
         world.mutate()
 
 

@@ -179,6 +179,16 @@ class ManifestTail(Base):
     framework: Mapped[str] = mapped_column(String(32))
     data: Mapped[bytes] = mapped_column(LargeBinary)
     digest: Mapped[bytes] = mapped_column(LargeBinary)  # sha256 of data, for the etag
+    # The whole map entry of the variant's name as a build last made it around `data`
+    # (server/manifest_pb.Entry's bytes before the tail, and its part of the etag), for
+    # the Model row it was made with: entry_enabled NULL for none, else (entry_framework,
+    # entry_enabled). A build whose caller has that Model row (or none) for the name takes
+    # the entry as it is instead of making it (10,000 made per cold build of a large org).
+    # NULL entry_prefix: none stored.
+    entry_framework: Mapped[str | None] = mapped_column(String(32))
+    entry_enabled: Mapped[bool | None]
+    entry_prefix: Mapped[bytes | None] = mapped_column(LargeBinary)
+    entry_etag: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class ManifestSnapshot(Base):

@@ -387,10 +387,11 @@ def manifest_index(
 def manifest_tails(
     session: Session, org_id: str | None, variant_ids: Collection[str] | None, entry_format: int
 ) -> Sequence[Any]:
-    """(variant id, content_revision, updated_at (_key_time), data, framework, digest) of
-    the stored subtrees of `variant_ids`, or of every variant the org can see when None,
-    serialized in `entry_format` (ManifestTail.entry_format). The caller keeps those whose
-    key is still the variant's (manifest_index's)."""
+    """(variant id, content_revision, updated_at (_key_time), data, framework, digest,
+    entry_framework, entry_enabled, entry_prefix, entry_etag) of the stored subtrees of
+    `variant_ids`, or of every variant the org can see when None, serialized in
+    `entry_format` (ManifestTail.entry_format). The caller keeps those whose key is still
+    the variant's (manifest_index's)."""
     conn = session.connection()
     query = select(
         ManifestTail.variant_id,
@@ -399,6 +400,10 @@ def manifest_tails(
         ManifestTail.data,
         ManifestTail.framework,
         ManifestTail.digest,
+        ManifestTail.entry_framework,
+        ManifestTail.entry_enabled,
+        ManifestTail.entry_prefix,
+        ManifestTail.entry_etag,
     ).where(ManifestTail.entry_format == entry_format)
     if variant_ids is None:
         visible: ColumnElement[bool] = ManifestTail.org_id.is_(None)
@@ -415,14 +420,27 @@ def manifest_tails(
 
 def save_manifest_tails(
     session: Session,
-    tails: Sequence[tuple[str, int, int | str, bytes, str, bytes]],
+    tails: Sequence[
+        tuple[
+            str,
+            int,
+            int | str,
+            bytes,
+            str,
+            bytes,
+            str | None,
+            bool | None,
+            bytes | None,
+            bytes | None,
+        ]
+    ],
     entry_format: int,
 ) -> None:
-    """Store (variant id, content_revision, updated_at as manifest_index read it, data,
-    framework, digest) rows (manifest_tails' layout), serialized in `entry_format`,
-    replacing older ones (of any format: one row per variant). A variant
-    deleted meanwhile is skipped; a row whose key is already stale is harmless (never
-    used, see ManifestTail)."""
+    """Store rows in manifest_tails' layout (variant id, content_revision, updated_at as
+    manifest_index read it, data, framework, digest, entry_framework, entry_enabled,
+    entry_prefix, entry_etag), serialized in `entry_format`, replacing older ones (of any
+    format: one row per variant). A variant deleted meanwhile is skipped; a row whose key
+    is already stale is harmless (never used, see ManifestTail)."""
     # In id order: two servers saving overlapping sets lock the rows in one order (on
     # PostgreSQL, any other order can deadlock them).
     tails = sorted(tails, key=lambda t: t[0])
@@ -446,8 +464,23 @@ def save_manifest_tails(
                 "framework": framework,
                 "data": data,
                 "digest": digest,
+                "entry_framework": entry_framework,
+                "entry_enabled": entry_enabled,
+                "entry_prefix": entry_prefix,
+                "entry_etag": entry_etag,
             }
-            for vid, revision, updated_at, data, framework, digest in chunk
+            for (
+                vid,
+                revision,
+                updated_at,
+                data,
+                framework,
+                digest,
+                entry_framework,
+                entry_enabled,
+                entry_prefix,
+                entry_etag,
+            ) in chunk
             if vid in orgs
         ]
         if not rows:
@@ -464,6 +497,10 @@ def save_manifest_tails(
                     "framework": excluded.framework,
                     "data": excluded.data,
                     "digest": excluded.digest,
+                    "entry_framework": excluded.entry_framework,
+                    "entry_enabled": excluded.entry_enabled,
+                    "entry_prefix": excluded.entry_prefix,
+                    "entry_etag": excluded.entry_etag,
                 },
                 # Two builders racing: the later key wins, whichever writes last.
                 where=ManifestTail.content_revision <= excluded.content_revision,

@@ -474,6 +474,56 @@ def test_stored_subtrees_are_read_only_in_the_readers_entry_format(
     assert index(mine + 1).stored == {}
 
 
+def test_entries_are_stored_around_subtrees_for_the_model_row_they_were_made_with(
+    factory: sessionmaker[Session],
+) -> None:
+    """A build stores, beside each subtree it serialized, the map entry it made around it
+    and the Model row it was made with (an org's own variant: the org's Model; a blessed
+    one: none); the next cold build takes them as they are, and makes (and stores again)
+    only an entry whose Model row changed since."""
+    org = new_org(factory)
+    with transaction(factory) as session:
+        session.add(Model(org_id=org, model_id="m", framework="onnx"))
+        session.add(CatalogVariant(org_id=org, name="m", family="f"))
+        session.add(CatalogVariant(org_id=None, name=f"b-{org}", family="f"))
+        tenancy.bump_org_revision(session, org)
+        repo.bump_catalog_revision(session)
+
+    def cold() -> tuple[manifest.Index, manifest_pb.Built]:
+        with transaction(factory, readonly=True) as session:
+            index = manifest.load_index(session, org, lambda keys: set(), manifest_pb.ENTRY_FORMAT)
+        return index, manifest_pb.build(index, {}, utcnow(), None, manifest_pb.TailCache())
+
+    def save(built: manifest_pb.Built) -> None:
+        with transaction(factory) as session:
+            manifest.save_built(session, built.unsaved(), manifest_pb.ENTRY_FORMAT)
+
+    def same(a: manifest_pb.Built, b: manifest_pb.Built) -> bool:
+        """The same etag and entries' bytes (generate_time apart)."""
+        return a.etag == b.etag and a.order == b.order
+
+    first, _ = build_whole(factory, org)
+    assert {e[0] for e in first.made.values()} == {("onnx", True), None}
+    save(first)
+    index, again = cold()
+    mine, blessed = first.entries["m"], first.entries[f"b-{org}"]
+    assert index.entries == {
+        mine[1][0]: (("onnx", True), mine[2], mine[4]),
+        blessed[1][0]: (None, blessed[2], blessed[4]),
+    }
+    assert again.made == {} and same(again, first)
+
+    with transaction(factory) as session:
+        session.execute(update(Model).where(Model.org_id == org).values(enabled=False))
+        tenancy.bump_org_revision(session, org)
+    _, changed = cold()
+    assert list(changed.made) == [mine[1]] and changed.made[mine[1]][0] == ("onnx", False)
+    assert same(changed, build_whole(factory, org)[0])
+    save(changed)
+    index, last = cold()
+    assert index.entries[mine[1][0]][0] == ("onnx", False) and last.made == {}
+
+
 def test_one_holder_at_a_time_claims_a_callers_background_build(
     factory: sessionmaker[Session],
 ) -> None:

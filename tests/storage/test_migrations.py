@@ -210,3 +210,40 @@ def test_stored_subtrees_are_of_the_first_entry_format(db_url: str) -> None:
         assert [tuple(r) for r in rows] == [("v1", 1)] and snapshots == 0
     finally:
         engine.dispose()
+
+
+def test_stored_subtrees_have_no_entries_until_a_build_stores_them(db_url: str) -> None:
+    """0019: manifest_tails rows written before it keep their subtree, with no entry
+    stored around it (the next build makes and stores it)."""
+    upgrade(db_url, "0018")
+    engine = create_engine_for(db_url)
+    now = "2026-11-01 00:00:00"
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO catalog_variants (id, name, family, task_taxonomy, "
+                    "parameter_count, license, description, content_revision, created_at, "
+                    "updated_at) VALUES ('v1', 'm', '', '[]', 0, '', '', 3, :now, :now)"
+                ),
+                {"now": now},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO manifest_tails (variant_id, content_revision, "
+                    "variant_updated_at, framework, data, digest) "
+                    "VALUES ('v1', 3, :now, '', :data, :data)"
+                ),
+                {"now": now, "data": b"x"},
+            )
+        upgrade(db_url)
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT variant_id, data, entry_framework, entry_enabled, entry_prefix, "
+                    "entry_etag FROM manifest_tails"
+                )
+            ).all()
+        assert [tuple(r) for r in rows] == [("v1", b"x", None, None, None, None)]
+    finally:
+        engine.dispose()
