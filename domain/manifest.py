@@ -268,17 +268,25 @@ def _index(
 WARM_AT_CHANGES = CHANGES_AT_LEAST
 
 
-def large_build_ahead(session: Session, org_id: str | None) -> Stamp | None:
+def large_build_ahead(session: Session, org_id: str | None, entry_format: int) -> Stamp | None:
     """The caller's current stamp when its next build on a server without its manifest
-    in memory would be large: no stored manifest, one the change log does not reach back
-    to, or over WARM_AT_CHANGES names changed since it; else None."""
-    stored = repo.stored_manifest_stamp(session, org_id)
+    in memory would be large: no stored manifest in `entry_format` (the reader's,
+    server/manifest_pb.ENTRY_FORMAT), one the change log does not reach back to, or over
+    WARM_AT_CHANGES names changed since it; else None."""
+    stored = repo.stored_manifest_stamp(session, org_id, entry_format)
     if stored is None:
         return stamp(session, org_id)
     revisions, changed = repo.manifest_changes(session, org_id, *stored)
     if changed is not None and len(changed) <= WARM_AT_CHANGES:
         return None
     return (org_id, *revisions)
+
+
+def large_orgs(session: Session) -> list[str]:
+    """The orgs with over WARM_AT_CHANGES names of their own: those whose build with no
+    stored manifest may read every name's row (a smaller org's is derived from the
+    anonymous caller's manifest: a patch of its few names)."""
+    return repo.orgs_with_names(session, WARM_AT_CHANGES + 1)
 
 
 # A background build after writes is claimed for at most this long (storage.orm.catalog.
@@ -328,21 +336,26 @@ def _tail_row(key: VariantKey, tail: StoredTail, entry: StoredEntry | None) -> A
 @dataclass(frozen=True)
 class Stored:
     """A caller's whole manifest as stored (storage.orm.catalog.ManifestSnapshot): the
-    stamp it was built at and its encoding (server/manifest_snapshot.py)."""
+    stamp it was built at, the format of its entries (server/manifest_pb.ENTRY_FORMAT) and
+    its encoding (server/manifest_snapshot.py)."""
 
     stamp: Stamp
+    entry_format: int
     data: bytes
 
 
-def load_stored(session: Session, org_id: str | None) -> Stored | None:
-    row = repo.stored_manifest(session, org_id)
-    return None if row is None else Stored((org_id, row[0], row[1]), row[2])
+def load_stored(session: Session, org_id: str | None, entry_format: int) -> Stored | None:
+    """The caller's stored manifest in `entry_format` (one in another is none)."""
+    row = repo.stored_manifest(session, org_id, entry_format)
+    return None if row is None else Stored((org_id, row[0], row[1]), entry_format, row[2])
 
 
 def save_stored(session: Session, stored: Stored) -> None:
-    """Store a caller's manifest unless a newer one is stored already."""
+    """Store a caller's manifest unless a newer one in its format is stored already."""
     org_id, org_revision, catalog_revision = stored.stamp
-    repo.store_manifest(session, org_id, org_revision, catalog_revision, stored.data)
+    repo.store_manifest(
+        session, org_id, org_revision, catalog_revision, stored.entry_format, stored.data
+    )
 
 
 # A caller's manifest is stored again at most this often by one process: a busy org

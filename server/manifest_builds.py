@@ -19,7 +19,9 @@ Smaller changes are left to the next request, whose patch is cheap. One server a
 makes such a build (a claim in the database: writes spread over several servers would
 have each make it). Blessed writes made without this server (`modelregistry catalog
 import`, another server) are noticed by watching the blessed catalog's revision
-(watch_catalog) and treated the same way.
+(watch_catalog) and treated the same way; so is, when a server starts, every org with many
+names of its own (one with no usable stored manifest, as after an upgrade that serializes
+entries otherwise, is built then).
 
 An org's build with no previous build of its own (in memory or stored) starts from the
 anonymous caller's manifest (_blessed_base): the org's own names are patched into the
@@ -122,7 +124,10 @@ class ManifestBuilds:
         moved, or on the first look, act as after a blessed write of this server (written):
         imports and other writers of blessed rows that bypass this server leave the
         anonymous caller's large build, whose serialized blessed variants every caller
-        shares, to the background too. Off with builds after writes."""
+        shares, to the background too. The first look also acts so for every org with
+        many names of its own (domain.manifest.large_orgs): one with no stored manifest in
+        this release's format (after an upgrade that serializes entries otherwise) or far
+        behind gets it built before its devices ask. Off with builds after writes."""
         if self.warm_after > 0 and self._watching is None and not self._closed:
             self._watching = asyncio.create_task(
                 self._watch_catalog(), context=contextvars.Context()
@@ -135,15 +140,16 @@ class ManifestBuilds:
             await asyncio.sleep(self.warm_after * (0.5 + random.random()))
             try:
                 revision = (await self.rt.read_single(manifest.stamp, None))[2]
+                orgs = await self.rt.read(manifest.large_orgs) if seen is None else []
             except Exception:
                 if not failing:  # once per outage, not every few seconds
-                    log.warning("could not read the catalog's revision", exc_info=True)
+                    log.warning("could not look at the catalog's revision", exc_info=True)
                 failing = True
                 continue
             failing = False
             if revision != seen:
                 seen = revision
-                self.written(frozenset([None]))
+                self.written(frozenset([None, *orgs]))
 
     async def _warm(self, caller: str | None) -> None:
         try:
@@ -153,7 +159,9 @@ class ManifestBuilds:
                 outcome = "small"
                 try:
                     async with self._warm_slot:
-                        ahead = await self.rt.read(manifest.large_build_ahead, caller)
+                        ahead = await self.rt.read(
+                            manifest.large_build_ahead, caller, manifest_pb.ENTRY_FORMAT
+                        )
                         if ahead is not None:
                             outcome = "built"
                             if not await self._build_claimed(ahead):
@@ -242,7 +250,7 @@ class ManifestBuilds:
     async def _stored(self, caller: str | None) -> tuple[manifest.Stamp, manifest_pb.Built] | None:
         """The caller's stored manifest, decoded, with its stamp (None: nothing stored, or
         of another layout or entry format)."""
-        stored = await self.rt.read(manifest.load_stored, caller)
+        stored = await self.rt.read(manifest.load_stored, caller, manifest_pb.ENTRY_FORMAT)
         if stored is None:
             return None
         self.schedule.seen(stored.stamp)
@@ -317,7 +325,9 @@ class ManifestBuilds:
                 return
             try:
                 data = await self.rt.call(manifest_snapshot.encode, built)
-                await self.rt.write(manifest.save_stored, manifest.Stored(stamp, data))
+                await self.rt.write(
+                    manifest.save_stored, manifest.Stored(stamp, manifest_pb.ENTRY_FORMAT, data)
+                )
             except Exception:
                 self.schedule.failed(stamp)
                 log.warning("could not store the manifest of %s", caller, exc_info=True)

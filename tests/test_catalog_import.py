@@ -21,7 +21,7 @@ from domain import manifest
 from modelregistry.v1 import catalog_pb2
 from modelregistry.v1 import catalog_service_pb2 as cpb
 from modelregistry.v1 import model_service_pb2 as mpb
-from server import manifest_snapshot
+from server import manifest_pb, manifest_snapshot
 from server.cli import build_parser
 from storage.db import create_engine_for, session_factory, transaction
 from storage.orm import ManifestSnapshot
@@ -196,7 +196,7 @@ def test_servers_build_the_blessed_manifest_after_an_import(
         deadline = time.monotonic() + 30
         while True:
             with transaction(sessions, readonly=True) as session:
-                stored = manifest.load_stored(session, None)
+                stored = manifest.load_stored(session, None, manifest_pb.ENTRY_FORMAT)
             if stored is not None and stored.stamp[2] >= revision:
                 break
             assert time.monotonic() < deadline, "the blessed manifest was not built"

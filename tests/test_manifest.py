@@ -449,7 +449,7 @@ def wait_for_stored(
     deadline = time.monotonic() + seconds
     while True:
         with transaction(db.sessions) as session:
-            stored = domain_manifest.load_stored(session, scope)
+            stored = domain_manifest.load_stored(session, scope, manifest_pb.ENTRY_FORMAT)
         if stored is not None and done(stored):
             return stored
         assert time.monotonic() < deadline, what
@@ -594,7 +594,7 @@ def test_one_server_builds_after_writes_through_several(
         built = [s for s in servers if s.manifests.last(scope) is not None]
         assert len(built) == 1
         with transaction(db.sessions) as session:
-            stored = domain_manifest.load_stored(session, scope)
+            stored = domain_manifest.load_stored(session, scope, manifest_pb.ENTRY_FORMAT)
         assert stored is not None and stored.stamp[1] == revision
     finally:
         replica.stop()
@@ -645,3 +645,32 @@ def test_a_build_another_server_claimed_is_looked_at_again(client: Client, db: C
     assert (REGISTRY.get_sample_value(looks, {"outcome": "claimed"}) or 0) > claimed
     with transaction(db.sessions) as session:
         assert session.get(ManifestBuildClaim, scope) is None  # released after the build
+
+
+def test_a_starting_server_builds_large_orgs_nothing_usable_is_stored_for(
+    registry: RunningServer, client: Client, db: CatalogDb
+) -> None:
+    """An org with many names of its own whose stored manifest no server of this release
+    can use (stored in another entry format, as before an upgrade that serializes entries
+    otherwise) gets it built and stored by a server as it starts, before any request:
+    otherwise each of its devices' first GetManifest would wait for a build from every
+    name's row."""
+    scope = org_id(db, client.org)
+    names = [unique("many") for _ in range(domain_manifest.WARM_AT_CHANGES + 1)]
+    with transaction(db.sessions) as session:  # written without a server: nothing built
+        tenancy.bump_org_revision(session, scope)
+        session.add_all([Model(org_id=scope, model_id=name, framework="onnx") for name in names])
+    with transaction(db.sessions) as session:
+        old = domain_manifest.Stored(
+            domain_manifest.stamp(session, scope), manifest_pb.ENTRY_FORMAT + 1, b"old"
+        )
+        domain_manifest.save_stored(session, old)
+    replica = RunningServer(registry.database_url, registry.object_store)
+    try:
+        stored = wait_for_stored_revision(db, scope)
+        built = manifest_snapshot.decode(stored.data)
+        assert built is not None and set(names) <= set(built.names)
+        there = Client(replica.channel, client.key, client.org)
+        assert manifest(there).etag == built.etag
+    finally:
+        replica.stop()

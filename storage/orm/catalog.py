@@ -211,6 +211,11 @@ class ManifestSnapshot(Base):
     )
     org_revision: Mapped[int] = mapped_column(BigInteger)
     catalog_revision: Mapped[int] = mapped_column(BigInteger)
+    # The serialization of `data`'s entries (server/manifest_pb.ENTRY_FORMAT, also in its
+    # header): a server reads only rows of its own, so after an upgrade that serializes
+    # entries otherwise a caller has no stored manifest (and a build after writes, or at
+    # startup, makes one) instead of one no server can use.
+    entry_format: Mapped[int] = mapped_column(SmallInteger, server_default=text("1"))
     # Stored uncompressed on PostgreSQL (migration 0012): decompressing megabytes would
     # cost the cold read it exists to make cheap.
     data: Mapped[bytes] = mapped_column(LargeBinary)

@@ -27,6 +27,7 @@ from sqlalchemy import (
     or_,
     select,
     type_coerce,
+    union,
     update,
 )
 from sqlalchemy.orm import Session, selectinload
@@ -568,8 +569,31 @@ def _snapshot_scope(org_id: str | None) -> str:
     return org_id if org_id is not None else ANONYMOUS_SCOPE
 
 
-def stored_manifest(session: Session, org_id: str | None) -> tuple[int, int, bytes] | None:
-    """The caller's stored manifest: (org revision, catalog revision, data), or None."""
+def orgs_with_names(session: Session, at_least: int) -> list[str]:
+    """The orgs with at least `at_least` model names of their own (a Model, an override
+    variant, or both: counted once)."""
+    names = union(
+        select(Model.org_id, Model.model_id.label("name")),
+        select(CatalogVariant.org_id, CatalogVariant.name).where(
+            CatalogVariant.org_id.is_not(None)
+        ),
+    ).subquery()
+    query = select(names.c.org_id).group_by(names.c.org_id).having(func.count() >= at_least)
+    return list(session.scalars(query))
+
+
+def _stored_in(org_id: str | None, entry_format: int) -> ColumnElement[bool]:
+    return and_(
+        ManifestSnapshot.scope == _snapshot_scope(org_id),
+        ManifestSnapshot.entry_format == entry_format,
+    )
+
+
+def stored_manifest(
+    session: Session, org_id: str | None, entry_format: int
+) -> tuple[int, int, bytes] | None:
+    """The caller's stored manifest in `entry_format` (ManifestSnapshot.entry_format):
+    (org revision, catalog revision, data), or None."""
     row = (
         session.connection()
         .execute(
@@ -577,7 +601,7 @@ def stored_manifest(session: Session, org_id: str | None) -> tuple[int, int, byt
                 ManifestSnapshot.org_revision,
                 ManifestSnapshot.catalog_revision,
                 ManifestSnapshot.data,
-            ).where(ManifestSnapshot.scope == _snapshot_scope(org_id)),
+            ).where(_stored_in(org_id, entry_format)),
             execution_options=BINARY_RESULTS,
         )
         .first()
@@ -585,22 +609,31 @@ def stored_manifest(session: Session, org_id: str | None) -> tuple[int, int, byt
     return None if row is None else (int(row[0]), int(row[1]), bytes(row[2]))
 
 
-def stored_manifest_stamp(session: Session, org_id: str | None) -> tuple[int, int] | None:
-    """The (org revision, catalog revision) of the caller's stored manifest, or None."""
+def stored_manifest_stamp(
+    session: Session, org_id: str | None, entry_format: int
+) -> tuple[int, int] | None:
+    """The (org revision, catalog revision) of the caller's stored manifest in
+    `entry_format`, or None."""
     row = session.execute(
         select(ManifestSnapshot.org_revision, ManifestSnapshot.catalog_revision).where(
-            ManifestSnapshot.scope == _snapshot_scope(org_id)
+            _stored_in(org_id, entry_format)
         )
     ).first()
     return None if row is None else (int(row[0]), int(row[1]))
 
 
 def store_manifest(
-    session: Session, org_id: str | None, org_revision: int, catalog_revision: int, data: bytes
+    session: Session,
+    org_id: str | None,
+    org_revision: int,
+    catalog_revision: int,
+    entry_format: int,
+    data: bytes,
 ) -> None:
-    """Store the caller's manifest built at (org_revision, catalog_revision), unless the one
-    stored is newer (revisions only grow: a slower writer of an older build loses). An org
-    deleted meanwhile stores nothing."""
+    """Store the caller's manifest built at (org_revision, catalog_revision) in
+    `entry_format`, unless the one stored in the same format is newer (revisions only
+    grow: a slower writer of an older build loses); one in another format is replaced.
+    An org deleted meanwhile stores nothing."""
     if org_id is not None and session.get(Org, org_id) is None:
         return
     stmt = dialects.insert(session, ManifestSnapshot).values(
@@ -608,6 +641,7 @@ def store_manifest(
         org_id=org_id,
         org_revision=org_revision,
         catalog_revision=catalog_revision,
+        entry_format=entry_format,
         data=data,
     )
     excluded = stmt.excluded
@@ -617,10 +651,14 @@ def store_manifest(
             set_={
                 "org_revision": excluded.org_revision,
                 "catalog_revision": excluded.catalog_revision,
+                "entry_format": excluded.entry_format,
                 "data": excluded.data,
             },
-            where=(ManifestSnapshot.org_revision <= excluded.org_revision)
-            & (ManifestSnapshot.catalog_revision <= excluded.catalog_revision),
+            where=(ManifestSnapshot.entry_format != excluded.entry_format)
+            | (
+                (ManifestSnapshot.org_revision <= excluded.org_revision)
+                & (ManifestSnapshot.catalog_revision <= excluded.catalog_revision)
+            ),
         )
     )
 

@@ -411,9 +411,10 @@ def test_a_large_build_is_ahead_when_nothing_is_stored_or_many_names_changed(
     factory: sessionmaker[Session],
 ) -> None:
     """What decides whether a server builds a caller's manifest in the background after a
-    write (ManifestBuilds.written): no stored manifest, or over WARM_AT_CHANGES names
-    changed since the stored one."""
+    write (ManifestBuilds.written): no stored manifest in the reader's entry format, or
+    over WARM_AT_CHANGES names changed since the stored one."""
     org = new_org(factory)
+    mine = manifest_pb.ENTRY_FORMAT
 
     def add_models(names: list[str]) -> None:
         with transaction(factory) as session:
@@ -422,13 +423,24 @@ def test_a_large_build_is_ahead_when_nothing_is_stored_or_many_names_changed(
 
     def ahead() -> tuple[manifest.Stamp | None, manifest.Stamp]:
         with transaction(factory, readonly=True) as session:
-            return manifest.large_build_ahead(session, org), manifest.stamp(session, org)
+            return manifest.large_build_ahead(session, org, mine), manifest.stamp(session, org)
+
+    def store(stamp: manifest.Stamp, entry_format: int) -> None:
+        with transaction(factory) as session:
+            manifest.save_stored(session, manifest.Stored(stamp, entry_format, b"stored"))
 
     add_models(["a"])
     found, current = ahead()
     assert found == current  # nothing stored
-    with transaction(factory) as session:
-        manifest.save_stored(session, manifest.Stored(current, b"stored"))
+    store(current, mine + 1)  # by a release that serializes entries otherwise
+    assert ahead()[0] == current
+    with transaction(factory, readonly=True) as session:
+        assert manifest.load_stored(session, org, mine) is None
+    store((org, current[1] - 1, current[2]), mine)  # older, but of ours: replaces it
+    assert ahead()[0] is None
+    store(current, mine + 1)  # the other release's, newer or not, replaces ours again
+    assert ahead()[0] == current
+    store(current, mine)
     assert ahead()[0] is None
     add_models([f"m{i}" for i in range(manifest.WARM_AT_CHANGES - 1)])
     with transaction(factory) as session:
@@ -440,6 +452,27 @@ def test_a_large_build_is_ahead_when_nothing_is_stored_or_many_names_changed(
     add_models(["one-more"])
     found, current = ahead()
     assert found == current
+
+
+def test_large_orgs_have_over_a_hundred_names_of_their_own(
+    factory: sessionmaker[Session],
+) -> None:
+    """domain.manifest.large_orgs, the orgs a starting server looks at: over
+    WARM_AT_CHANGES names of their own, a name with a Model and an override counted once."""
+    small, large = new_org(factory), new_org(factory, "globex")
+    half = manifest.WARM_AT_CHANGES // 2 + 1
+    with transaction(factory) as session:
+        for org in (small, large):
+            session.add_all([Model(org_id=org, model_id=f"m{i}") for i in range(half)])
+            session.add_all(
+                [CatalogVariant(org_id=org, name=f"m{i}", family="f") for i in range(half)]
+            )
+        session.add_all(
+            [CatalogVariant(org_id=large, name=f"v{i}", family="f") for i in range(half)]
+        )
+    with transaction(factory, readonly=True) as session:
+        found = set(manifest.large_orgs(session))
+    assert large in found and small not in found
 
 
 def test_stored_subtrees_are_read_only_in_the_readers_entry_format(

@@ -247,3 +247,27 @@ def test_stored_subtrees_have_no_entries_until_a_build_stores_them(db_url: str) 
         assert [tuple(r) for r in rows] == [("v1", b"x", None, None, None, None)]
     finally:
         engine.dispose()
+
+
+def test_stored_manifests_are_of_the_first_entry_format(db_url: str) -> None:
+    """0020: manifest_snapshots rows written before it (all of the first format since
+    0017) say so."""
+    upgrade(db_url, "0019")
+    engine = create_engine_for(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO manifest_snapshots (scope, org_revision, catalog_revision, "
+                    "data) VALUES ('anonymous', 1, 2, :data)"
+                ),
+                {"data": b"MRM\x02"},
+            )
+        upgrade(db_url)
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT scope, catalog_revision, entry_format FROM manifest_snapshots")
+            ).all()
+        assert [tuple(r) for r in rows] == [("anonymous", 2, 1)]
+    finally:
+        engine.dispose()
