@@ -10,7 +10,7 @@ from typing import Any
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Integer, MetaData, inspect, text
+from sqlalchemy import Column, Connection, Integer, MetaData, inspect, text
 
 from storage.db import create_engine_for
 from storage.migrate import alembic_config, current_revision, head_revision, upgrade
@@ -172,30 +172,36 @@ def test_the_change_log_collapses_to_one_row_per_name(db_url: str) -> None:
         engine.dispose()
 
 
+def insert_stored_subtree(conn: Connection) -> None:
+    """Variant v1 with a subtree stored under its key (b"x"), in the columns every
+    migration since 0009 has."""
+    now = "2026-11-01 00:00:00"
+    conn.execute(
+        text(
+            "INSERT INTO catalog_variants (id, name, family, task_taxonomy, "
+            "parameter_count, license, description, content_revision, created_at, "
+            "updated_at) VALUES ('v1', 'm', '', '[]', 0, '', '', 3, :now, :now)"
+        ),
+        {"now": now},
+    )
+    conn.execute(
+        text(
+            "INSERT INTO manifest_tails (variant_id, content_revision, "
+            "variant_updated_at, framework, data, digest) "
+            "VALUES ('v1', 3, :now, '', :data, :data)"
+        ),
+        {"now": now, "data": b"x"},
+    )
+
+
 def test_stored_subtrees_are_of_the_first_entry_format(db_url: str) -> None:
     """0017: manifest_tails rows written before it are of entry format 1; stored whole
     manifests, of a layout no longer read, are dropped."""
     upgrade(db_url, "0016")
     engine = create_engine_for(db_url)
-    now = "2026-11-01 00:00:00"
     try:
         with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO catalog_variants (id, name, family, task_taxonomy, "
-                    "parameter_count, license, description, content_revision, created_at, "
-                    "updated_at) VALUES ('v1', 'm', '', '[]', 0, '', '', 3, :now, :now)"
-                ),
-                {"now": now},
-            )
-            conn.execute(
-                text(
-                    "INSERT INTO manifest_tails (variant_id, content_revision, "
-                    "variant_updated_at, framework, data, digest) "
-                    "VALUES ('v1', 3, :now, '', :data, :data)"
-                ),
-                {"now": now, "data": b"x"},
-            )
+            insert_stored_subtree(conn)
             conn.execute(
                 text(
                     "INSERT INTO manifest_snapshots (scope, org_revision, catalog_revision, "
@@ -217,25 +223,9 @@ def test_stored_subtrees_have_no_entries_until_a_build_stores_them(db_url: str) 
     stored around it (the next build makes and stores it)."""
     upgrade(db_url, "0018")
     engine = create_engine_for(db_url)
-    now = "2026-11-01 00:00:00"
     try:
         with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO catalog_variants (id, name, family, task_taxonomy, "
-                    "parameter_count, license, description, content_revision, created_at, "
-                    "updated_at) VALUES ('v1', 'm', '', '[]', 0, '', '', 3, :now, :now)"
-                ),
-                {"now": now},
-            )
-            conn.execute(
-                text(
-                    "INSERT INTO manifest_tails (variant_id, content_revision, "
-                    "variant_updated_at, framework, data, digest) "
-                    "VALUES ('v1', 3, :now, '', :data, :data)"
-                ),
-                {"now": now, "data": b"x"},
-            )
+            insert_stored_subtree(conn)
         upgrade(db_url)
         with engine.connect() as conn:
             rows = conn.execute(
