@@ -28,7 +28,8 @@ only the subtrees of keys it does not hold are loaded: their serialized bytes fr
 manifest_tails table when stored under the current key and in the reader's format of the
 serialization (written back after each build, so a restarted server or a new replica does
 not re-serialize every variant; a release that serializes otherwise does not read them),
-else their rows.
+with the map entry last made around them and the Model row it was made with (Index.entries:
+taken as it is for the same Model row), else their rows.
 
 Rebuilds (load_changes): database triggers log every written model name per revision of
 its scope (the org's, or the blessed catalog's; storage.orm.catalog.ManifestChange), so a
@@ -38,8 +39,9 @@ per model name. When the log does not reach back that far, or too many names cha
 (CHANGES_SHARE), it reads the whole index as above.
 
 Stored manifests (load_stored, save_stored): each caller's whole built manifest is kept in
-the database under the stamp it was built at, stored again after later builds at most
-every STORE_EVERY_SECONDS per process (StoreSchedule). A server without the caller's
+the database under the stamp it was built at and the format of its entries (a reader takes
+only its own), stored again after later builds at most every STORE_EVERY_SECONDS per
+process (StoreSchedule). A server without the caller's
 manifest in memory serves the stored one while its stamp is current (one row read),
 else builds with it as the previous build, so only entries whose rows changed are built.
 
