@@ -327,7 +327,7 @@ def save_built(
     )
 
 
-def _tail_row(key: VariantKey, tail: StoredTail, entry: StoredEntry | None) -> Any:
+def _tail_row(key: VariantKey, tail: StoredTail, entry: StoredEntry | None) -> repo.TailRow:
     """A row as repo.save_manifest_tails takes it."""
     if entry is None:
         return (*key, *tail, None, None, None, None)

@@ -419,29 +419,25 @@ def manifest_tails(
     return rows
 
 
+# A manifest_tails row as save_manifest_tails takes it, in _TAIL_COLUMNS' order
+# (variant_updated_at as _key_time reads it).
+TailRow = tuple[
+    str, int, int | str, bytes, str, bytes, str | None, bool | None, bytes | None, bytes | None
+]
+_TAIL_COLUMNS = (
+    "variant_id", "content_revision", "variant_updated_at", "data", "framework", "digest",
+    "entry_framework", "entry_enabled", "entry_prefix", "entry_etag",
+)  # fmt: skip
+
+
 def save_manifest_tails(
     session: Session,
-    tails: Sequence[
-        tuple[
-            str,
-            int,
-            int | str,
-            bytes,
-            str,
-            bytes,
-            str | None,
-            bool | None,
-            bytes | None,
-            bytes | None,
-        ]
-    ],
+    tails: Sequence[TailRow],
     entry_format: int,
 ) -> None:
-    """Store rows in manifest_tails' layout (variant id, content_revision, updated_at as
-    manifest_index read it, data, framework, digest, entry_framework, entry_enabled,
-    entry_prefix, entry_etag), serialized in `entry_format`, replacing older ones (of any
-    format: one row per variant). A variant deleted meanwhile is skipped; a row whose key
-    is already stale is harmless (never used, see ManifestTail)."""
+    """Store rows serialized in `entry_format`, replacing older ones (of any format: one
+    row per variant). A variant deleted meanwhile is skipped; a row whose key is already
+    stale is harmless (never used, see ManifestTail)."""
     # In id order: two servers saving overlapping sets lock the rows in one order (on
     # PostgreSQL, any other order can deadlock them).
     tails = sorted(tails, key=lambda t: t[0])
@@ -457,32 +453,13 @@ def save_manifest_tails(
         }
         rows = [
             {
-                "variant_id": vid,
-                "org_id": orgs[vid],
-                "content_revision": revision,
-                "variant_updated_at": _from_key_time(updated_at),
+                **dict(zip(_TAIL_COLUMNS, t, strict=True)),
+                "org_id": orgs[t[0]],
+                "variant_updated_at": _from_key_time(t[2]),
                 "entry_format": entry_format,
-                "framework": framework,
-                "data": data,
-                "digest": digest,
-                "entry_framework": entry_framework,
-                "entry_enabled": entry_enabled,
-                "entry_prefix": entry_prefix,
-                "entry_etag": entry_etag,
             }
-            for (
-                vid,
-                revision,
-                updated_at,
-                data,
-                framework,
-                digest,
-                entry_framework,
-                entry_enabled,
-                entry_prefix,
-                entry_etag,
-            ) in chunk
-            if vid in orgs
+            for t in chunk
+            if t[0] in orgs
         ]
         if not rows:
             continue
@@ -491,18 +468,7 @@ def save_manifest_tails(
         session.execute(
             stmt.on_conflict_do_update(
                 index_elements=[ManifestTail.variant_id],
-                set_={
-                    "content_revision": excluded.content_revision,
-                    "variant_updated_at": excluded.variant_updated_at,
-                    "entry_format": excluded.entry_format,
-                    "framework": excluded.framework,
-                    "data": excluded.data,
-                    "digest": excluded.digest,
-                    "entry_framework": excluded.entry_framework,
-                    "entry_enabled": excluded.entry_enabled,
-                    "entry_prefix": excluded.entry_prefix,
-                    "entry_etag": excluded.entry_etag,
-                },
+                set_={column: excluded[column] for column in (*_TAIL_COLUMNS[1:], "entry_format")},
                 # Two builders racing: the later key wins, whichever writes last.
                 where=ManifestTail.content_revision <= excluded.content_revision,
             )
