@@ -186,19 +186,34 @@ class ManifestBuilds:
         claimed the caller's build (domain.manifest.claim_build): False then. This
         server's claim is held until what the build stores is stored."""
         caller, holder = stamp[0], str(uuid.uuid4())
-        if not await self.rt.write(manifest.claim_build, caller, holder):
-            return False
+        # Shielded: a server stopping (close) while the claim's transaction waits for the
+        # database would otherwise leave it to commit unseen, held for nobody until it
+        # expires, so that every server skipped the caller's build meanwhile.
+        claiming = asyncio.ensure_future(self.rt.write(manifest.claim_build, caller, holder))
         try:
+            if not await asyncio.shield(claiming):
+                return False
             await self.get(stamp, trigger="write")
             stores = [t for t in (self._storing.get(caller), *self._saving) if t is not None]
             if stores:
                 await asyncio.wait(stores)  # each logs its own failure
         finally:
-            try:
-                await self.rt.write(manifest.release_build, caller, holder)
-            except Exception:
-                log.warning("could not drop the build claim of %s (it expires)", caller)
+            await self._drop_claim(claiming, caller, holder)
         return True
+
+    async def _drop_claim(
+        self, claiming: asyncio.Future[bool], caller: str | None, holder: str
+    ) -> None:
+        """Once the claim's transaction ended: drop the claim if it was taken."""
+        try:
+            if not await claiming:
+                return
+        except (Exception, asyncio.CancelledError):
+            return  # not taken (failed, or cancelled before it ran)
+        try:
+            await self.rt.write(manifest.release_build, caller, holder)
+        except Exception:
+            log.warning("could not drop the build claim of %s (it expires)", caller)
 
     async def _build(self, stamp: manifest.Stamp) -> tuple[manifest_pb.Built, manifest.Stamp, str]:
         """(the manifest, the stamp it is at, where it came from: "stored" as it was,

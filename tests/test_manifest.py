@@ -5,6 +5,7 @@ manifest, never because of another org), not_modified, anonymous callers."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -14,6 +15,7 @@ import pytest
 from google.protobuf import field_mask_pb2
 from prometheus_client import REGISTRY
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
 from domain import manifest as domain_manifest
 from modelregistry.v1 import catalog_pb2, manifest_pb2, model_service_pb2_grpc, models_pb2
@@ -645,6 +647,33 @@ def test_a_build_another_server_claimed_is_looked_at_again(client: Client, db: C
     assert (REGISTRY.get_sample_value(looks, {"outcome": "claimed"}) or 0) > claimed
     with transaction(db.sessions) as session:
         assert session.get(ManifestBuildClaim, scope) is None  # released after the build
+
+
+def test_a_server_stopping_while_it_claims_a_build_leaves_no_claim(
+    registry: RunningServer, client: Client, db: CatalogDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server stopped while its claim on a build after writes is being taken (the claim's
+    transaction waiting for the database) drops the claim once it lands: left behind, it
+    would make every server skip the caller's build until it expired."""
+    scope = org_id(db, client.org)
+    claim = domain_manifest.claim_build
+    claiming = threading.Event()
+
+    def slow_claim(session: Session, caller: str | None, holder: str) -> bool:
+        if caller == scope:
+            claiming.set()
+            time.sleep(1.0)
+        return claim(session, caller, holder)
+
+    monkeypatch.setattr(domain_manifest, "claim_build", slow_claim)
+    replica = RunningServer(registry.database_url, registry.object_store)
+    try:
+        create_model(Client(replica.channel, client.key, client.org), unique("claiming"))
+        assert claiming.wait(30), "no build was claimed after the write"
+    finally:
+        replica.stop()
+    with transaction(db.sessions) as session:
+        assert session.get(ManifestBuildClaim, scope) is None
 
 
 def test_a_starting_server_builds_large_orgs_nothing_usable_is_stored_for(
