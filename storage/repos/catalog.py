@@ -548,6 +548,12 @@ def orgs_with_names(session: Session, at_least: int) -> list[str]:
     return list(session.scalars(query))
 
 
+def _org_gone(session: Session, org_id: str | None) -> bool:
+    """The caller's org was deleted (the anonymous caller has none to lose): what would be
+    written for it would outlive it, or be refused by its foreign key."""
+    return org_id is not None and session.get(Org, org_id) is None
+
+
 def _stored_in(org_id: str | None, entry_format: int) -> ColumnElement[bool]:
     return and_(
         ManifestSnapshot.scope == _snapshot_scope(org_id),
@@ -600,7 +606,7 @@ def store_manifest(
     `entry_format`, unless the one stored in the same format is newer (revisions only
     grow: a slower writer of an older build loses); one in another format is replaced.
     An org deleted meanwhile stores nothing."""
-    if org_id is not None and session.get(Org, org_id) is None:
+    if _org_gone(session, org_id):
         return
     stmt = dialects.insert(session, ManifestSnapshot).values(
         scope=_snapshot_scope(org_id),
@@ -635,7 +641,7 @@ def claim_manifest_build(
     """Take the claim on building the caller's manifest (ManifestBuildClaim) for `holder`
     until `until`, unless another holder's is current at `now`. True when taken. An org
     deleted meanwhile has nothing to build (False)."""
-    if org_id is not None and session.get(Org, org_id) is None:
+    if _org_gone(session, org_id):
         return False
     stmt = dialects.insert(session, ManifestBuildClaim).values(
         scope=_snapshot_scope(org_id), org_id=org_id, holder=holder, until=until
