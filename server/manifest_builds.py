@@ -63,6 +63,7 @@ class ManifestBuilds:
         self._warming: dict[str | None, asyncio.Task[None]] = {}
         self._warm_again: set[str | None] = set()
         self._warm_slot = asyncio.Semaphore(1)  # one background build at a time
+        self._releasing: set[asyncio.Task[None]] = set()  # claims held until stored
         self._watching: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -184,7 +185,8 @@ class ManifestBuilds:
     async def _build_claimed(self, stamp: manifest.Stamp) -> bool:
         """Build the caller's manifest at `stamp` and store it, unless another server has
         claimed the caller's build (domain.manifest.claim_build): False then. This
-        server's claim is held until what the build stores is stored."""
+        server's claim is held until what the build stores is stored, which may be later
+        than the build's end (_release_when_stored)."""
         caller, holder = stamp[0], str(uuid.uuid4())
         # Shielded: a server stopping (close) while the claim's transaction waits for the
         # database would otherwise leave it to commit unseen, held for nobody until it
@@ -194,12 +196,34 @@ class ManifestBuilds:
             if not await asyncio.shield(claiming):
                 return False
             await self.get(stamp, trigger="write")
-            stores = [t for t in (self._storing.get(caller), *self._saving) if t is not None]
+        except BaseException:
+            await self._drop_claim(claiming, caller, holder)
+            raise
+        stores = [t for t in (self._storing.get(caller), *self._saving) if t is not None]
+        task = asyncio.create_task(
+            self._release_when_stored(stores, claiming, caller, holder),
+            context=contextvars.Context(),
+        )
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+        return True
+
+    async def _release_when_stored(
+        self,
+        stores: list[asyncio.Task[None]],
+        claiming: asyncio.Future[bool],
+        caller: str | None,
+        holder: str,
+    ) -> None:
+        """Drop the claim once the build's stores ended. Apart from the build: the store
+        of a caller this process stored in the last STORE_EVERY_SECONDS waits out the
+        schedule, and the one background build slot held meanwhile would hold back every
+        other caller's build (a server starting with many large orgs queues them all)."""
+        try:
             if stores:
                 await asyncio.wait(stores)  # each logs its own failure
         finally:
             await self._drop_claim(claiming, caller, holder)
-        return True
 
     async def _drop_claim(
         self, claiming: asyncio.Future[bool], caller: str | None, holder: str
@@ -352,7 +376,7 @@ class ManifestBuilds:
         """Stop pending stores and builds after writes (they are a cache: the next build
         stores again)."""
         self._closed = True
-        tasks = [*self._storing.values(), *self._saving, *self._warming.values()]
+        tasks = [*self._storing.values(), *self._saving, *self._warming.values(), *self._releasing]
         if self._watching is not None:
             tasks.append(self._watching)
         for task in tasks:

@@ -676,6 +676,38 @@ def test_a_server_stopping_while_it_claims_a_build_leaves_no_claim(
         assert session.get(ManifestBuildClaim, scope) is None
 
 
+def test_a_delayed_store_does_not_hold_back_another_orgs_build(
+    registry: RunningServer, client: Client, db: CatalogDb
+) -> None:
+    """A build after writes whose store the schedule delays (this server stored the
+    caller's manifest less than STORE_EVERY_SECONDS ago) keeps its claim until it is
+    stored, but not the server's one background-build slot: another org's build after a
+    write runs meanwhile instead of waiting for that store."""
+
+    def many_names_then_a_write(c: Client) -> str:
+        scope = org_id(db, c.org)
+        with transaction(db.sessions) as session:  # without the server: a large build ahead
+            tenancy.bump_org_revision(session, scope)
+            session.add_all(
+                Model(org_id=scope, model_id=unique("bulk"), framework="onnx")
+                for _ in range(domain_manifest.WARM_AT_CHANGES + 1)
+            )
+        create_model(c, unique("write"))  # through the server: it builds after it
+        return scope
+
+    first = many_names_then_a_write(client)
+    wait_for_stored_revision(db, first)  # stored by this server just now
+    many_names_then_a_write(client)
+    time.sleep(0.5)  # the first org's build looks first and takes the slot
+    second = many_names_then_a_write(registry.new_org())
+    wait_for_stored_revision(db, second)
+    with transaction(db.sessions) as session:
+        revision = session.scalars(select(Org.revision).where(Org.id == first)).one()
+        stored = domain_manifest.load_stored(session, first, manifest_pb.ENTRY_FORMAT)
+    assert stored is not None and stored.stamp[1] < revision, "the second build waited"
+    wait_for_stored_revision(db, first)  # the delayed store lands all the same
+
+
 def test_a_starting_server_builds_large_orgs_nothing_usable_is_stored_for(
     registry: RunningServer, client: Client, db: CatalogDb
 ) -> None:
