@@ -35,7 +35,9 @@ Rebuilds (load_changes): database triggers log every written model name per revi
 its scope (the org's, or the blessed catalog's; storage.orm.catalog.ManifestChange), so a
 build that has the caller's previous manifest reads the rows of only the names changed
 since that manifest's stamp and patches it (server/manifest_pb.patch), instead of one row
-per model name. When the log does not reach back that far, or too many names changed
+per model name. When the log no longer reaches back that far (only deleted names' rows are
+pruned), it also reads what every entry comes from (the org's Model names, the resolving
+variants' ids) to find the names deleted since. When too many names changed
 (CHANGES_SHARE), it reads the whole index as above.
 
 Stored manifests (load_stored, save_stored): each caller's whole built manifest is kept in
@@ -56,7 +58,7 @@ import base64
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -197,23 +199,48 @@ def load_changes(
     session: Session,
     org_id: str | None,
     since: Stamp,
-    previous_names: int,
+    previous: Mapping[str, Sequence[Any]],
     cached: Callable[[list[VariantKey]], Collection[VariantKey]],
     entry_format: int,
 ) -> Index | None:
     """The index of only the names whose entries may have changed for the caller since a
-    build at stamp `since` of `previous_names` names (the change log,
-    storage.orm.catalog.ManifestChange), for manifest_pb.patch; its `names` are those names
-    (some may have left the manifest: neither a Model nor a variant). None when the log
-    does not reach back to `since` or too many changed (CHANGES_SHARE): build from the
-    whole index instead. One snapshot, as load_index."""
+    build at stamp `since` (the change log, storage.orm.catalog.ManifestChange), for
+    manifest_pb.patch; its `names` are those names (some may have left the manifest:
+    neither a Model nor a variant). `previous` is that build's entries by name, each
+    beginning with the Model row and the variant key it was made from (manifest_pb.Entry).
+    When the log no longer reaches back to `since` (tombstones pruned past it), the names
+    whose Model or variant is gone since are found by reading what every entry comes from
+    (gone_sources), not every row. None when too many changed (CHANGES_SHARE): build from
+    the whole index instead. One snapshot, as load_index."""
     repo.manifest_snapshot(session)
-    revisions, changed = repo.manifest_changes(session, org_id, since[1], since[2])
+    revisions, changed, complete = repo.manifest_changes(session, org_id, since[1], since[2])
     current = (org_id, *revisions)
-    most = max(CHANGES_AT_LEAST, int(previous_names * CHANGES_SHARE))
-    if changed is None or len(changed) > most:
+    most = max(CHANGES_AT_LEAST, int(len(previous) * CHANGES_SHARE))
+    if len(changed) > most:
         return None
+    if not complete:
+        changed |= gone_sources(previous, *repo.manifest_sources(session, org_id))
+        if len(changed) > most:
+            return None
     return _index(session, org_id, current, changed, cached, entry_format)
+
+
+def gone_sources(
+    previous: Mapping[str, Sequence[Any]], models: Collection[str], variants: Collection[Any]
+) -> set[str]:
+    """The names of `previous` (load_changes) whose entry was made from a Model the org no
+    longer has (`models`: the names of its Models now) or a variant that no longer
+    resolves for the name (`variants`: (id, name) of those that do now). Those are the
+    names whose log rows may be gone: a name still in the log changed after its row's
+    revision only, and only deleted names' rows (tombstones) are pruned."""
+    gone = set()
+    for name, entry in previous.items():
+        model, key = entry[0], entry[1]
+        if (model is not None and name not in models) or (
+            key is not None and (key[0], name) not in variants
+        ):
+            gone.add(name)
+    return gone
 
 
 def _index(
@@ -278,8 +305,8 @@ def large_build_ahead(session: Session, org_id: str | None, entry_format: int) -
     stored = repo.stored_manifest_stamp(session, org_id, entry_format)
     if stored is None:
         return stamp(session, org_id)
-    revisions, changed = repo.manifest_changes(session, org_id, *stored)
-    if changed is not None and len(changed) <= WARM_AT_CHANGES:
+    revisions, changed, complete = repo.manifest_changes(session, org_id, *stored)
+    if complete and len(changed) <= WARM_AT_CHANGES:
         return None
     return (org_id, *revisions)
 

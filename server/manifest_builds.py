@@ -264,7 +264,7 @@ class ManifestBuilds:
                 manifest.load_changes,
                 stamp[0],
                 since,
-                len(built.names),
+                built.entries,
                 cached_tails,
                 manifest_pb.ENTRY_FORMAT,
             )

@@ -477,11 +477,13 @@ def save_manifest_tails(
 
 def manifest_changes(
     session: Session, org_id: str | None, org_since: int, catalog_since: int
-) -> tuple[tuple[int, int], set[str] | None]:
+) -> tuple[tuple[int, int], set[str], bool]:
     """(the caller's revisions now, as manifest_revisions reads them; the model names whose
     entries may have changed for it after its org revision `org_since` and the catalog's
-    `catalog_since`, or None when the log does not reach back that far). The names are the
-    ManifestChange rows logged after those revisions, or still pending."""
+    `catalog_since`; whether those are all of them). The names are the ManifestChange rows
+    logged after those revisions, or still pending. They are all unless a floor is above
+    its revision: then the tombstones of names deleted before the floor are gone
+    (manifest_sources finds those)."""
     conn = session.connection()
     if org_id is None:
         row = conn.execute(_CATALOG_REVISION_AND_FLOOR).first()
@@ -490,11 +492,10 @@ def manifest_changes(
     else:
         found = conn.execute(_REVISIONS_AND_FLOORS, {"org_id": org_id}).first()
         if found is None:
-            return (0, 0), None
+            return (0, 0), set(), False
         org_revision, org_floor, catalog_revision, catalog_floor = found
     revisions = int(org_revision), int(catalog_revision or 0)
-    if org_since < int(org_floor) or catalog_since < int(catalog_floor or 0):
-        return revisions, None
+    complete = org_since >= int(org_floor) and catalog_since >= int(catalog_floor or 0)
     if org_id is None:
         names = conn.execute(_CATALOG_CHANGES, {"catalog_since": catalog_since})
     else:
@@ -502,7 +503,19 @@ def manifest_changes(
             _CHANGES,
             {"org_id": org_id, "org_since": org_since, "catalog_since": catalog_since},
         )
-    return revisions, set(names.scalars())
+    return revisions, set(names.scalars()), complete
+
+
+def manifest_sources(session: Session, org_id: str | None) -> tuple[set[str], set[tuple[str, str]]]:
+    """What every entry of the caller's manifest comes from, without the rows: the names
+    of the org's Models, and (id, name) of each variant that resolves for it."""
+    conn = session.connection()
+    models: set[str] = set()
+    if org_id is not None:
+        models = set(conn.execute(_MODEL_NAMES, {"org_id": org_id}).scalars())
+    columns = (CatalogVariant.id, CatalogVariant.name)
+    rows = conn.execute(variants.resolved_rows(org_id, columns))
+    return models, {(vid, name) for vid, name, _ in rows}
 
 
 def _changed_after(since: str) -> ColumnElement[bool]:
@@ -523,6 +536,7 @@ _CATALOG_REVISION_AND_FLOOR = select(
 ).where(CatalogState.id == CATALOG_STATE_ID)
 _CATALOG_CHANGED = and_(ManifestChange.org_id.is_(None), _changed_after("catalog_since"))
 _CATALOG_CHANGES = select(ManifestChange.name).where(_CATALOG_CHANGED)
+_MODEL_NAMES = select(Model.model_id).where(Model.org_id == bindparam("org_id"))
 _CHANGES = select(ManifestChange.name).where(
     or_(
         _CATALOG_CHANGED,

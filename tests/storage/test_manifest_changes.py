@@ -2,8 +2,9 @@
 storage.orm.catalog.ManifestChange): every write of a Model or catalog variant, or under a
 variant, marks its name pending for the right scope whoever writes it; a revision bump
 stamps the scope's pending names; readers get the names changed after a stamp, pending
-ones included, however far back, or None when a tombstone was pruned past it. And a
-manifest patched from the log equals one built from every row."""
+ones included, however far back, and are told when a tombstone was pruned past it. And a
+manifest patched from the log equals one built from every row, past pruned tombstones
+too."""
 
 from __future__ import annotations
 
@@ -160,10 +161,11 @@ def test_readers_get_names_after_a_stamp_however_far_back_until_a_tombstone_is_p
                 tenancy.bump_org_revision(session, org)
 
     def changed(since: int, catalog_since: int = catalog_start) -> set[str] | None:
+        """The names logged since, or None when they may not be all (a floor above)."""
         with transaction(factory, readonly=True) as session:
-            revisions, names = repo.manifest_changes(session, org, since, catalog_since)
+            revisions, names, complete = repo.manifest_changes(session, org, since, catalog_since)
             assert revisions == repo.manifest_revisions(session, org)
-            return names
+            return names if complete else None
 
     def jump(table: type[Org] | type[CatalogState], to: int) -> None:
         with transaction(factory) as session:
@@ -265,7 +267,7 @@ def build_patched(
 
     with transaction(factory, readonly=True) as session:
         changes = manifest.load_changes(
-            session, org, since, len(previous.names), cached, manifest_pb.ENTRY_FORMAT
+            session, org, since, previous.entries, cached, manifest_pb.ENTRY_FORMAT
         )
     assert changes is not None
     return manifest_pb.patch(previous, changes, pinned, utcnow(), tails), changes.stamp
@@ -636,17 +638,67 @@ def test_an_orgs_first_manifest_patched_from_the_anonymous_one_equals_a_build_fr
     assert {"b1", "own", "shared", "late"} <= set(derived.names)
     assert not {"brief", "gone"} & set(derived.names)
 
-    with transaction(factory) as session:  # as migration 0013 left orgs written before it
+    # As migration 0013 left orgs written before it: the log's floor above revision 0, so
+    # the names deleted before it are found from what every entry comes from. The same.
+    with transaction(factory) as session:
         session.execute(update(Org).where(Org.id == org).values(manifest_changes_floor=1))
-    with transaction(factory, readonly=True) as session:
-        assert (
-            manifest.load_changes(
-                session,
-                org,
-                (org, 0, catalog_revision),
-                len(anonymous.names),
-                lambda keys: set(),
-                manifest_pb.ENTRY_FORMAT,
+    derived, at = build_patched(
+        factory, org, manifest_pb.TailCache(), anonymous, (org, 0, catalog_revision)
+    )
+    assert at == expected_at and entries(derived) == entries(expected)
+    assert derived.etag == expected.etag
+
+
+def test_a_patch_past_pruned_tombstones_equals_a_build_from_every_row(
+    factory: sessionmaker[Session],
+) -> None:
+    """A manifest older than the log's floors (the deleted names' rows pruned since, as
+    the triggers prune tombstones 10,000 revisions old) is still patched, not rebuilt from
+    every row: the names whose Model or variant is gone are found from what every entry
+    comes from (domain.manifest.gone_sources). Each kind of deletion whose row is pruned:
+    a Model; an org's override whose name the blessed variant serves again; a blessed
+    variant whose name the org's Model keeps; a variant renamed."""
+    org = new_org(factory)
+    with transaction(factory) as session:
+        tenancy.bump_org_revision(session, org)
+        repo.bump_catalog_revision(session)
+        for name in ("shared", "kept"):
+            session.add(CatalogVariant(org_id=None, name=name, family="blessed"))
+        session.add(CatalogVariant(org_id=org, name="shared", family="override"))
+        session.add(CatalogVariant(org_id=org, name="before", family="mine"))
+        for name in ("dropped", "kept", "live"):
+            session.add(Model(org_id=org, model_id=name, framework="onnx"))
+    previous, since = build_whole(factory, org)
+    with transaction(factory) as session:
+        tenancy.bump_org_revision(session, org)
+        repo.bump_catalog_revision(session)
+        session.execute(delete(Model).where(Model.model_id == "dropped"))
+        session.execute(
+            delete(CatalogVariant).where(
+                CatalogVariant.org_id == org, CatalogVariant.name == "shared"
             )
-            is None
         )
+        session.execute(
+            delete(CatalogVariant).where(
+                CatalogVariant.org_id.is_(None), CatalogVariant.name == "kept"
+            )
+        )
+        session.execute(
+            update(CatalogVariant).where(CatalogVariant.name == "before").values(name="after")
+        )
+        session.execute(update(Model).where(Model.model_id == "live").values(framework="tflite"))
+    gone = {"dropped", "shared", "kept", "before"}
+    with transaction(factory) as session:  # what pruning leaves: no tombstones, floors up
+        session.execute(delete(ManifestChange).where(ManifestChange.name.in_(gone)))
+        session.execute(
+            update(Org).where(Org.id == org).values(manifest_changes_floor=Org.revision)
+        )
+        session.execute(update(CatalogState).values(manifest_changes_floor=CatalogState.revision))
+    with transaction(factory, readonly=True) as session:
+        _, logged, complete = repo.manifest_changes(session, org, since[1], since[2])
+    assert not complete and not gone & logged and {"after", "live"} <= logged
+    patched, at = build_patched(factory, org, manifest_pb.TailCache(), previous, since)
+    expected, expected_at = build_whole(factory, org)
+    assert at == expected_at and patched.names == expected.names
+    assert entries(patched) == entries(expected) and patched.etag == expected.etag
+    assert "dropped" not in patched.names and "before" not in patched.names
