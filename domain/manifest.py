@@ -210,13 +210,15 @@ def load_changes(
     beginning with the Model row and the variant key it was made from (manifest_pb.Entry).
     When the log no longer reaches back to `since` (tombstones pruned past it), the names
     whose Model or variant is gone since are found by reading what every entry comes from
-    (gone_sources), not every row. None when too many changed (CHANGES_SHARE): build from
-    the whole index instead. One snapshot, as load_index."""
+    (gone_sources), not every row. None when too many changed (CHANGES_SHARE), or the log
+    may miss names still in the manifest (a live floor above `since`, as migration 0013
+    left scopes written before it): build from the whole index instead. One snapshot, as
+    load_index."""
     repo.manifest_snapshot(session)
     revisions, changed, complete = repo.manifest_changes(session, org_id, since[1], since[2])
     current = (org_id, *revisions)
     most = max(CHANGES_AT_LEAST, int(len(previous) * CHANGES_SHARE))
-    if len(changed) > most:
+    if changed is None or len(changed) > most:
         return None
     if not complete:
         changed |= gone_sources(previous, *repo.manifest_sources(session, org_id))
@@ -306,7 +308,7 @@ def large_build_ahead(session: Session, org_id: str | None, entry_format: int) -
     if stored is None:
         return stamp(session, org_id)
     revisions, changed, complete = repo.manifest_changes(session, org_id, *stored)
-    if complete and len(changed) <= WARM_AT_CHANGES:
+    if changed is not None and complete and len(changed) <= WARM_AT_CHANGES:
         return None
     return (org_id, *revisions)
 

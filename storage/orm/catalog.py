@@ -42,8 +42,10 @@ class CatalogState(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     revision: Mapped[int] = mapped_column(BigInteger, default=1)
-    # ManifestChange rows of blessed variants are complete after this revision.
+    # ManifestChange rows of blessed variants are complete after this revision; those of
+    # blessed names that are still in the catalog, after manifest_live_floor (migration 0021).
     manifest_changes_floor: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    manifest_live_floor: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
 class CatalogVariant(UuidPk, Timestamps, Base):
@@ -255,7 +257,9 @@ class ManifestChange(Base):
     name's row. The log is complete after the scope's manifest_changes_floor (Org,
     CatalogState): a name no row of the scope has any longer keeps its row (a tombstone:
     older manifests drop its entry) until, at a multiple of 1000 revisions, it is 10,000
-    revisions old; deleting it raises the floor to there.
+    revisions old; deleting it raises the floor to there. Only tombstones are pruned, so
+    the rows of names still in the scope are complete after its manifest_live_floor, which
+    nothing raises (migration 0021: before 0015, pruning took every row).
     """
 
     __tablename__ = "manifest_changes"

@@ -35,8 +35,10 @@ class Org(UuidPk, CreatedAt, Base):
     # Bumped in the same transaction as any change that shows in the org's manifest, so
     # GetManifest can answer an etag check without building the manifest.
     revision: Mapped[int] = mapped_column(default=1)
-    # The org's ManifestChange rows are complete after this revision (older ones pruned).
+    # The org's ManifestChange rows are complete after this revision (older ones pruned);
+    # those of names the org still has, after manifest_live_floor (migration 0021).
     manifest_changes_floor: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    manifest_live_floor: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
     api_keys: Mapped[list[ApiKey]] = relationship(
         back_populates="org", cascade="all, delete-orphan", passive_deletes=True

@@ -477,24 +477,27 @@ def save_manifest_tails(
 
 def manifest_changes(
     session: Session, org_id: str | None, org_since: int, catalog_since: int
-) -> tuple[tuple[int, int], set[str], bool]:
+) -> tuple[tuple[int, int], set[str] | None, bool]:
     """(the caller's revisions now, as manifest_revisions reads them; the model names whose
     entries may have changed for it after its org revision `org_since` and the catalog's
     `catalog_since`; whether those are all of them). The names are the ManifestChange rows
     logged after those revisions, or still pending. They are all unless a floor is above
-    its revision: then the tombstones of names deleted before the floor are gone
-    (manifest_sources finds those)."""
+    its revision; then they still hold every name that is in the scope now (the
+    tombstones of names deleted before the floor are gone: manifest_sources finds those),
+    unless a live floor is above it too: then None (see ManifestChange)."""
     conn = session.connection()
     if org_id is None:
-        row = conn.execute(_CATALOG_REVISION_AND_FLOOR).first()
-        org_revision = org_floor = 0
-        catalog_revision, catalog_floor = row if row is not None else (0, 0)
+        row = conn.execute(_CATALOG_REVISION_AND_FLOORS).first()
+        org_revision = org_floor = org_live = 0
+        catalog_revision, catalog_floor, catalog_live = row if row is not None else (0, 0, 0)
     else:
         found = conn.execute(_REVISIONS_AND_FLOORS, {"org_id": org_id}).first()
         if found is None:
-            return (0, 0), set(), False
-        org_revision, org_floor, catalog_revision, catalog_floor = found
+            return (0, 0), None, False
+        org_revision, org_floor, org_live, catalog_revision, catalog_floor, catalog_live = found
     revisions = int(org_revision), int(catalog_revision or 0)
+    if org_since < int(org_live) or catalog_since < int(catalog_live or 0):
+        return revisions, None, False
     complete = org_since >= int(org_floor) and catalog_since >= int(catalog_floor or 0)
     if org_id is None:
         names = conn.execute(_CATALOG_CHANGES, {"catalog_since": catalog_since})
@@ -526,13 +529,17 @@ def _changed_after(since: str) -> ColumnElement[bool]:
 _REVISIONS_AND_FLOORS = select(
     Org.revision,
     Org.manifest_changes_floor,
+    Org.manifest_live_floor,
     _CATALOG_REVISION_OF,
     select(CatalogState.manifest_changes_floor)
     .where(CatalogState.id == CATALOG_STATE_ID)
     .scalar_subquery(),
+    select(CatalogState.manifest_live_floor)
+    .where(CatalogState.id == CATALOG_STATE_ID)
+    .scalar_subquery(),
 ).where(Org.id == bindparam("org_id"))
-_CATALOG_REVISION_AND_FLOOR = select(
-    CatalogState.revision, CatalogState.manifest_changes_floor
+_CATALOG_REVISION_AND_FLOORS = select(
+    CatalogState.revision, CatalogState.manifest_changes_floor, CatalogState.manifest_live_floor
 ).where(CatalogState.id == CATALOG_STATE_ID)
 _CATALOG_CHANGED = and_(ManifestChange.org_id.is_(None), _changed_after("catalog_since"))
 _CATALOG_CHANGES = select(ManifestChange.name).where(_CATALOG_CHANGED)

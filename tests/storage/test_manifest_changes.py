@@ -213,9 +213,12 @@ def test_readers_get_names_after_a_stamp_however_far_back_until_a_tombstone_is_p
     assert changed(start, catalog) == {"a", "b", "c", "x0", "x1", "x2", "x3", "y"}
     jump(Org, 31_999)
     write("z")  # 32,000: b (21,999) goes, the floor rises to 22,000
-    assert changed(start, catalog) is None  # older manifests read the whole index
+    assert changed(start, catalog) is None  # older manifests also look for names gone
     assert changed(21_999, catalog) is None
     assert changed(22_000, catalog) == {"z"}
+    with transaction(factory, readonly=True) as session:  # every name still in the org
+        _, names, complete = repo.manifest_changes(session, org, start, catalog)
+    assert names == {"a", "c", "x0", "x1", "x2", "x3", "y", "z"} and not complete
     assert {r[2] for r in log(factory) if r[0] == org} == {
         "a",
         "c",
@@ -240,6 +243,14 @@ def test_readers_get_names_after_a_stamp_however_far_back_until_a_tombstone_is_p
         repo.bump_catalog_revision(session)  # gone_at + 10,000
     assert changed(22_000, catalog) is None
     assert changed(22_000, gone_at) == {"z"}
+
+    # Before a live floor (as migration 0013 left scopes written before it, and its pruning
+    # of whole revisions) even names still in the scope may have no row: no names at all.
+    with transaction(factory) as session:
+        session.execute(update(Org).where(Org.id == org).values(manifest_live_floor=30_000))
+    with transaction(factory, readonly=True) as session:
+        assert repo.manifest_changes(session, org, 29_999, gone_at)[1:] == (None, False)
+        assert repo.manifest_changes(session, org, 30_000, gone_at)[1:] == ({"z"}, True)
 
 
 def build_whole(
@@ -601,8 +612,9 @@ def test_an_orgs_first_manifest_patched_from_the_anonymous_one_equals_a_build_fr
     """server.manifest_builds: an org with no manifest of its own starts from the anonymous
     caller's at (org, 0, its catalog revision), patched with the names the log lists since
     (every name the org ever wrote, and blessed names changed since): the same bytes and
-    etag as building the org's from every row. An org whose log does not reach back to
-    revision 0 (a floor above it) gets None: its whole index is read instead."""
+    etag as building the org's from every row, also with tombstones pruned past revision
+    0. An org whose log may miss live names since revision 0 (a live floor above it) gets
+    None: its whole index is read instead."""
     with transaction(factory) as session:
         for name in ("b1", "b2", "shared", "gone"):
             session.add(CatalogVariant(org_id=None, name=name, family="blessed"))
@@ -638,8 +650,8 @@ def test_an_orgs_first_manifest_patched_from_the_anonymous_one_equals_a_build_fr
     assert {"b1", "own", "shared", "late"} <= set(derived.names)
     assert not {"brief", "gone"} & set(derived.names)
 
-    # As migration 0013 left orgs written before it: the log's floor above revision 0, so
-    # the names deleted before it are found from what every entry comes from. The same.
+    # Tombstones pruned past revision 0: the names deleted before the floor are found from
+    # what every entry comes from. The same manifest.
     with transaction(factory) as session:
         session.execute(update(Org).where(Org.id == org).values(manifest_changes_floor=1))
     derived, at = build_patched(
@@ -647,6 +659,22 @@ def test_an_orgs_first_manifest_patched_from_the_anonymous_one_equals_a_build_fr
     )
     assert at == expected_at and entries(derived) == entries(expected)
     assert derived.etag == expected.etag
+
+    # As migration 0013 left orgs written before it: even live names may have no row.
+    with transaction(factory) as session:
+        session.execute(update(Org).where(Org.id == org).values(manifest_live_floor=1))
+    with transaction(factory, readonly=True) as session:
+        assert (
+            manifest.load_changes(
+                session,
+                org,
+                (org, 0, catalog_revision),
+                anonymous.entries,
+                lambda keys: set(),
+                manifest_pb.ENTRY_FORMAT,
+            )
+            is None
+        )
 
 
 def test_a_patch_past_pruned_tombstones_equals_a_build_from_every_row(

@@ -261,3 +261,37 @@ def test_stored_manifests_are_of_the_first_entry_format(db_url: str) -> None:
         assert [tuple(r) for r in rows] == [("anonymous", 2, 1)]
     finally:
         engine.dispose()
+
+
+def test_live_floors_start_at_the_floors_left_before(db_url: str) -> None:
+    """0021: an existing scope's live floor is its change log's floor (which 0013 set when
+    it started logging and raised when it pruned whole revisions); a scope created after it
+    starts at 0."""
+    upgrade(db_url, "0020")
+    engine = create_engine_for(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO orgs (id, name, plan, model_versions_monthly, revision, "
+                    "manifest_changes_floor, created_at) VALUES "
+                    "('o1', 'o1', 'team', 10, 5000, 4000, '2026-11-01 00:00:00')"
+                )
+            )
+            conn.execute(text("UPDATE catalog_state SET manifest_changes_floor = 7"))
+        upgrade(db_url)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO orgs (id, name, plan, model_versions_monthly, revision, "
+                    "created_at) VALUES ('o2', 'o2', 'team', 10, 1, '2026-11-01 00:00:00')"
+                )
+            )
+            orgs = conn.execute(text("SELECT id, manifest_live_floor FROM orgs ORDER BY id"))
+            assert [tuple(r) for r in orgs] == [("o1", 4000), ("o2", 0)]
+            catalog = conn.execute(
+                text("SELECT manifest_changes_floor, manifest_live_floor FROM catalog_state")
+            ).all()
+        assert [tuple(r) for r in catalog] in ([], [(7, 7)])
+    finally:
+        engine.dispose()
