@@ -228,14 +228,16 @@ def load_changes(
 
 
 def gone_sources(
-    previous: Mapping[str, Sequence[Any]], models: Collection[str], variants: Collection[Any]
+    previous: Mapping[str, Sequence[Any]],
+    models: Collection[str],
+    variants: Collection[tuple[str, str]],
 ) -> set[str]:
     """The names of `previous` (load_changes) whose entry was made from a Model the org no
     longer has (`models`: the names of its Models now) or a variant that no longer
     resolves for the name (`variants`: (id, name) of those that do now). Those are the
     names whose log rows may be gone: a name still in the log changed after its row's
     revision only, and only deleted names' rows (tombstones) are pruned."""
-    gone = set()
+    gone: set[str] = set()
     for name, entry in previous.items():
         model, key = entry[0], entry[1]
         if (model is not None and name not in models) or (
