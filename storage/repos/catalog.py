@@ -514,11 +514,11 @@ def manifest_sources(session: Session, org_id: str | None) -> tuple[set[str], se
     of the org's Models, and (id, name) of each variant that resolves for it."""
     conn = session.connection()
     models: set[str] = set()
-    if org_id is not None:
-        models = set(conn.execute(_MODEL_NAMES, {"org_id": org_id}).scalars())
+    if org_id is not None:  # .all(): one fetchall, not a fetch per row (manifest_index)
+        models = set(conn.execute(_MODEL_NAMES, {"org_id": org_id}).scalars().all())
     columns = (CatalogVariant.id, CatalogVariant.name)
-    rows = conn.execute(variants.resolved_rows(org_id, columns))
-    return models, {(vid, name) for vid, name, _ in rows}
+    rows = conn.execute(variants.resolved_rows(org_id, columns)).all()
+    return models, {(r[0], r[1]) for r in rows}
 
 
 def _changed_after(since: str) -> ColumnElement[bool]:
