@@ -676,6 +676,20 @@ def test_a_server_stopping_while_it_claims_a_build_leaves_no_claim(
         assert session.get(ManifestBuildClaim, scope) is None
 
 
+def many_names_then_a_write(db: CatalogDb, c: Client) -> str:
+    """Over WARM_AT_CHANGES names added to the org without the server (so its next build
+    is large), then a write through it (so it builds after it); the org's id."""
+    scope = org_id(db, c.org)
+    with transaction(db.sessions) as session:
+        tenancy.bump_org_revision(session, scope)
+        session.add_all(
+            Model(org_id=scope, model_id=unique("bulk"), framework="onnx")
+            for _ in range(domain_manifest.WARM_AT_CHANGES + 1)
+        )
+    create_model(c, unique("write"))
+    return scope
+
+
 def test_a_delayed_store_does_not_hold_back_another_orgs_build(
     registry: RunningServer, client: Client, db: CatalogDb
 ) -> None:
@@ -684,28 +698,49 @@ def test_a_delayed_store_does_not_hold_back_another_orgs_build(
     stored, but not the server's one background-build slot: another org's build after a
     write runs meanwhile instead of waiting for that store."""
 
-    def many_names_then_a_write(c: Client) -> str:
-        scope = org_id(db, c.org)
-        with transaction(db.sessions) as session:  # without the server: a large build ahead
-            tenancy.bump_org_revision(session, scope)
-            session.add_all(
-                Model(org_id=scope, model_id=unique("bulk"), framework="onnx")
-                for _ in range(domain_manifest.WARM_AT_CHANGES + 1)
-            )
-        create_model(c, unique("write"))  # through the server: it builds after it
-        return scope
-
-    first = many_names_then_a_write(client)
+    first = many_names_then_a_write(db, client)
     wait_for_stored_revision(db, first)  # stored by this server just now
-    many_names_then_a_write(client)
+    many_names_then_a_write(db, client)
     time.sleep(0.5)  # the first org's build looks first and takes the slot
-    second = many_names_then_a_write(registry.new_org())
+    second = many_names_then_a_write(db, registry.new_org())
     wait_for_stored_revision(db, second)
     with transaction(db.sessions) as session:
         revision = session.scalars(select(Org.revision).where(Org.id == first)).one()
         stored = domain_manifest.load_stored(session, first, manifest_pb.ENTRY_FORMAT)
     assert stored is not None and stored.stamp[1] < revision, "the second build waited"
     wait_for_stored_revision(db, first)  # the delayed store lands all the same
+
+
+def test_a_server_stopping_while_a_build_waits_for_its_store_drops_the_claim(
+    registry: RunningServer, client: Client, db: CatalogDb
+) -> None:
+    """A build after writes holds its claim until its store lands, which the schedule may
+    delay by seconds (the caller stored by this server just before); a server stopped
+    meanwhile drops the claim instead of leaving it for every server to skip the caller's
+    build until it expired."""
+    replica = RunningServer(registry.database_url, registry.object_store, manifest_warm_seconds=0.5)
+    try:
+        there = Client(replica.channel, client.key, client.org)
+        scope = many_names_then_a_write(db, there)
+        wait_for_stored_revision(db, scope)
+        many_names_then_a_write(db, there)
+        with transaction(db.sessions) as session:
+            revision = session.scalars(select(Org.revision).where(Org.id == scope)).one()
+        builds = replica.server.model_service.manifests
+        deadline = time.monotonic() + 30
+        while not builds._releasing:  # built, its claim held until the store lands
+            assert time.monotonic() < deadline, "no build after the writes"
+            time.sleep(0.02)
+        last = builds.manifests.last(scope)
+        assert last is not None and last[0][1] == revision
+        with transaction(db.sessions) as session:
+            assert session.get(ManifestBuildClaim, scope) is not None
+    finally:
+        replica.stop()
+    with transaction(db.sessions) as session:
+        assert session.get(ManifestBuildClaim, scope) is None
+        stored = domain_manifest.load_stored(session, scope, manifest_pb.ENTRY_FORMAT)
+    assert stored is not None and stored.stamp[1] < revision  # stopped before storing
 
 
 def test_a_starting_server_builds_large_orgs_nothing_usable_is_stored_for(
