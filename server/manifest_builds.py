@@ -45,6 +45,8 @@ from server.runtime import Runtime
 from storage.orm import utcnow
 
 log = logging.getLogger("modelregistry.manifest")
+# Its own generator: the module's shared one is the process's (tests seed and watch it).
+_jitter = random.Random()
 
 
 class ManifestBuilds:
@@ -138,7 +140,7 @@ class ManifestBuilds:
         seen: int | None = None
         failing = False
         while True:
-            await asyncio.sleep(self.warm_after * (0.5 + random.random()))
+            await asyncio.sleep(self.warm_after * (0.5 + _jitter.random()))
             try:
                 revision = (await self.rt.read_single(manifest.stamp, None))[2]
                 orgs = await self.rt.read(manifest.large_orgs) if seen is None else []
