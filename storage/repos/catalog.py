@@ -461,18 +461,30 @@ def save_manifest_tails(
             for t in chunk
             if t[0] in orgs
         ]
-        if not rows:
-            continue
-        stmt = dialects.insert(session, ManifestTail).values(rows)
-        excluded = stmt.excluded
-        session.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[ManifestTail.variant_id],
-                set_={column: excluded[column] for column in (*_TAIL_COLUMNS[1:], "entry_format")},
-                # Two builders racing: the later key wins, whichever writes last.
-                where=ManifestTail.content_revision <= excluded.content_revision,
-            )
+        if rows:
+            session.connection().execute(_tail_upsert(session), rows)
+
+
+_TAIL_UPSERTS: dict[str, Any] = {}
+
+
+def _tail_upsert(session: Session) -> Any:
+    """The upsert of one manifest_tails row, run once per row (executemany). Built once
+    per dialect: a statement with 1,000 rows of values, compiled anew for each batch, took
+    0.25 s of CPU per 1,000 rows (2.5 s holding the GIL after a first build of 10,000)."""
+    dialect = session.get_bind().dialect.name
+    stmt = _TAIL_UPSERTS.get(dialect)
+    if stmt is None:
+        table = ManifestTail.__table__
+        insert = dialects.insert(session, table)
+        excluded = insert.excluded
+        stmt = _TAIL_UPSERTS[dialect] = insert.on_conflict_do_update(
+            index_elements=[table.c.variant_id],
+            set_={column: excluded[column] for column in (*_TAIL_COLUMNS[1:], "entry_format")},
+            # Two builders racing: the later key wins, whichever writes last.
+            where=table.c.content_revision <= excluded.content_revision,
         )
+    return stmt
 
 
 def manifest_changes(

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from domain import manifest
@@ -26,6 +26,7 @@ from storage.orm import (
     CatalogVersion,
     ManifestBuildClaim,
     ManifestChange,
+    ManifestTail,
     Model,
     Org,
 )
@@ -486,6 +487,50 @@ def test_large_orgs_have_over_a_hundred_names_of_their_own(
     with transaction(factory, readonly=True) as session:
         found = set(manifest.large_orgs(session))
     assert large in found and small not in found
+
+
+def test_a_stored_subtree_is_replaced_by_a_newer_key_only(
+    factory: sessionmaker[Session],
+) -> None:
+    """Two servers storing a variant's subtree race: the one built from the later
+    content_revision stays, whichever writes last (repo.save_manifest_tails' upsert),
+    in batches of many variants at once."""
+    org = new_org(factory)
+    with transaction(factory) as session:
+        tenancy.bump_org_revision(session, org)
+        session.add_all(CatalogVariant(org_id=org, name=f"v{i}", family="f") for i in range(3))
+    built, _ = build_whole(factory, org)
+    keys = sorted(built.tails)
+
+    ids = [key[0] for key in keys]
+
+    def save(revision: int, data: bytes) -> None:
+        rows: list[repo.TailRow] = [
+            (vid, revision, time, data, "onnx", b"d" * 32, None, None, None, None)
+            for vid, _, time in keys
+        ]
+        with transaction(factory) as session:
+            repo.save_manifest_tails(session, rows, manifest_pb.ENTRY_FORMAT)
+
+    def stored() -> set[tuple[int, bytes]]:
+        with transaction(factory, readonly=True) as session:
+            rows = session.execute(
+                select(ManifestTail.content_revision, ManifestTail.data).where(
+                    ManifestTail.variant_id.in_(ids)
+                )
+            )
+            return {(r[0], r[1]) for r in rows}
+
+    save(5, b"five")
+    save(3, b"three")  # an older build's, stored last
+    assert stored() == {(5, b"five")}
+    save(7, b"seven")
+    assert stored() == {(7, b"seven")}
+    with transaction(factory, readonly=True) as session:
+        count = session.scalar(
+            select(func.count()).select_from(ManifestTail).where(ManifestTail.variant_id.in_(ids))
+        )
+    assert count == len(keys) == 3
 
 
 def test_stored_subtrees_are_read_only_in_the_readers_entry_format(
