@@ -728,11 +728,12 @@ def test_a_server_stopping_while_a_build_waits_for_its_store_drops_the_claim(
             revision = session.scalars(select(Org.revision).where(Org.id == scope)).one()
         builds = replica.server.model_service.manifests
         deadline = time.monotonic() + 30
-        while not builds._releasing:  # built, its claim held until the store lands
+        while True:  # built, its claim held until the store lands
+            last = builds.manifests.last(scope)
+            if last is not None and last[0][1] == revision and builds._releasing:
+                break
             assert time.monotonic() < deadline, "no build after the writes"
             time.sleep(0.02)
-        last = builds.manifests.last(scope)
-        assert last is not None and last[0][1] == revision
         with transaction(db.sessions) as session:
             assert session.get(ManifestBuildClaim, scope) is not None
     finally:
