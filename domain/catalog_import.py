@@ -49,10 +49,10 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from domain import names
@@ -65,6 +65,7 @@ from storage.orm import (
     ArtifactResource,
     CatalogVariant,
     CatalogVersion,
+    new_id,
     utcnow,
 )
 from storage.repos import catalog as repo
@@ -430,15 +431,32 @@ def upload_files(specs: list[VariantSpec], store: ObjectStore, report: ImportRep
 
 def apply(session: Session, specs: list[VariantSpec]) -> ImportReport:
     """Upsert the specs as blessed rows; bump the blessed catalog's revision once if
-    anything changed."""
+    anything changed. The rows the file names are read up front (a few queries, not a
+    few per row) and everything is written in one flush at the end."""
     report = ImportReport()
     repo.lock_catalog(session)  # before writing under variants (domain.catalog._bump)
+    rows = repo.blessed_rows_named(session, [spec.model_id for spec in specs])
+    clock = _Clock()
     for spec in specs:
-        _apply_variant(session, spec, report)
+        _apply_variant(session, spec, rows, clock, report)
     if report.changed:
         session.flush()
         repo.bump_catalog_revision(session)
     return report
+
+
+class _Clock:
+    """Creation times for the rows one import adds: now, a microsecond apart in file
+    order, so that rows listed by creation time (versions newest first, packages in
+    order) keep the file's order although they are inserted in one flush."""
+
+    def __init__(self) -> None:
+        self._start = utcnow()
+        self._ticks = 0
+
+    def __call__(self) -> datetime:
+        self._ticks += 1
+        return self._start + timedelta(microseconds=self._ticks)
 
 
 def _set(row: Any, values: dict[str, Any]) -> bool:
@@ -450,7 +468,13 @@ def _set(row: Any, values: dict[str, Any]) -> bool:
     return changed
 
 
-def _apply_variant(session: Session, spec: VariantSpec, report: ImportReport) -> None:
+def _apply_variant(
+    session: Session,
+    spec: VariantSpec,
+    rows: repo.BlessedRows,
+    clock: _Clock,
+    report: ImportReport,
+) -> None:
     values = {
         "family": spec.family,
         "task_taxonomy": spec.task_taxonomy,
@@ -458,29 +482,43 @@ def _apply_variant(session: Session, spec: VariantSpec, report: ImportReport) ->
         "license": spec.license,
         "description": spec.description,
     }
-    variant = repo.variant_in_scope(session, None, spec.model_id)
+    variant = rows.variants.get(spec.model_id)
     if variant is None:
-        variant = CatalogVariant(org_id=None, name=spec.model_id, **values)
+        now = clock()
+        variant = CatalogVariant(
+            id=new_id(), org_id=None, name=spec.model_id, created_at=now, updated_at=now, **values
+        )
         session.add(variant)
-        session.flush()
+        rows.variants[spec.model_id] = variant
         report.count(report.created, "variants")
     elif _set(variant, values):
         variant.updated_at = utcnow()
         report.count(report.updated, "variants")
     for version_spec in spec.versions:
-        _apply_version(session, variant, version_spec, report)
+        _apply_version(session, variant, version_spec, rows, clock, report)
 
 
 def _apply_version(
-    session: Session, variant: CatalogVariant, spec: VersionSpec, report: ImportReport
+    session: Session,
+    variant: CatalogVariant,
+    spec: VersionSpec,
+    rows: repo.BlessedRows,
+    clock: _Clock,
+    report: ImportReport,
 ) -> None:
-    cv = repo.version_by_string(session, variant.id, spec.version_id)
+    cv = rows.versions.get((variant.id, spec.version_id))
     if cv is None:
-        cv = CatalogVersion(variant_id=variant.id, version=spec.version_id, lifecycle=spec.state)
+        cv = CatalogVersion(
+            id=new_id(),
+            variant_id=variant.id,
+            version=spec.version_id,
+            lifecycle=spec.state,
+            created_at=clock(),
+        )
         if spec.state == "deprecated":
             cv.deprecated_at = utcnow()
         session.add(cv)
-        session.flush()
+        rows.versions[(variant.id, spec.version_id)] = cv
         report.count(report.created, "versions")
     elif cv.lifecycle == "active" and spec.state == "deprecated":
         cv.lifecycle, cv.deprecated_at = "deprecated", utcnow()
@@ -489,38 +527,37 @@ def _apply_version(
         report.notes.append(
             f"{variant.name} {spec.version_id} stays deprecated (lifecycle only moves forward)"
         )
-    packages = {
-        (p.format, p.quantization, p.runtime): p
-        for p in session.scalars(
-            select(ArtifactPackage).where(ArtifactPackage.catalog_version_id == cv.id)
-        )
-    }
+    existing = rows.packages.setdefault(cv.id, [])
+    packages = {(p.format, p.quantization, p.runtime): p for p in existing}
     for package_spec in spec.packages:
         key = (package_spec.format, package_spec.quantization, package_spec.runtime)
         package = packages.get(key)
         if package is None:
             package = ArtifactPackage(
+                id=new_id(),
                 catalog_version_id=cv.id,
                 format=package_spec.format,
                 quantization=package_spec.quantization,
                 runtime=package_spec.runtime,
                 source="upload",
+                created_at=clock(),
             )
             session.add(package)
-            session.flush()
+            existing.append(package)
+            packages[key] = package
             report.count(report.created, "packages")
-        _apply_resources(session, package, package_spec, report)
+        _apply_resources(session, package, package_spec, rows, clock, report)
 
 
 def _apply_resources(
-    session: Session, package: ArtifactPackage, spec: PackageSpec, report: ImportReport
+    session: Session,
+    package: ArtifactPackage,
+    spec: PackageSpec,
+    rows: repo.BlessedRows,
+    clock: _Clock,
+    report: ImportReport,
 ) -> None:
-    existing = {
-        r.file_name: r
-        for r in session.scalars(
-            select(ArtifactResource).where(ArtifactResource.package_id == package.id)
-        )
-    }
+    existing = {r.file_name: r for r in rows.resources.get(package.id, [])}
     for r in spec.resources:
         values = {
             "kind": r.kind,
@@ -532,7 +569,15 @@ def _apply_resources(
         }
         row = existing.get(r.file_name)
         if row is None:
-            session.add(ArtifactResource(package_id=package.id, file_name=r.file_name, **values))
+            session.add(
+                ArtifactResource(
+                    id=new_id(),
+                    package_id=package.id,
+                    file_name=r.file_name,
+                    created_at=clock(),
+                    **values,
+                )
+            )
             report.count(report.created, "resources")
         elif _set(row, values):
             report.count(report.updated, "resources")

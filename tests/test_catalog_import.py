@@ -24,7 +24,8 @@ from modelregistry.v1 import model_service_pb2 as mpb
 from server import manifest_pb, manifest_snapshot
 from server.cli import build_parser
 from storage.db import create_engine_for, session_factory, transaction
-from storage.orm import ManifestSnapshot
+from storage.orm import CatalogVariant, ManifestSnapshot
+from storage.repos.catalog import bump_catalog_revision
 from support.fixtures import BACKENDS, backend_urls
 from support.registry import Client, RunningServer
 from support.status import expect_error
@@ -135,6 +136,56 @@ def test_imported_files_download_through_presigned_urls(
         cpb.GetCatalogVersionDownloadUrlsRequest(name=whisper.versions[0].catalog_version)
     )
     assert empty.source == "catalog" and list(empty.resources) == []
+
+
+def test_a_large_file_imports_once_then_changes_nothing(
+    fresh: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """More variants than one read of the existing rows takes (domain.catalog_import reads
+    them 500 names at a time): all are created once, then all are found."""
+    count = 1200
+    doc = {
+        "variants": [
+            {
+                "model_id": f"bulk-{i:04d}",
+                "versions": [
+                    {
+                        "version_id": "1.0.0",
+                        "packages": [
+                            {
+                                "format": "onnx",
+                                "resources": [{"file_name": "model.onnx", "size_bytes": i + 1}],
+                            }
+                        ],
+                    }
+                ],
+            }
+            for i in range(count)
+        ]
+    }
+    path = tmp_path / "bulk.json"
+    path.write_text(json.dumps(doc))
+    try:
+        code, out, err = run_import(fresh, path, capsys)
+        assert code == 0, err
+        created = f"created {count} packages, {count} resources, {count} variants, {count} versions"
+        assert created in out
+        code, out, err = run_import(fresh, path, capsys)
+        assert code == 0, err
+        assert "created nothing; updated nothing" in out
+        doc["variants"][-1]["versions"][0]["packages"][0]["resources"][0]["size_bytes"] = 7
+        path.write_text(json.dumps(doc))
+        code, out, err = run_import(fresh, path, capsys)
+        assert code == 0, err
+        assert "created nothing; updated 1 resources" in out
+    finally:  # the other tests of the module expect the example's small catalog
+        engine = create_engine_for(fresh.database_url)
+        try:
+            with transaction(session_factory(engine)) as session:
+                bump_catalog_revision(session)
+                session.execute(delete(CatalogVariant).where(CatalogVariant.name.like("bulk-%")))
+        finally:
+            engine.dispose()
 
 
 def test_yaml_updates_in_place(
