@@ -232,14 +232,6 @@ def get_version(
     return session.scalars(query).one_or_none()
 
 
-def version_by_string(session: Session, variant_uid: str, version: str) -> CatalogVersion | None:
-    return session.scalars(
-        select(CatalogVersion).where(
-            CatalogVersion.variant_id == variant_uid, CatalogVersion.version == version
-        )
-    ).one_or_none()
-
-
 _NEWEST_FIRST = (CatalogVersion.created_at.desc(), CatalogVersion.id.desc())
 
 
