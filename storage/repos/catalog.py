@@ -137,17 +137,14 @@ def blessed_rows_named(session: Session, names: Sequence[str]) -> BlessedRows:
     """The blessed variants of these names and their versions, packages and resources: a
     query per table and 500 ids, not one per row (catalog import)."""
 
-    def each(column: Any, ids: Sequence[str]) -> list[Any]:
-        entity = column.class_
+    def each(column: Any, ids: Sequence[str], *where: ColumnElement[bool]) -> list[Any]:
         found: list[Any] = []
         for i in range(0, len(ids), _ID_CHUNK):
-            where = [column.in_(ids[i : i + _ID_CHUNK])]
-            if entity is CatalogVariant:
-                where.append(CatalogVariant.org_id.is_(None))
-            found.extend(session.scalars(select(entity).where(*where)))
+            chunk = column.in_(ids[i : i + _ID_CHUNK])
+            found.extend(session.scalars(select(column.class_).where(chunk, *where)))
         return found
 
-    variants = each(CatalogVariant.name, names)
+    variants = each(CatalogVariant.name, names, CatalogVariant.org_id.is_(None))
     versions = each(CatalogVersion.variant_id, [v.id for v in variants])
     packages = each(ArtifactPackage.catalog_version_id, [cv.id for cv in versions])
     rows = BlessedRows(
