@@ -141,8 +141,8 @@ def test_imported_files_download_through_presigned_urls(
 def test_a_large_file_imports_once_then_changes_nothing(
     fresh: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """More variants than one read of the existing rows takes (domain.catalog_import reads
-    them 500 names at a time): all are created once, then all are found."""
+    """Over a thousand variants (read back in one query per table,
+    repo.blessed_rows_named): all are created once, then all are found."""
     count = 1200
     doc = {
         "variants": [

@@ -135,14 +135,11 @@ class BlessedRows:
 
 def blessed_rows_named(session: Session, names: Sequence[str]) -> BlessedRows:
     """The blessed variants of these names and their versions, packages and resources: a
-    query per table and 500 ids, not one per row (catalog import)."""
+    query per table, not one per row (catalog import)."""
 
     def each(column: Any, ids: Sequence[str], *where: ColumnElement[bool]) -> list[Any]:
-        found: list[Any] = []
-        for i in range(0, len(ids), _ID_CHUNK):
-            chunk = column.in_(ids[i : i + _ID_CHUNK])
-            found.extend(session.scalars(select(column.class_).where(chunk, *where)))
-        return found
+        wanted = dialects.one_of(session, column, ids)
+        return list(session.scalars(select(column.class_).where(wanted, *where)))
 
     variants = each(CatalogVariant.name, names, CatalogVariant.org_id.is_(None))
     versions = each(CatalogVersion.variant_id, [v.id for v in variants])
@@ -322,9 +319,6 @@ def model_enabled(session: Session, org_id: str, model_id: str) -> bool | None:
 # ---------------------------------------------------------------------------------------
 # manifest rows: flat tuples (no ORM identity map), one query per table
 
-# Variant ids per IN (...) list: well under SQLite's bound-parameter limit.
-_ID_CHUNK = 500
-
 
 def _raw(column: Any) -> Any:
     """The column as the driver returns it, skipping SQLAlchemy's per-value processing
@@ -389,25 +383,21 @@ def manifest_index(
         _key_time(session, CatalogVariant.updated_at),
         CatalogVariant.name,
     )
-    if names is None:
-        chunks: list[list[str] | None] = [None]
-    else:
-        wanted = sorted(names)
-        chunks = [wanted[i : i + _ID_CHUNK] for i in range(0, len(wanted), _ID_CHUNK)]
-    model_rows: list[Any] = []
-    variant_rows: list[Any] = []
-    for chunk in chunks:
-        if org_id is not None:
-            query = model_query if chunk is None else model_query.where(Model.model_id.in_(chunk))
-            model_rows.extend(conn.execute(query, execution_options=BINARY_RESULTS).all())
-        where = () if chunk is None else (CatalogVariant.name.in_(chunk),)
-        # .all(): one fetchall, where iterating fetches row by row (30 ms more for 20,000)
-        variant_rows.extend(
-            conn.execute(
-                variants.resolved_rows(org_id, columns, *where),
-                execution_options=BINARY_RESULTS,
-            ).all()
-        )
+    model_where: list[ColumnElement[bool]] = []
+    variant_where: list[ColumnElement[bool]] = []
+    if names is not None:
+        model_where.append(dialects.one_of(session, Model.model_id, names))
+        variant_where.append(dialects.one_of(session, CatalogVariant.name, names))
+    model_rows: Sequence[Any] = []
+    if org_id is not None:
+        model_rows = conn.execute(
+            model_query.where(*model_where), execution_options=BINARY_RESULTS
+        ).all()
+    # .all(): one fetchall, where iterating fetches row by row (30 ms more for 20,000)
+    variant_rows = conn.execute(
+        variants.resolved_rows(org_id, columns, *variant_where),
+        execution_options=BINARY_RESULTS,
+    ).all()
     return ManifestIndexRows(model_rows, variant_rows)
 
 
@@ -437,12 +427,8 @@ def manifest_tails(
         if org_id is not None:
             visible = or_(visible, ManifestTail.org_id == org_id)
         return conn.execute(query.where(visible), execution_options=BINARY_RESULTS).all()
-    ids = list(variant_ids)
-    rows: list[Any] = []
-    for i in range(0, len(ids), _ID_CHUNK):
-        chunk = query.where(ManifestTail.variant_id.in_(ids[i : i + _ID_CHUNK]))
-        rows.extend(conn.execute(chunk, execution_options=BINARY_RESULTS).all())
-    return rows
+    wanted = dialects.one_of(session, ManifestTail.variant_id, variant_ids)
+    return conn.execute(query.where(wanted), execution_options=BINARY_RESULTS).all()
 
 
 # A manifest_tails row as save_manifest_tails takes it, in _TAIL_COLUMNS' order
@@ -467,28 +453,23 @@ def save_manifest_tails(
     # In id order: two servers saving overlapping sets lock the rows in one order (on
     # PostgreSQL, any other order can deadlock them).
     tails = sorted(tails, key=lambda t: t[0])
-    for i in range(0, len(tails), _ID_CHUNK):
-        chunk = tails[i : i + _ID_CHUNK]
-        orgs = {
-            vid: org
-            for vid, org in session.execute(
-                select(CatalogVariant.id, CatalogVariant.org_id).where(
-                    CatalogVariant.id.in_([t[0] for t in chunk])
-                )
-            )
+    ids = dialects.one_of(session, CatalogVariant.id, [t[0] for t in tails])
+    orgs = {
+        vid: org
+        for vid, org in session.execute(select(CatalogVariant.id, CatalogVariant.org_id).where(ids))
+    }
+    rows = [
+        {
+            **dict(zip(_TAIL_COLUMNS, t, strict=True)),
+            "org_id": orgs[t[0]],
+            "variant_updated_at": _from_key_time(t[2]),
+            "entry_format": entry_format,
         }
-        rows = [
-            {
-                **dict(zip(_TAIL_COLUMNS, t, strict=True)),
-                "org_id": orgs[t[0]],
-                "variant_updated_at": _from_key_time(t[2]),
-                "entry_format": entry_format,
-            }
-            for t in chunk
-            if t[0] in orgs
-        ]
-        if rows:
-            session.connection().execute(_tail_upsert(session), rows)
+        for t in tails
+        if t[0] in orgs
+    ]
+    if rows:
+        session.connection().execute(_tail_upsert(session), rows)
 
 
 _TAIL_UPSERTS: dict[str, Any] = {}
@@ -544,7 +525,8 @@ def manifest_changes(
             _CHANGES,
             {"org_id": org_id, "org_since": org_since, "catalog_since": catalog_since},
         )
-    return revisions, set(names.scalars()), complete
+    # .all(): one fetchall, not a fetch per row (manifest_index)
+    return revisions, set(names.scalars().all()), complete
 
 
 def manifest_sources(session: Session, org_id: str | None) -> tuple[set[str], set[tuple[str, str]]]:
@@ -744,8 +726,8 @@ def manifest_rows(
     variant_where: list[ColumnElement[bool]] = [variants.resolved_for(org_id)]
     model_where: list[ColumnElement[bool]] = []
     if names is not None:
-        variant_where.append(CatalogVariant.name.in_(list(names)))
-        model_where.append(Model.model_id.in_(list(names)))
+        variant_where.append(dialects.one_of(session, CatalogVariant.name, names))
+        model_where.append(dialects.one_of(session, Model.model_id, names))
     model_rows: Sequence[Any] = []
     if org_id is not None:
         model_rows = conn.execute(
@@ -765,15 +747,8 @@ def manifest_subtrees(
     when None (cheaper than long id lists when most are wanted). `models` is empty."""
     if variant_ids is None:
         return ManifestRows([], *_subtree_rows(session, [variants.resolved_for(org_id)]))
-    parts: list[tuple[Sequence[Any], ...]] = []
-    ids = list(variant_ids)
-    for i in range(0, len(ids), _ID_CHUNK):
-        parts.append(_subtree_rows(session, [CatalogVariant.id.in_(ids[i : i + _ID_CHUNK])]))
-    if len(parts) == 1:
-        return ManifestRows([], *parts[0])
-    # Each chunk keeps its own order, which is all readers rely on (rows are grouped
-    # per variant, version and package).
-    return ManifestRows([], *([row for part in parts for row in part[k]] for k in range(4)))
+    wanted = dialects.one_of(session, CatalogVariant.id, variant_ids)
+    return ManifestRows([], *_subtree_rows(session, [wanted]))
 
 
 def _subtree_rows(

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage.db import create_engine_for, session_factory, transaction
 from storage.migrate import upgrade
 from storage.orm import Model, Org
+from storage.repos import dialects
 
 pytestmark = pytest.mark.postgres
 MODELS = 3000
@@ -59,6 +60,18 @@ def test_models_looked_up_by_name_never_go_through_the_trigram_index(
             .where(Model.org_id == org_id, Model.model_id.in_(names))
             .compile(conn, compile_kwargs={"literal_binds": True})
         )
+    with transaction(factory, readonly=True) as session:
+        # The form the manifest reads send (dialects.one_of), with its array parameter.
+        one_of = (
+            select(Model.model_id, Model.framework)
+            .where(Model.org_id == org_id, dialects.one_of(session, Model.model_id, names))
+            .compile(session.get_bind())
+        )
+        found = "\n".join(
+            r[0] for r in session.connection().exec_driver_sql(f"EXPLAIN {one_of}", one_of.params)
+        )
+    assert "ix_models_model_id_trgm" not in found, found
+    assert "uq_models_org_id_model_id" in found, found
     for sql, params in (
         (str(compiled), {}),
         ("SELECT model_id FROM models WHERE org_id = :org AND model_id = ANY(:names)",
