@@ -215,10 +215,12 @@ def load_changes(
     left scopes written before it): build from the whole index instead. One snapshot, as
     load_index."""
     repo.manifest_snapshot(session)
-    revisions, changed, complete = repo.manifest_changes(session, org_id, since[1], since[2])
-    current = (org_id, *revisions)
     most = max(CHANGES_AT_LEAST, int(len(previous) * CHANGES_SHARE))
-    if changed is None or len(changed) > most:
+    revisions, changed, complete = repo.manifest_changes(
+        session, org_id, since[1], since[2], at_most=most
+    )
+    current = (org_id, *revisions)
+    if changed is None:
         return None
     if not complete:
         changed |= gone_sources(previous, *repo.manifest_sources(session, org_id))
@@ -309,7 +311,9 @@ def large_build_ahead(session: Session, org_id: str | None, entry_format: int) -
     stored = repo.stored_manifest_stamp(session, org_id, entry_format)
     if stored is None:
         return stamp(session, org_id)
-    revisions, changed, complete = repo.manifest_changes(session, org_id, *stored)
+    revisions, changed, complete = repo.manifest_changes(
+        session, org_id, *stored, at_most=WARM_AT_CHANGES
+    )
     if changed is not None and complete and len(changed) <= WARM_AT_CHANGES:
         return None
     return (org_id, *revisions)

@@ -495,7 +495,11 @@ def _tail_upsert(session: Session) -> Any:
 
 
 def manifest_changes(
-    session: Session, org_id: str | None, org_since: int, catalog_since: int
+    session: Session,
+    org_id: str | None,
+    org_since: int,
+    catalog_since: int,
+    at_most: int | None = None,
 ) -> tuple[tuple[int, int], set[str] | None, bool]:
     """(the caller's revisions now, as manifest_revisions reads them; the model names whose
     entries may have changed for it after its org revision `org_since` and the catalog's
@@ -503,7 +507,9 @@ def manifest_changes(
     logged after those revisions, or still pending. They are all unless a floor is above
     its revision; then they still hold every name that is in the scope now (the
     tombstones of names deleted before the floor are gone: manifest_sources finds those),
-    unless a live floor is above it too: then None (see ManifestChange)."""
+    unless a live floor is above it too: then None (see ManifestChange). Also None when
+    over `at_most` rows are logged (the reading stops there: a caller that only patches
+    up to that many names need not fetch 10,000 to learn it will not)."""
     conn = session.connection()
     if org_id is None:
         row = conn.execute(_CATALOG_REVISION_AND_FLOORS).first()
@@ -518,15 +524,21 @@ def manifest_changes(
     if org_since < int(org_live) or catalog_since < int(catalog_live or 0):
         return revisions, None, False
     complete = org_since >= int(org_floor) and catalog_since >= int(catalog_floor or 0)
+    limit = _NO_LIMIT if at_most is None else at_most + 1
+    params: dict[str, str | int]
     if org_id is None:
-        names = conn.execute(_CATALOG_CHANGES, {"catalog_since": catalog_since})
+        query, params = _CATALOG_CHANGES, {"catalog_since": catalog_since, "limit": limit}
     else:
-        names = conn.execute(
-            _CHANGES,
-            {"org_id": org_id, "org_since": org_since, "catalog_since": catalog_since},
-        )
+        query = _CHANGES
+        params = {
+            "org_id": org_id, "org_since": org_since, "catalog_since": catalog_since,
+            "limit": limit,
+        }  # fmt: skip
     # .all(): one fetchall, not a fetch per row (manifest_index)
-    return revisions, set(names.scalars().all()), complete
+    names = conn.execute(query, params).scalars().all()
+    if len(names) >= limit:
+        return revisions, None, complete
+    return revisions, set(names), complete
 
 
 def manifest_sources(session: Session, org_id: str | None) -> tuple[set[str], set[tuple[str, str]]]:
@@ -562,13 +574,20 @@ _CATALOG_REVISION_AND_FLOORS = select(
     CatalogState.revision, CatalogState.manifest_changes_floor, CatalogState.manifest_live_floor
 ).where(CatalogState.id == CATALOG_STATE_ID)
 _CATALOG_CHANGED = and_(ManifestChange.org_id.is_(None), _changed_after("catalog_since"))
-_CATALOG_CHANGES = select(ManifestChange.name).where(_CATALOG_CHANGED)
+# Rows (a name logged in both scopes counts twice) read at most: manifest_changes' at_most.
+_LIMIT = bindparam("limit", type_=BigInteger)
+_NO_LIMIT = 2**62
+_CATALOG_CHANGES = select(ManifestChange.name).where(_CATALOG_CHANGED).limit(_LIMIT)
 _MODEL_NAMES = select(Model.model_id).where(Model.org_id == bindparam("org_id"))
-_CHANGES = select(ManifestChange.name).where(
-    or_(
-        _CATALOG_CHANGED,
-        and_(ManifestChange.org_id == bindparam("org_id"), _changed_after("org_since")),
+_CHANGES = (
+    select(ManifestChange.name)
+    .where(
+        or_(
+            _CATALOG_CHANGED,
+            and_(ManifestChange.org_id == bindparam("org_id"), _changed_after("org_since")),
+        )
     )
+    .limit(_LIMIT)
 )
 
 

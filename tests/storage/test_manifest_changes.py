@@ -203,6 +203,14 @@ def test_readers_get_names_after_a_stamp_however_far_back_until_a_tombstone_is_p
         write(f"x{i}")  # revisions 11,997-12,000
     assert changed(start, catalog) == {"a", "b", "c", "x0", "x1", "x2", "x3"}
     assert changed(11_998, catalog) == {"x2", "x3"}
+    # A reader that patches at most so many names stops reading past them.
+    with transaction(factory, readonly=True) as session:
+        for caller, since, count in ((org, (start, catalog), 7), (None, (0, catalog_start), 1)):
+            whole = repo.manifest_changes(session, caller, *since)
+            assert whole[1] is not None and len(whole[1]) == count
+            assert repo.manifest_changes(session, caller, *since, at_most=count) == whole
+            capped = repo.manifest_changes(session, caller, *since, at_most=count - 1)
+            assert capped == (whole[0], None, True)
 
     # A deleted name's row tells older manifests to drop its entry, until it is 10,000
     # revisions old at a multiple of 1000: then it goes and the floor rises past it.
