@@ -10,7 +10,16 @@ from storage.db import transaction
 from storage.orm import Model, Org
 from storage.repos import dialects
 
-NAMES = ["plain", "quote'd", 'double"quoted', "back\\slash", "ünïcode-模型", "comma,name", "[]"]
+NAMES = [
+    "plain",
+    "quote'd",
+    'double"quoted',
+    "back\\slash",
+    "ünïcode-模型",
+    "emoji-😀",
+    "comma,name",
+    "[]",
+]
 
 
 def seed(factory: sessionmaker[Session], names: list[str]) -> str:
@@ -36,6 +45,16 @@ def test_matches_exactly_the_listed_values(factory: sessionmaker[Session]) -> No
     assert matching(factory, org_id, []) == []
     # Exact, case-sensitive equality: no pattern or prefix matching.
     assert matching(factory, org_id, ["PLAIN", "plai", "%"]) == []
+
+
+def test_a_value_with_a_nul_matches_only_itself(factory: sessionmaker[Session]) -> None:
+    """SQLite's json_each ends a value at a NUL; requests are refused for NULs upstream,
+    but the predicate must not depend on that. (PostgreSQL text cannot hold one.)"""
+    org_id = seed(factory, ["a", "a-b"])
+    with transaction(factory, readonly=True) as session:
+        if session.get_bind().dialect.name == "postgresql":
+            return
+    assert matching(factory, org_id, ["a\x00b", "a-b"]) == ["a-b"]
 
 
 def test_takes_more_values_than_sqlite_binds_parameters(factory: sessionmaker[Session]) -> None:
