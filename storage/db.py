@@ -7,7 +7,7 @@ here are thread-safe pools and sessions are short-lived: one per unit of work.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,33 @@ def create_engine_for(
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     # expire_on_commit=False: objects stay readable after commit, because callers commit in
     # the worker thread and then build protobuf responses from them.
-    return sessionmaker(bind=engine, expire_on_commit=False)
+    factory = sessionmaker(bind=engine, expire_on_commit=False)
+    event.listen(factory, "before_commit", _run_before_commit)
+    event.listen(factory, "after_rollback", _drop_before_commit)
+    return factory
+
+
+# session.info key: what to run just before the session's transaction commits.
+_BEFORE_COMMIT = "modelregistry.before_commit"
+
+
+def before_commit(session: Session, key: Hashable, fn: Callable[[Session], None]) -> None:
+    """Run fn(session) in the session's transaction just before it commits, after its
+    last flush; once per key however often registered (the first fn kept), and not at
+    all if it rolls back. Sessions of session_factory only."""
+    session.info.setdefault(_BEFORE_COMMIT, {}).setdefault(key, fn)
+
+
+def _run_before_commit(session: Session) -> None:
+    hooks: dict[Hashable, Callable[[Session], None]] | None = session.info.pop(_BEFORE_COMMIT, None)
+    if hooks:
+        session.flush()  # SQLAlchemy flushes after before_commit: the hooks see every row
+        for fn in hooks.values():
+            fn(session)
+
+
+def _drop_before_commit(session: Session) -> None:
+    session.info.pop(_BEFORE_COMMIT, None)
 
 
 @contextmanager

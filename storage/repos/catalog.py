@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import (
@@ -32,7 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, selectinload
 
-from storage.db import BINARY_RESULTS, note_revision_bump
+from storage.db import BINARY_RESULTS, before_commit, note_revision_bump
 from storage.orm import (
     ANONYMOUS_SCOPE,
     ArtifactPackage,
@@ -68,6 +69,38 @@ def bump_catalog_revision(session: Session) -> None:
     if getattr(result, "rowcount", 1) == 0:  # a schema made without the migration's seed row
         session.execute(insert(CatalogState).values(id=CATALOG_STATE_ID, revision=2))
     note_revision_bump(session, None)
+    stamp_changes_at_commit(session, None)
+
+
+def stamp_changes_at_commit(session: Session, scope: str | None) -> None:
+    """Just before the session's transaction commits, stamp the names pending in the
+    scope's change log (an org id; None: the blessed catalog) with the revision the
+    transaction bumped the scope to. Call with the bump: the transaction holds the
+    scope's row lock from then on, and everything pending when it commits is visible to
+    a build at that revision.
+
+    The bump's trigger stamps the names pending when it runs, so without this the names
+    a transaction writes after its bump (as every quota-checked writer does) stay pending
+    until the next bump, and the next patch of the manifest built at this revision reads
+    them again: a bulk write of 2,000 names made the patch after the following
+    one-name write read 2,001 (storage.orm.catalog.ManifestChange)."""
+    before_commit(session, ("manifest_changes", scope), partial(_stamp_pending, scope=scope))
+
+
+def _stamp_pending(session: Session, scope: str | None) -> None:
+    rows: ColumnElement[bool]
+    if scope is None:
+        revision = _CATALOG_REVISION_OF
+        rows = ManifestChange.org_id.is_(None)
+    else:
+        revision = select(Org.revision).where(Org.id == scope).scalar_subquery()
+        rows = ManifestChange.org_id == scope
+    session.execute(
+        update(ManifestChange)
+        .where(rows, ManifestChange.revision.is_(None))
+        .values(revision=revision)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def lock_catalog(session: Session) -> None:

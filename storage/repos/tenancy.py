@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from storage.db import note_revision_bump
 from storage.orm import ApiKey, Org
+from storage.repos import catalog
 
 
 def org_by_name(session: Session, name: str) -> Org | None:
@@ -64,6 +65,7 @@ def bump_org_revision(session: Session, org_id: str) -> None:
     which the database breaks by failing one of them)."""
     session.execute(update(Org).where(Org.id == org_id).values(revision=Org.revision + 1))
     note_revision_bump(session, org_id)
+    catalog.stamp_changes_at_commit(session, org_id)
 
 
 def lock_org(session: Session, org_id: str) -> bool:

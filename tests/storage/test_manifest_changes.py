@@ -154,7 +154,7 @@ def test_readers_get_names_after_a_stamp_however_far_back_until_a_tombstone_is_p
 
     def write(name: str, bump_first: bool = False) -> None:
         with transaction(factory) as session:
-            if bump_first:  # as quota-checked writers do: the new rows stay pending
+            if bump_first:  # as quota-checked writers do
                 tenancy.bump_org_revision(session, org)
             session.add(Model(org_id=org, model_id=name))
             session.flush()
@@ -178,24 +178,29 @@ def test_readers_get_names_after_a_stamp_however_far_back_until_a_tombstone_is_p
     assert changed(start + 1) == {"b"}
     assert changed(start + 2) == set()
     write("c", bump_first=True)
-    # Pending after its own bump: listed to readers at that revision and before it.
-    assert changed(start + 3) == {"c"} and changed(start + 2) == {"c"}
+    # Written after its transaction's bump, stamped with that revision as it commits
+    # (catalog.stamp_changes_at_commit): a build at start + 3 has it already.
+    assert changed(start + 3) == set() and changed(start + 2) == {"c"}
     with transaction(factory) as session:
         session.add(CatalogVariant(org_id=None, name="llama"))
-    assert changed(start + 3) == {"c", "llama"}  # blessed names, pending
+    assert changed(start + 3) == {"llama"}  # blessed names, pending: no bump stamped it
     with transaction(factory) as session:
         repo.bump_catalog_revision(session)
     catalog = catalog_start + 1
-    assert changed(start + 3, catalog) == {"c"}
+    assert changed(start + 3, catalog) == set()
 
     # A name written again keeps its one row, at the revision that last changed it.
     with transaction(factory) as session:
-        tenancy.bump_org_revision(session, org)  # start + 4: stamps c
+        tenancy.bump_org_revision(session, org)  # start + 4
         session.execute(update(Model).where(Model.model_id == "a").values(description="x"))
     assert {r for r in log(factory) if r[0] == org} == {
-        (org, start + 2, "b"), (org, start + 4, "c"), (org, None, "a")
+        (org, start + 2, "b"), (org, start + 3, "c"), (org, start + 4, "a")
     }  # fmt: skip
-    assert changed(start + 3, catalog) == {"a", "c"}
+    assert changed(start + 3, catalog) == {"a"}
+    # Written without a bump (no writer of ours does), a name stays pending until one.
+    with transaction(factory) as session:
+        session.execute(update(Model).where(Model.model_id == "a").values(description="y"))
+    assert changed(start + 4, catalog) == {"a"}
 
     # However far behind a manifest is, the names changed since are listed.
     jump(Org, 11_996)  # stamps a
