@@ -483,9 +483,18 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
         one write that changed over a quarter of the names (CHANGES_SHARE; a bulk update):
         ManifestBuilds decodes it, reads every name's index row, and reuses each entry
         whose rows are unchanged (each sample changes another quarter)."""
+        return cold_bulk_changed(int(len(built.names) * manifest.CHANGES_SHARE) + 1)
+
+    def cold_largest_patch() -> Samples:
+        """The same with as many names changed as a patch takes (CHANGES_SHARE): the
+        changed names' rows read by name, the other entries taken from the stored one."""
+        return cold_bulk_changed(int(len(built.names) * manifest.CHANGES_SHARE))
+
+    def cold_bulk_changed(many: int) -> Samples:
+        """Each sample: the stored manifest current, then one write changing the framework
+        of `many` models (another run of names each time), then served_cold."""
         nonlocal built
         samples = Samples()
-        many = int(len(built.names) * manifest.CHANGES_SHARE) + 1
         for i in range(args.builds):
             store(built)
             start = i * many % len(model_names)
@@ -601,6 +610,7 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
     cold_behind = cold_one_change_behind()
     cold_many_behind = many_revisions_behind()
     cold_far_behind = cold_beyond_the_log()
+    cold_largest = cold_largest_patch()
     cold_quarter = cold_quarter_changed()
     loads = timed(load_index_only, args.builds)
     baseline = timed(field_by_field, max(3, args.builds // 5), warmup=1)
@@ -634,6 +644,7 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
             GOAL_BUILD_MS,
         ),
         ("cold, stored manifest beyond the change log", cold_far_behind, GOAL_BUILD_MS),
+        ("cold, stored, a quarter changed less one: patch", cold_largest, GOAL_BUILD_MS),
         ("cold, stored, a quarter changed: whole index", cold_quarter, GOAL_BUILD_MS),
         ("a caller's first build, subtrees stored", cold, GOAL_BUILD_MS),
         ("  of that: reading the index and subtrees", loads, None),
