@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage.db import (
     autocommit_factory,
+    before_commit,
     create_engine_for,
     ping,
     session_factory,
@@ -51,6 +52,33 @@ def test_transaction_commits_or_rolls_back(factory: sessionmaker[Session]) -> No
         raise RuntimeError("boom")
     with transaction(factory, readonly=True) as session:
         assert session.scalars(select(Org.name)).all() == ["kept"]
+
+
+def test_before_commit_runs_once_after_the_last_flush_and_never_on_rollback(
+    factory: sessionmaker[Session],
+) -> None:
+    """storage.db.before_commit (the change log's commit-time stamping rests on it)."""
+    seen: list[list[str]] = []
+
+    def names(session: Session) -> None:
+        seen.append(sorted(session.scalars(select(Org.name))))
+
+    with transaction(factory) as session:
+        before_commit(session, "k", names)
+        before_commit(session, "k", lambda s: seen.append(["again"]))  # same key: once
+        session.add(Org(name="added-after-registering"))  # not flushed yet
+    assert seen == [["added-after-registering"]]
+
+    with pytest.raises(RuntimeError), transaction(factory) as session:
+        before_commit(session, "k", names)
+        raise RuntimeError
+    with factory() as session:  # one session, a transaction rolled back, then one committed
+        session.begin()
+        before_commit(session, "k", names)
+        session.rollback()
+        with session.begin():
+            session.add(Org(name="second"))
+    assert seen == [["added-after-registering"]]
 
 
 def test_timestamps_round_trip_as_aware_utc(factory: sessionmaker[Session]) -> None:
