@@ -416,11 +416,7 @@ def manifest_index(
         _key_time(session, CatalogVariant.updated_at),
         CatalogVariant.name,
     )
-    model_where: list[ColumnElement[bool]] = []
-    variant_where: list[ColumnElement[bool]] = []
-    if names is not None:
-        model_where.append(dialects.one_of(session, Model.model_id, names))
-        variant_where.append(dialects.one_of(session, CatalogVariant.name, names))
+    model_where, variant_where = _named(session, names)
     model_rows: Sequence[Any] = []
     if org_id is not None:
         model_rows = conn.execute(
@@ -432,6 +428,19 @@ def manifest_index(
         execution_options=BINARY_RESULTS,
     ).all()
     return ManifestIndexRows(model_rows, variant_rows)
+
+
+def _named(
+    session: Session, names: Collection[str] | None
+) -> tuple[list[ColumnElement[bool]], list[ColumnElement[bool]]]:
+    """(Models' conditions, variants' conditions) restricting each to the model names
+    `names`; none when None."""
+    if names is None:
+        return [], []
+    return (
+        [dialects.one_of(session, Model.model_id, names)],
+        [dialects.one_of(session, CatalogVariant.name, names)],
+    )
 
 
 def manifest_tails(
@@ -775,11 +784,8 @@ def manifest_rows(
     rows), with their versions (newest first), packages and resources (in load order).
     `names` restricts everything to those model names."""
     conn = session.connection()  # Core results: no ORM row loading for 10,000s of rows
-    variant_where: list[ColumnElement[bool]] = [variants.resolved_for(org_id)]
-    model_where: list[ColumnElement[bool]] = []
-    if names is not None:
-        variant_where.append(dialects.one_of(session, CatalogVariant.name, names))
-        model_where.append(dialects.one_of(session, Model.model_id, names))
+    model_where, variant_where = _named(session, names)
+    variant_where.append(variants.resolved_for(org_id))
     model_rows: Sequence[Any] = []
     if org_id is not None:
         model_rows = conn.execute(
