@@ -253,7 +253,7 @@ class ManifestChange(Base):
 
     One row per (scope, name). A write marks it pending (`revision` NULL); the bump of the
     scope's revision stamps its pending rows, and a transaction that bumped it stamps
-    those still pending as it commits (storage.repos.catalog.stamp_changes_at_commit:
+    those still pending as it commits (storage.repos.catalog.revision_bumped:
     the names it wrote after its bump). A build that has the manifest at an older
     stamp rebuilds only the names stamped after it (or pending) instead of reading every
     name's row. The log is complete after the scope's manifest_changes_floor (Org,

@@ -68,22 +68,23 @@ def bump_catalog_revision(session: Session) -> None:
     )
     if getattr(result, "rowcount", 1) == 0:  # a schema made without the migration's seed row
         session.execute(insert(CatalogState).values(id=CATALOG_STATE_ID, revision=2))
-    note_revision_bump(session, None)
-    stamp_changes_at_commit(session, None)
+    revision_bumped(session, None)
 
 
-def stamp_changes_at_commit(session: Session, scope: str | None) -> None:
-    """Just before the session's transaction commits, stamp the names pending in the
-    scope's change log (an org id; None: the blessed catalog) with the revision the
-    transaction bumped the scope to. Call with the bump: the transaction holds the
-    scope's row lock from then on, and everything pending when it commits is visible to
-    a build at that revision.
+def revision_bumped(session: Session, scope: str | None) -> None:
+    """What follows the bump of a manifest scope's revision (an org id; None: the blessed
+    catalog) in the same transaction: noted for whoever runs it to act on once it commits
+    (storage.db.note_revision_bump), and the names pending in the scope's change log
+    stamped with that revision just before it commits. The transaction holds the scope's
+    row lock from its bump on, and everything pending when it commits is visible to a
+    build at that revision.
 
     The bump's trigger stamps the names pending when it runs, so without this the names
     a transaction writes after its bump (as every quota-checked writer does) stay pending
     until the next bump, and the next patch of the manifest built at this revision reads
     them again: a bulk write of 2,000 names made the patch after the following
     one-name write read 2,001 (storage.orm.catalog.ManifestChange)."""
+    note_revision_bump(session, scope)
     before_commit(session, ("manifest_changes", scope), partial(_stamp_pending, scope=scope))
 
 

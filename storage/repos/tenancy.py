@@ -7,7 +7,6 @@ from datetime import datetime
 from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from storage.db import note_revision_bump
 from storage.orm import ApiKey, Org
 from storage.repos import catalog
 
@@ -64,8 +63,7 @@ def bump_org_revision(session: Session, org_id: str) -> None:
     two on PostgreSQL never hold one row each while waiting for the other's (a deadlock,
     which the database breaks by failing one of them)."""
     session.execute(update(Org).where(Org.id == org_id).values(revision=Org.revision + 1))
-    note_revision_bump(session, org_id)
-    catalog.stamp_changes_at_commit(session, org_id)
+    catalog.revision_bumped(session, org_id)
 
 
 def lock_org(session: Session, org_id: str) -> bool:

@@ -179,7 +179,7 @@ def test_readers_get_names_after_a_stamp_however_far_back_until_a_tombstone_is_p
     assert changed(start + 2) == set()
     write("c", bump_first=True)
     # Written after its transaction's bump, stamped with that revision as it commits
-    # (catalog.stamp_changes_at_commit): a build at start + 3 has it already.
+    # (catalog.revision_bumped): a build at start + 3 has it already.
     assert changed(start + 3) == set() and changed(start + 2) == {"c"}
     with transaction(factory) as session:
         session.add(CatalogVariant(org_id=None, name="llama"))
