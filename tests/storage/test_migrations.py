@@ -5,12 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Connection, Integer, MetaData, inspect, text
+from sqlalchemy import Column, Connection, Engine, Integer, MetaData, inspect, text
 
 from storage.db import create_engine_for
 from storage.migrate import alembic_config, current_revision, head_revision, upgrade
@@ -41,6 +43,18 @@ def schema_diff(url: str, metadata: MetaData) -> list[Any]:
                 # PostgreSQL's run compares them.
                 warnings.filterwarnings("ignore", message=".*expression-based index")
                 return list(compare_metadata(context, metadata))
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def engine_at(db_url: str, revision: str) -> Iterator[Engine]:
+    """An engine on the database migrated up to `revision` (the migration under test
+    runs on after the test's rows are in), disposed after."""
+    upgrade(db_url, revision)
+    engine = create_engine_for(db_url)
+    try:
+        yield engine
     finally:
         engine.dispose()
 
@@ -103,10 +117,8 @@ def test_upgrade_is_idempotent_and_downgrade_reverses(db_url: str) -> None:
 
 def test_model_versions_get_their_org_from_the_model(db_url: str) -> None:
     """0014 fills model_versions.org_id of existing rows from their model."""
-    upgrade(db_url, "0013")
-    engine = create_engine_for(db_url)
     now = "2026-11-01 00:00:00"
-    try:
+    with engine_at(db_url, "0013") as engine:
         with engine.begin() as conn:
             for org in ("o1", "o2"):
                 conn.execute(
@@ -136,14 +148,10 @@ def test_model_versions_get_their_org_from_the_model(db_url: str) -> None:
         with engine.connect() as conn:
             rows = conn.execute(text("SELECT id, org_id FROM model_versions ORDER BY id")).all()
         assert [tuple(r) for r in rows] == [("v-o1", "o1"), ("v-o2", "o2")]
-    finally:
-        engine.dispose()
 
 
 def test_the_change_log_collapses_to_one_row_per_name(db_url: str) -> None:
     """0015 keeps, per (scope, name), the pending row if any, else the newest."""
-    upgrade(db_url, "0014")
-    engine = create_engine_for(db_url)
     rows = [  # (org_id, revision, name)
         ("o1", 3, "a"), ("o1", 7, "a"), ("o1", None, "a"),  # pending wins
         ("o1", 3, "b"), ("o1", 9, "b"),  # the newest wins
@@ -151,7 +159,7 @@ def test_the_change_log_collapses_to_one_row_per_name(db_url: str) -> None:
         (None, 5, "b"), (None, 6, "b"),  # blessed rows collapse too
         (None, 2, "c"),
     ]  # fmt: skip
-    try:
+    with engine_at(db_url, "0014") as engine:
         with engine.begin() as conn:
             for org_id, revision, name in rows:
                 conn.execute(
@@ -168,8 +176,6 @@ def test_the_change_log_collapses_to_one_row_per_name(db_url: str) -> None:
             ("o1", None, "a"), ("o1", 9, "b"), ("o2", 4, "b"), (None, 6, "b"), (None, 2, "c"),
         }  # fmt: skip
         assert len(kept) == 5
-    finally:
-        engine.dispose()
 
 
 def insert_stored_subtree(conn: Connection) -> None:
@@ -197,9 +203,7 @@ def insert_stored_subtree(conn: Connection) -> None:
 def test_stored_subtrees_are_of_the_first_entry_format(db_url: str) -> None:
     """0017: manifest_tails rows written before it are of entry format 1; stored whole
     manifests, of a layout no longer read, are dropped."""
-    upgrade(db_url, "0016")
-    engine = create_engine_for(db_url)
-    try:
+    with engine_at(db_url, "0016") as engine:
         with engine.begin() as conn:
             insert_stored_subtree(conn)
             conn.execute(
@@ -214,16 +218,12 @@ def test_stored_subtrees_are_of_the_first_entry_format(db_url: str) -> None:
             rows = conn.execute(text("SELECT variant_id, entry_format FROM manifest_tails")).all()
             snapshots = conn.execute(text("SELECT count(*) FROM manifest_snapshots")).scalar()
         assert [tuple(r) for r in rows] == [("v1", 1)] and snapshots == 0
-    finally:
-        engine.dispose()
 
 
 def test_stored_subtrees_have_no_entries_until_a_build_stores_them(db_url: str) -> None:
     """0019: manifest_tails rows written before it keep their subtree, with no entry
     stored around it (the next build makes and stores it)."""
-    upgrade(db_url, "0018")
-    engine = create_engine_for(db_url)
-    try:
+    with engine_at(db_url, "0018") as engine:
         with engine.begin() as conn:
             insert_stored_subtree(conn)
         upgrade(db_url)
@@ -235,16 +235,12 @@ def test_stored_subtrees_have_no_entries_until_a_build_stores_them(db_url: str) 
                 )
             ).all()
         assert [tuple(r) for r in rows] == [("v1", b"x", None, None, None, None)]
-    finally:
-        engine.dispose()
 
 
 def test_stored_manifests_are_of_the_first_entry_format(db_url: str) -> None:
     """0020: manifest_snapshots rows written before it (all of the first format since
     0017) say so."""
-    upgrade(db_url, "0019")
-    engine = create_engine_for(db_url)
-    try:
+    with engine_at(db_url, "0019") as engine:
         with engine.begin() as conn:
             conn.execute(
                 text(
@@ -259,17 +255,13 @@ def test_stored_manifests_are_of_the_first_entry_format(db_url: str) -> None:
                 text("SELECT scope, catalog_revision, entry_format FROM manifest_snapshots")
             ).all()
         assert [tuple(r) for r in rows] == [("anonymous", 2, 1)]
-    finally:
-        engine.dispose()
 
 
 def test_live_floors_start_at_the_floors_left_before(db_url: str) -> None:
     """0021: an existing scope's live floor is its change log's floor (which 0013 set when
     it started logging and raised when it pruned whole revisions); a scope created after it
     starts at 0."""
-    upgrade(db_url, "0020")
-    engine = create_engine_for(db_url)
-    try:
+    with engine_at(db_url, "0020") as engine:
         with engine.begin() as conn:
             conn.execute(
                 text(
@@ -293,5 +285,3 @@ def test_live_floors_start_at_the_floors_left_before(db_url: str) -> None:
                 text("SELECT manifest_changes_floor, manifest_live_floor FROM catalog_state")
             ).all()
         assert [tuple(r) for r in catalog] in ([], [(7, 7)])
-    finally:
-        engine.dispose()
