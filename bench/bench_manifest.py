@@ -14,7 +14,8 @@ Measures, server-side (in this process, the code GetManifest runs, no network):
   every name's index row read and each unchanged entry reused); and a
   caller's first build, with no stored manifest: with every variant's subtree stored
   (every name's index row and stored subtree read, 10,000 entries joined), and with
-  nothing stored (every subtree serialized from its rows). Storing the whole manifest
+  nothing stored (every subtree serialized from its rows; also timed: its reads alone,
+  the least such a build can cost). Storing the whole manifest
   (done in the background after builds) is timed too;
 - for comparison, the field-by-field build this replaced (every row loaded, every entry
   filled as a protobuf message), measured in the same run;
@@ -510,15 +511,17 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
             built = samples.measure(served_cold)
         return samples
 
-    def first_build_ever() -> Samples:
+    def first_build_ever() -> tuple[Samples, Samples]:
         """Nothing stored, nothing in memory: a caller's first build when no server has
         serialized its variants yet (every variant from its rows; their subtrees stored
-        afterwards, untimed)."""
-        samples = Samples()
+        afterwards, untimed), and, before each, what it reads alone (every row of every
+        entry: the least such a build can cost)."""
+        samples, reads = Samples(), Samples()
         for _ in range(max(3, args.builds // 5)):
             forget_stored()
+            reads.measure(load_index_only)
             save_tails(samples.measure(build))
-        return samples
+        return samples, reads
 
     def field_by_field(check: bool = False) -> str:
         """The build this replaced: every row loaded, every entry filled, serialized and
@@ -595,13 +598,14 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
         return samples
 
     def load_index_only() -> None:
-        """What a caller's first build reads: every name's index row and every variant's
-        stored subtree (with the entry stored around it), nothing held in memory."""
+        """What a caller's first build reads, nothing held in memory: every name's index
+        row and every variant's stored subtree (with the entry stored around it), or its
+        rows (versions, packages, resources) when none is stored."""
         with manifest_pb.gc_pause(), transaction(sessions, readonly=True) as session:
             manifest.load_index(session, org_id, lambda keys: (), manifest_pb.ENTRY_FORMAT)
 
     speed_before = cpu_reference()
-    never = first_build_ever()
+    never, never_reads = first_build_ever()
     forget_stored_manifest()
     cold = timed(served_cold, args.builds, warmup=1)
     storing = timed(lambda: store(built), max(3, args.builds // 5), warmup=1)
@@ -649,6 +653,7 @@ def run_bench(args: argparse.Namespace, tmp: Path, url: str) -> int:
         ("a caller's first build, subtrees stored", cold, GOAL_BUILD_MS),
         ("  of that: reading the index and subtrees", loads, None),
         ("a caller's first build, nothing stored", never, None),
+        ("  of that: reading every row", never_reads, None),
         ("rebuild after a change (previous build)", rebuilds, GOAL_BUILD_MS),
         ("storing the manifest (after builds, async)", storing, None),
         ("baseline: field-by-field build (replaced)", baseline, None),
