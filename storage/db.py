@@ -7,6 +7,7 @@ here are thread-safe pools and sessions are short-lived: one per unit of work.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,11 +16,15 @@ from typing import Any
 import psycopg
 from sqlalchemy import Engine, create_engine, event, make_url, pool, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 PG_CONNECT_TIMEOUT_S = 2
 PING_TIMEOUT_S = 3.0
+# A pooled PostgreSQL connection back in the pool for longer than this is pinged before it
+# is handed out again; one returned more recently is taken as alive (_ping_when_idle).
+PING_AFTER_IDLE_S = 1.0
 
 # Execution option read by the SQLite "begin" hook below to choose the BEGIN flavour.
 SQLITE_BEGIN_OPTION = "modelregistry_sqlite_begin"
@@ -198,6 +203,37 @@ def _sqlite_engine(url: URL, pool_size: int, max_overflow: int, echo: bool) -> E
     return engine
 
 
+_RETURNED_AT = "modelregistry_returned_at"
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Drop connections the server closed (a restart, an idle timeout, a failover) before
+    they are handed out: as SQLAlchemy's pool_pre_ping, but only for a connection that sat
+    in the pool for over PING_AFTER_IDLE_S (HikariCP's aliveBypassWindowMs does the same).
+    pool_pre_ping costs a round trip per checkout, as many as the statements of a
+    not-modified GetManifest, the request a fleet of polling devices sends most; under
+    load connections come back within milliseconds and are not pinged. A server that went
+    away within that window fails the statements then sent on its connections: the
+    request answers UNAVAILABLE (retryable) and SQLAlchemy replaces every connection of the
+    pool older than the failure."""
+
+    @event.listens_for(engine, "checkin")
+    def _returned(dbapi_connection: Any, record: Any) -> None:
+        record.info[_RETURNED_AT] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _check(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        # info is emptied when a connection is replaced: a new one is not pinged.
+        returned = record.info.get(_RETURNED_AT)
+        if returned is None or time.monotonic() - returned < PING_AFTER_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except psycopg.Error as exc:
+            # The pool replaces the connection and tries the checkout again.
+            raise DisconnectionError(f"pooled connection is gone: {exc}") from exc
+
+
 def _postgres_engine(url: URL, pool_size: int, max_overflow: int, echo: bool) -> Engine:
     connect_args: dict[str, Any] = {}
     # Without connect_timeout a down or unreachable server blocks for the OS TCP timeout
@@ -212,10 +248,10 @@ def _postgres_engine(url: URL, pool_size: int, max_overflow: int, echo: bool) ->
         connect_args=connect_args,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,  # drop connections the server closed (restart, idle timeout)
         pool_recycle=1800,
         pool_timeout=10,
     )
+    _ping_when_idle(engine)
 
     @event.listens_for(engine, "before_cursor_execute")
     def _results_format(

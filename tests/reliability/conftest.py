@@ -80,6 +80,8 @@ def _healthy_proxies(request: pytest.FixtureRequest) -> Iterator[None]:
     for p in (pg, s3):
         p.enable()
         p.clear_toxics()
+    if "faulty" in request.fixturenames:
+        request.getfixturevalue("faulty").server.drop_admin_connections()
     yield
     for p in (pg, s3):
         p.enable()

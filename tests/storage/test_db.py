@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, text
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage import db
 from storage.db import (
     autocommit_factory,
     before_commit,
@@ -195,5 +196,104 @@ def test_single_reads_leave_no_transaction_behind(db_url: str) -> None:
             raise RuntimeError("fails after a write")
         with transaction(factory, readonly=True) as session:
             assert session.execute(text("SELECT count(*) FROM orgs")).scalar() == 0
+    finally:
+        engine.dispose()
+
+
+def _backend_pid(engine: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def _terminate(url: str, pid: int) -> None:
+    """End a PostgreSQL backend from another connection, as a server restart or an idle
+    timeout would, and wait until it is gone."""
+    admin = create_engine_for(url, pool_size=1)
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            for _ in range(100):
+                gone = conn.execute(
+                    text("SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = :pid"),
+                    {"pid": pid},
+                ).scalar_one()
+                conn.rollback()  # a new snapshot of pg_stat_activity each time
+                if gone:
+                    return
+                time.sleep(0.02)
+        raise AssertionError(f"backend {pid} still there")
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture
+def pings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the pings the pool sends before handing out a connection (the dialect's
+    do_ping, wrapped; the ping itself still runs)."""
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+    sent: list[int] = []
+    ping_once = PGDialect_psycopg.do_ping
+
+    def counted(self: Any, dbapi_connection: Any) -> bool:
+        sent.append(1)
+        return bool(ping_once(self, dbapi_connection))
+
+    monkeypatch.setattr(PGDialect_psycopg, "do_ping", counted)
+    return sent
+
+
+@pytest.mark.postgres
+def test_a_connection_back_in_the_pool_a_moment_ago_is_not_pinged(
+    pg_server: Any, pings: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The round trip pool_pre_ping would add to every checkout (as many as a not-modified
+    GetManifest's statements) is spent only on connections idle past the window."""
+    engine = create_engine_for(pg_server.new_database(), pool_size=1, max_overflow=0)
+    try:
+        monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 60.0)
+        for _ in range(5):
+            _backend_pid(engine)
+        assert pings == []
+        monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)
+        for _ in range(3):
+            _backend_pid(engine)
+        assert len(pings) == 3
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_connection_the_server_closed_while_idle_is_replaced_unseen(
+    pg_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)
+    url = pg_server.new_database()
+    engine = create_engine_for(url, pool_size=1, max_overflow=0)
+    try:
+        first = _backend_pid(engine)
+        _terminate(url, first)
+        assert _backend_pid(engine) != first  # no error: pinged, replaced, retried
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_connection_closed_within_the_window_fails_once_then_the_pool_recovers(
+    pg_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The price of not pinging: a statement sent on a connection the server closed a
+    moment ago fails as a disconnect (the server's answer: UNAVAILABLE, retryable), and
+    the next checkout gets a new connection."""
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 60.0)
+    url = pg_server.new_database()
+    engine = create_engine_for(url, pool_size=1, max_overflow=0)
+    try:
+        first = _backend_pid(engine)
+        _terminate(url, first)
+        with pytest.raises(DBAPIError) as failed:
+            _backend_pid(engine)
+        assert failed.value.connection_invalidated
+        assert _backend_pid(engine) != first
     finally:
         engine.dispose()

@@ -128,6 +128,13 @@ class RunningServer:
         with transaction(self._sessions) as session:
             keys.revoke_key(session, key_id)
 
+    def drop_admin_connections(self) -> None:
+        """Close the pooled connections of the helpers above (new_org, add_key, ...): a
+        fault test that cut the database's connections leaves them dead, and one used
+        within storage.db.PING_AFTER_IDLE_S is handed out unpinged. (The server's own pool
+        heals at its first failed statement, which the fault tests' retries go through.)"""
+        self._admin_engine.dispose()
+
     def stop(self) -> None:
         self.channel.close()
         self._run(self.server.stop(1.0))
