@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from domain import keys
@@ -66,7 +67,9 @@ class Runtime:
     ) -> T:
         """Run `fn(session, ...)` in a read-only transaction on the worker pool."""
         return await self._in_session(
-            lambda: transaction(self.sessions, readonly=True), lambda s: fn(s, *args, **kwargs)
+            lambda: transaction(self.sessions, readonly=True),
+            lambda s: fn(s, *args, **kwargs),
+            retry_on_disconnect=True,
         )
 
     async def read_single(
@@ -75,23 +78,39 @@ class Runtime:
         """As read, for `fn` whose statements need no snapshot in common: on PostgreSQL
         outside a transaction (storage.db.single_reads), two round trips fewer."""
         return await self._in_session(
-            lambda: single_reads(self.sessions, self.autocommit), lambda s: fn(s, *args, **kwargs)
+            lambda: single_reads(self.sessions, self.autocommit),
+            lambda s: fn(s, *args, **kwargs),
+            retry_on_disconnect=True,
         )
 
     async def _in_session(
-        self, session: Callable[[], AbstractContextManager[Session]], fn: Callable[[Session], T]
+        self,
+        session: Callable[[], AbstractContextManager[Session]],
+        fn: Callable[[Session], T],
+        retry_on_disconnect: bool = False,
     ) -> T:
         """`fn(session)` on the worker pool, after the RPC's pending key check in the same
-        session (server/context.py: KeyCheck); then on_commit, if it bumped revisions."""
+        session (server/context.py: KeyCheck); then on_commit, if it bumped revisions.
+        With `retry_on_disconnect` (reads: they change nothing), once more on a new
+        connection when the first turned out closed by the database (a restart or a cut
+        within storage.db.PING_AFTER_IDLE_S of its last use, so not pinged): SQLAlchemy
+        has replaced the pool's connections by then."""
         check = pending_key_check()
         loop = asyncio.get_running_loop()
 
-        def run() -> T:
+        def attempt() -> tuple[T, frozenset[str | None]]:
             with session() as s:
                 if check is not None:
                     check.confirm(keys.authenticate(s, check.token))
-                result = fn(s)
-                bumped = revisions_bumped(s)
+                return fn(s), revisions_bumped(s)
+
+        def run() -> T:
+            try:
+                result, bumped = attempt()
+            except DBAPIError as exc:
+                if not (retry_on_disconnect and exc.connection_invalidated):
+                    raise
+                result, bumped = attempt()
             if bumped and self.on_commit is not None:
                 with contextlib.suppress(RuntimeError):  # the loop closed: shutting down
                     loop.call_soon_threadsafe(self.on_commit, bumped)

@@ -15,9 +15,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from modelregistry.v1 import model_service_pb2 as pb
 from modelregistry.v1 import models_pb2
+from storage import db
 from support.registry import Client, RunningServer
 from support.services import PostgresServer, free_port
 from support.status import expect_error
@@ -83,6 +86,38 @@ def test_health_follows_the_database(own_postgres: PostgresServer, tmp_path: Pat
         wait_for(lambda: health_status(server.channel) == health_pb2.HealthCheckResponse.SERVING)
         assert c.models.ListModels(pb.ListModelsRequest()).total_size == 0
     finally:
+        server.stop()
+
+
+@pytest.mark.postgres
+def test_a_read_on_a_connection_the_database_just_closed_is_answered(
+    pg_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled connection back from its last use within storage.db.PING_AFTER_IDLE_S is
+    handed out without a ping; when the database closed it meanwhile (a restart, a cut),
+    a read runs again on a new one instead of answering UNAVAILABLE (server/runtime.py).
+    The window is widened here so that no connection of the server's pool is pinged."""
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 3600.0)
+    url = pg_server.new_database()
+    server = RunningServer(url, str(tmp_path / "blobs"))
+    admin = create_engine(url, poolclass=NullPool)
+    try:
+        c = server.new_org()
+        c.models.CreateModel(
+            pb.CreateModelRequest(model_id="kept", model=models_pb2.Model(framework="onnx"))
+        )
+        assert c.models.ListModels(pb.ListModelsRequest()).total_size == 1
+        with admin.connect() as conn:
+            ended = conn.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        assert ended >= 1
+        assert c.models.ListModels(pb.ListModelsRequest()).total_size == 1
+    finally:
+        admin.dispose()
         server.stop()
 
 
