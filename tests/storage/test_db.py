@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -243,57 +244,57 @@ def pings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sent
 
 
+@pytest.fixture
+def pool_of_one(pg_server: Any) -> Iterator[tuple[str, Any]]:
+    """A fresh PostgreSQL database's URL and an engine whose pool holds one connection."""
+    url = pg_server.new_database()
+    engine = create_engine_for(url, pool_size=1, max_overflow=0)
+    try:
+        yield url, engine
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.postgres
 def test_a_connection_back_in_the_pool_a_moment_ago_is_not_pinged(
-    pg_server: Any, pings: list[int], monkeypatch: pytest.MonkeyPatch
+    pool_of_one: tuple[str, Any], pings: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The round trip pool_pre_ping would add to every checkout (as many as a not-modified
     GetManifest's statements) is spent only on connections idle past the window."""
-    engine = create_engine_for(pg_server.new_database(), pool_size=1, max_overflow=0)
-    try:
-        monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 60.0)
-        for _ in range(5):
-            _backend_pid(engine)
-        assert pings == []
-        monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)
-        for _ in range(3):
-            _backend_pid(engine)
-        assert len(pings) == 3
-    finally:
-        engine.dispose()
+    _, engine = pool_of_one
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 60.0)
+    for _ in range(5):
+        _backend_pid(engine)
+    assert pings == []
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)
+    for _ in range(3):
+        _backend_pid(engine)
+    assert len(pings) == 3
 
 
 @pytest.mark.postgres
 def test_a_connection_the_server_closed_while_idle_is_replaced_unseen(
-    pg_server: Any, monkeypatch: pytest.MonkeyPatch
+    pool_of_one: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    url, engine = pool_of_one
     monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)
-    url = pg_server.new_database()
-    engine = create_engine_for(url, pool_size=1, max_overflow=0)
-    try:
-        first = _backend_pid(engine)
-        _terminate(url, first)
-        assert _backend_pid(engine) != first  # no error: pinged, replaced, retried
-    finally:
-        engine.dispose()
+    first = _backend_pid(engine)
+    _terminate(url, first)
+    assert _backend_pid(engine) != first  # no error: pinged, replaced, retried
 
 
 @pytest.mark.postgres
 def test_a_connection_closed_within_the_window_fails_once_then_the_pool_recovers(
-    pg_server: Any, monkeypatch: pytest.MonkeyPatch
+    pool_of_one: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The price of not pinging: a statement sent on a connection the server closed a
-    moment ago fails as a disconnect (the server's answer: UNAVAILABLE, retryable), and
-    the next checkout gets a new connection."""
+    moment ago fails as a disconnect (server/runtime.py runs a read again; a write answers
+    UNAVAILABLE, retryable), and the next checkout gets a new connection."""
+    url, engine = pool_of_one
     monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 60.0)
-    url = pg_server.new_database()
-    engine = create_engine_for(url, pool_size=1, max_overflow=0)
-    try:
-        first = _backend_pid(engine)
-        _terminate(url, first)
-        with pytest.raises(DBAPIError) as failed:
-            _backend_pid(engine)
-        assert failed.value.connection_invalidated
-        assert _backend_pid(engine) != first
-    finally:
-        engine.dispose()
+    first = _backend_pid(engine)
+    _terminate(url, first)
+    with pytest.raises(DBAPIError) as failed:
+        _backend_pid(engine)
+    assert failed.value.connection_invalidated
+    assert _backend_pid(engine) != first
