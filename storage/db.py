@@ -207,15 +207,15 @@ _RETURNED_AT = "modelregistry_returned_at"
 
 
 def _ping_when_idle(engine: Engine) -> None:
-    """Drop connections the server closed (a restart, an idle timeout, a failover) before
+    """Drop connections the database closed (a restart, an idle timeout, a failover) before
     they are handed out: as SQLAlchemy's pool_pre_ping, but only for a connection that sat
     in the pool for over PING_AFTER_IDLE_S (HikariCP's aliveBypassWindowMs does the same).
     pool_pre_ping costs a round trip per checkout, as many as the statements of a
     not-modified GetManifest, the request a fleet of polling devices sends most; under
-    load connections come back within milliseconds and are not pinged. A server that went
-    away within that window fails the statements then sent on its connections: the
-    request answers UNAVAILABLE (retryable) and SQLAlchemy replaces every connection of the
-    pool older than the failure."""
+    load connections come back within milliseconds and are not pinged. A database that
+    went away within that window fails the statements then sent on its connections, and
+    SQLAlchemy replaces every connection of the pool older than the failure: a read runs
+    again on a new one (server/runtime.py), a write answers UNAVAILABLE (retryable)."""
 
     @event.listens_for(engine, "checkin")
     def _returned(dbapi_connection: Any, record: Any) -> None:
