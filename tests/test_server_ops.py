@@ -106,16 +106,24 @@ def test_a_read_on_a_connection_the_database_just_closed_is_answered(
         c.models.CreateModel(
             pb.CreateModelRequest(model_id="kept", model=models_pb2.Model(framework="onnx"))
         )
+        etag = c.models.GetManifest(pb.GetManifestRequest()).etag
+
+        def end_every_connection() -> None:
+            with admin.connect() as conn:
+                ended = conn.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).scalar_one()
+            assert ended >= 1
+
         assert c.models.ListModels(pb.ListModelsRequest()).total_size == 1
-        with admin.connect() as conn:
-            ended = conn.execute(
-                text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-            ).scalar_one()
-        assert ended >= 1
+        end_every_connection()
         assert c.models.ListModels(pb.ListModelsRequest()).total_size == 1
+        end_every_connection()
+        polled = c.models.GetManifest(pb.GetManifestRequest(if_none_match=etag))
+        assert polled.not_modified  # a device's poll, too
     finally:
         admin.dispose()
         server.stop()
