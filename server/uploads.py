@@ -157,46 +157,6 @@ class Uploads:
         """The uploads of one RPC: `async with uploads.batch() as batch: ...`."""
         return UploadBatch(self)
 
-    async def _open(
-        self,
-        org_id: str,
-        upload_id: str | None,
-        write_offset: int,
-        target: Target,
-        fmt: str,
-        files: Sequence[uploads.FileDecl],
-        expect: TargetState,
-        *,
-        field_prefix: str,
-        spec_field: Callable[[int], str],
-    ) -> UploadWriter:
-        """`spec_field(i)` names file i's FileSpec in the request (for error details)."""
-        if upload_id:
-            uploads.parse_upload_id(upload_id, f"{field_prefix}upload_id")
-            # Let an older stream of this upload finish its in-flight part first, so the
-            # committed size read below is final.
-            await self.leases.settle(upload_id)
-        state = await self.rt.write(
-            uploads.open_upload,
-            org_id,
-            upload_id or None,
-            write_offset,
-            target,
-            fmt,
-            files,
-            field_prefix=field_prefix,
-        )
-        lease = await self.leases.take(state.upload_id)
-        if not state.created:
-            # Re-read after the takeover: the previous stream may have landed one more part.
-            try:
-                state = await self.rt.read(uploads.get_status, org_id, state.upload_id)
-                uploads.check_open(state, utcnow())
-            except BaseException:
-                self.leases.release(lease)
-                raise
-        return UploadWriter(self, org_id, state, lease, write_offset, expect.model_uid, spec_field)
-
 
 class _FileSink:
     """The bytes of one file of an upload."""
@@ -613,16 +573,32 @@ class UploadBatch:
     ) -> UploadWriter:
         """Open (or resume) an upload of `files`; `spec_field(i)` names file i's FileSpec in
         the request (for error details)."""
-        writer = await self.uploads._open(
+        if upload_id:
+            uploads.parse_upload_id(upload_id, f"{field_prefix}upload_id")
+            # Let an older stream of this upload finish its in-flight part first, so the
+            # committed size read below is final.
+            await self.uploads.leases.settle(upload_id)
+        state = await self.uploads.rt.write(
+            uploads.open_upload,
             org_id,
-            upload_id,
+            upload_id or None,
             write_offset,
             target,
             fmt,
             files,
-            expect,
             field_prefix=field_prefix,
-            spec_field=spec_field,
+        )
+        lease = await self.uploads.leases.take(state.upload_id)
+        if not state.created:
+            # Re-read after the takeover: the previous stream may have landed one more part.
+            try:
+                state = await self.uploads.rt.read(uploads.get_status, org_id, state.upload_id)
+                uploads.check_open(state, utcnow())
+            except BaseException:
+                self.uploads.leases.release(lease)
+                raise
+        writer = UploadWriter(
+            self.uploads, org_id, state, lease, write_offset, expect.model_uid, spec_field
         )
         self.writers.append(writer)
         return writer
