@@ -1,4 +1,5 @@
-"""Domain/ORM objects -> protobuf messages. Pure functions, no I/O."""
+"""Domain/ORM objects -> protobuf messages (and request timestamps -> datetimes). Pure
+functions, no I/O."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from domain import names
 from domain.compatibility import CompatibilityResult
+from domain.errors import InvalidArgument
 from domain.etags import etag_of
 from domain.models import ModelView
 from domain.optimization_plans import Option, PlanResult
@@ -33,6 +35,21 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return timestamp_pb2.Timestamp(
         seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000
     )
+
+
+# What Timestamp allows (google/protobuf/timestamp.proto): 0001-01-01 to 9999-12-31.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+def request_time(ts: timestamp_pb2.Timestamp, field: str) -> datetime:
+    """A request's Timestamp as an aware UTC datetime; InvalidArgument on `field` when it
+    is outside what a Timestamp may hold (years 1 to 9999, nanos below a second), which
+    the protobuf library cannot convert."""
+    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS and 0 <= ts.nanos < 1_000_000_000):
+        raise InvalidArgument.field(
+            field, "must be a valid timestamp (years 1 to 9999, nanos 0 to 999,999,999)"
+        )
+    return ts.ToDatetime(tzinfo=UTC)
 
 
 def model(view: ModelView) -> models_pb2.Model:

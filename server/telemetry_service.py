@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from datetime import datetime, timedelta
+from typing import Literal, TypeVar
 
 from google.protobuf import timestamp_pb2
 from sqlalchemy.orm import Session
@@ -46,6 +46,15 @@ _HEALTH_OUT = {v: k for k, v in _HEALTH_IN.items()}
 
 def _micros(ts: timestamp_pb2.Timestamp) -> int:
     return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
+def _window_end(
+    request: pb.GetInferenceTelemetryRequest, field: Literal["start_time", "end_time"]
+) -> datetime | None:
+    """start_time or end_time, None when not set."""
+    if not request.HasField(field):
+        return None
+    return convert.request_time(getattr(request, field), field)
 
 
 def _session_batch(events: Sequence[pb.InferenceSessionEvent]) -> telemetry.SessionBatch:
@@ -106,10 +115,6 @@ def _ingest_training(
     return telemetry.ingest_training_updates(
         session, org, _training_events(batch), first, retention
     )
-
-
-def _time(ts: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
-    return ts.ToDatetime(tzinfo=UTC) if present else None
 
 
 def _distribution(d: telemetry.Distribution) -> pb.LatencyDistribution:
@@ -284,8 +289,8 @@ class TelemetryService(telemetry_service_pb2_grpc.TelemetryServiceServicer):
             telemetry.inference_telemetry,
             org,
             model_id,
-            _time(request.start_time, request.HasField("start_time")),
-            _time(request.end_time, request.HasField("end_time")),
+            _window_end(request, "start_time"),
+            _window_end(request, "end_time"),
             request.version_id,
             request.device_type,
             self.retention,

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import timestamp_pb2
 from sqlalchemy import delete, select
 
 from modelregistry.v1 import telemetry_service_pb2 as pb
@@ -225,6 +226,16 @@ def test_window_rules(registry: RunningServer, client: Client) -> None:
             "version_id",
         ),
     ]
+    # Timestamps no Timestamp may hold (before year 1, after 9999, nanos of a second or
+    # more): the field is named, not an INTERNAL from converting them.
+    for field, other in (("start_time", "end_time"), ("end_time", "start_time")):
+        for bad in (
+            timestamp_pb2.Timestamp(seconds=-(2**63)),
+            timestamp_pb2.Timestamp(seconds=253_402_300_800),
+            timestamp_pb2.Timestamp(seconds=ts(t).seconds, nanos=1_000_000_000),
+            timestamp_pb2.Timestamp(seconds=ts(t).seconds, nanos=-1),
+        ):
+            cases.append(({field: bad, other: ts(t)}, field))
     for kw, bad_field in cases:
         err = expect_error(INVALID, ask, **kw)
         assert bad_field in err.field_violations, (kw, err.field_violations)

@@ -497,6 +497,23 @@ class RawAggregate:
     buckets: dict[str, list[tuple[int | None, int]]]
 
 
+def _aggregate(
+    totals: Sequence[Any], buckets: dict[str, list[tuple[int | None, int]]]
+) -> RawAggregate:
+    """A RawAggregate from the totals both scans read (sessions, errors, latency sum, ttft
+    count and sum, tps count and sum; sums are NULL over no rows) and the buckets."""
+    return RawAggregate(
+        session_count=int(totals[0]),
+        error_count=int(totals[1]),
+        latency_sum=float(totals[2] or 0.0),
+        ttft_count=int(totals[3]),
+        ttft_sum=float(totals[4] or 0.0),
+        tps_count=int(totals[5]),
+        tps_sum=float(totals[6] or 0.0),
+        buckets=buckets,
+    )
+
+
 def raw_aggregate(
     session: Session,
     org_id: str,
@@ -565,16 +582,7 @@ def raw_aggregate(
     buckets: dict[str, list[tuple[int | None, int]]] = {"latency": [], "ttft": [], "tps": []}
     for metric, k, n in session.execute(union_all(*parts)):
         buckets[metric].append((None if k is None else int(k), int(n)))
-    return RawAggregate(
-        session_count=int(totals[0]),
-        error_count=int(totals[1]),
-        latency_sum=float(totals[2] or 0.0),
-        ttft_count=int(totals[3]),
-        ttft_sum=float(totals[4] or 0.0),
-        tps_count=int(totals[5]),
-        tps_sum=float(totals[6] or 0.0),
-        buckets=buckets,
-    )
+    return _aggregate(totals, buckets)
 
 
 _PG_RAW_SCAN = """
@@ -656,16 +664,7 @@ def _parse_raw_pg(rows: Iterable[Sequence[Any]]) -> RawAggregate:
             buckets["ttft"].append((int(kt), int(n)))
         elif g == 0b110 and kp is not None:
             buckets["tps"].append((int(kp), int(n)))
-    return RawAggregate(
-        session_count=int(totals[0]),
-        error_count=int(totals[1]),
-        latency_sum=float(totals[2] or 0.0),
-        ttft_count=int(totals[3]),
-        ttft_sum=float(totals[4] or 0.0),
-        tps_count=int(totals[5]),
-        tps_sum=float(totals[6] or 0.0),
-        buckets=buckets,
-    )
+    return _aggregate(totals, buckets)
 
 
 # ---------------------------------------------------------------------------------------
